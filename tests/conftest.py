@@ -1,0 +1,33 @@
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+from unmask.testing import FakeDenoiser
+
+# CI runs derandomized so a failure reproduces; HYPOTHESIS_PROFILE=dev explores new examples.
+settings.register_profile("ci", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("dev", deadline=None, max_examples=200)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def model() -> FakeDenoiser:
+    return FakeDenoiser()
+
+
+@pytest.fixture
+def eos_model() -> FakeDenoiser:
+    """Predicts EOS from column 10 on, so EoTP has something to cut."""
+    return FakeDenoiser(seed=1, eos_bias=6.0, eos_from=10)
+
+
+@pytest.fixture
+def prompts() -> list[list[int]]:
+    return [[1, 2, 3], [4], [5, 6, 7, 8, 9], [10, 11]]
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    torch.manual_seed(0)

@@ -1,0 +1,143 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import attrs
+import pytest
+import torch
+
+import unmask
+from unmask.contrib.cli import main
+from unmask.core.plugins import DuplicateComponentError
+from unmask.testing import check_unmask_policy
+
+
+@attrs.frozen
+class LeftmostPolicy:
+    """Commit the leftmost masked position of the block (autoregressive order)."""
+
+    def select(self, view):
+        first = view.candidates.long().argmax(1)
+        commit = torch.zeros_like(view.candidates)
+        commit[torch.arange(len(first)), first] = True
+        return commit & view.candidates
+
+
+class LeftmostPlugin:
+    @unmask.hookimpl
+    def unmask_register_policies(self, registry):
+        registry.add("leftmost", LeftmostPolicy)
+
+
+class ShadowsTopK:
+    @unmask.hookimpl
+    def unmask_register_policies(self, registry):
+        registry.add("topk", LeftmostPolicy)
+
+
+@pytest.fixture
+def leftmost():
+    plugin = LeftmostPlugin()
+    unmask.register_plugin(plugin, name="leftmost-plugin")
+    yield plugin
+    unmask.unregister_plugin(plugin)
+
+
+def test_runtime_plugin_is_listed_and_decodes(leftmost, model, capsys):
+    assert main(["list", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert listing["policies"]["leftmost"]["provider"] == "leftmost-plugin"
+    result = unmask.decode(model, [[1, 2]], gen_length=8, policy="leftmost")
+    assert result.commit_step[0].tolist() == list(range(8))  # left to right
+    assert result.components["policy"]["provider"] == "leftmost-plugin"
+    check_unmask_policy("leftmost", max_examples=10)
+
+
+def test_unregistering_removes_the_component(leftmost):
+    unmask.unregister_plugin(leftmost)
+    assert "leftmost" not in unmask.registry().names("policies")
+    unmask.register_plugin(leftmost, name="leftmost-plugin")  # for the fixture's teardown
+
+
+def test_duplicate_names_fail_naming_both_providers():
+    plugin = ShadowsTopK()
+    unmask.register_plugin(plugin, name="shadow-plugin")
+    try:
+        with pytest.raises(DuplicateComponentError, match="'topk'.*unmask.*shadow-plugin"):
+            unmask.registry()
+    finally:
+        unmask.unregister_plugin(plugin)
+    assert unmask.registry().get("policies", "topk").provider == "unmask"
+
+
+def test_spec_errors_list_what_exists():
+    with pytest.raises(unmask.SpecError, match="unknown policies name 'nope'; registered: .*threshold"):
+        unmask.create("policies", "nope")
+    with pytest.raises(unmask.SpecError, match="must look like key=value"):
+        unmask.create("policies", "threshold:0.9")
+    with pytest.raises(unmask.SpecError, match="caches cannot be combined"):
+        unmask.create("caches", "none + none")
+
+
+def test_spec_values_are_typed():
+    assert unmask.parse_spec("x:a=1,b=0.5,c=true,d=none,e=path/to/f") == (
+        "x", {"a": 1, "b": 0.5, "c": True, "d": None, "e": "path/to/f"})
+
+
+PLUGIN_PACKAGE = {
+    "pyproject.toml": """
+        [build-system]
+        requires = ["setuptools"]
+        build-backend = "setuptools.build_meta"
+
+        [project]
+        name = "unmask-tmp-plugin"
+        version = "0.3.1"
+
+        [project.entry-points.unmask]
+        tmp = "unmask_tmp_plugin"
+    """,
+    "unmask_tmp_plugin.py": '''
+        import attrs
+        import unmask
+
+        @attrs.frozen
+        class HalfThreshold:
+            """Commit masked positions of the block above confidence 0.5, and the top-1."""
+
+            def select(self, view):
+                return unmask.create("policies", "threshold:tau=0.5").select(view)
+
+        @unmask.hookimpl
+        def unmask_register_policies(registry):
+            registry.add("half", HalfThreshold)
+    ''',
+}
+
+
+def test_entry_point_plugin_from_an_installed_package(tmp_path):
+    source, target = tmp_path / "src", tmp_path / "site"
+    source.mkdir()
+    for name, text in PLUGIN_PACKAGE.items():
+        (source / name).write_text(textwrap.dedent(text))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(source)],
+        check=True, capture_output=True,
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
+    listing = subprocess.run(
+        [sys.executable, "-m", "unmask.contrib.cli", "list", "--json"], env=env, check=True, capture_output=True, text=True
+    )
+    entry = json.loads(listing.stdout)["policies"]["half"]
+    assert (entry["provider"], entry["version"]) == ("unmask-tmp-plugin", "0.3.1")
+    decoding = subprocess.run(
+        [sys.executable, "-c", "import unmask; from unmask.testing import FakeDenoiser; "
+         "r = unmask.decode(FakeDenoiser(), [[1, 2]], gen_length=8, policy='half'); "
+         "print(r.components['policy']['provider'], int(r.nfe[0]))"],
+        env=env, check=True, capture_output=True, text=True,
+    )
+    provider, nfe = decoding.stdout.split()
+    assert provider == "unmask-tmp-plugin" and 1 <= int(nfe) < 8

@@ -1,0 +1,19 @@
+"""unmask: pluggable decoding for diffusion language models."""
+
+__version__ = "0.1.0"
+
+from unmask.core.engine import decode, linear_schedule, pad_prompts  # noqa: E402
+from unmask.core.plugins import (  # noqa: E402
+    create, describe, hookimpl, register_plugin, registry, unregister_plugin,
+)
+from unmask.core.spec import SpecError, parse_spec  # noqa: E402
+from unmask.core.types import (  # noqa: E402
+    CacheManager, Commit, DecodeConfig, DecodeResult, DenoiserModel, StepView, StopCriterion, StopDecision,
+    UnmaskPolicy,
+)
+
+__all__ = [
+    "__version__", "decode", "linear_schedule", "pad_prompts", "create", "describe", "hookimpl",
+    "register_plugin", "unregister_plugin", "registry", "SpecError", "parse_spec", "CacheManager", "Commit",
+    "DecodeConfig", "DecodeResult", "DenoiserModel", "StepView", "StopCriterion", "StopDecision", "UnmaskPolicy",
+]

@@ -1,0 +1,1 @@
+"""The engine, protocols, value types and plug-in machinery."""

@@ -1,0 +1,273 @@
+"""The denoising loop: LLaDA's semi-autoregressive block schedule with pluggable decisions.
+
+The engine owns the loop and its invariants (commits stay inside masked positions of the block, every
+active row progresses, committed tokens never change); policies, stop criteria and caches own decisions.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import attrs
+import torch
+
+from unmask.core.plugins import create, describe, plugin_manager
+from unmask.core.types import (
+    CanvasState, Commit, DecodeConfig, DecodeResult, StepObserver, StepView, StopDecision,
+)
+
+__all__ = ["decode", "linear_schedule", "pad_prompts"]
+
+
+def linear_schedule(masked_count: torch.Tensor, steps: int) -> torch.Tensor:
+    """(B,) masked counts -> (B, steps) tokens per step: an even split, extras first (LLaDA)."""
+    base, remainder = masked_count // steps, masked_count % steps
+    extra = torch.arange(steps, device=masked_count.device)[None, :] < remainder[:, None]
+    return base[:, None] + extra.long()
+
+
+def pad_prompts(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into ``(input_ids, attention_mask)``."""
+    if not prompts:
+        raise ValueError("prompts must hold at least one prompt")
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        if len(prompt):
+            input_ids[row, width - len(prompt):] = torch.as_tensor(list(prompt), dtype=torch.long)
+            attention_mask[row, width - len(prompt):] = 1
+    return input_ids, attention_mask
+
+
+def score(
+    logits: torch.Tensor, temperature: float, generator: torch.Generator, mask_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, S, V) logits -> predicted tokens and their softmax probability, both (B, S)."""
+    if temperature > 0:
+        # LLaDA's Gumbel-max in float64, written in log space: argmax(l + T * gumbel).
+        uniform = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
+        noisy = logits.double() - temperature * torch.log(-torch.log(uniform))
+    else:
+        noisy = logits
+    x0 = noisy.argmax(-1)
+    # Committing [MASK] would leave the position masked; take the runner-up there (rare).
+    predicted_mask = x0 == mask_id
+    if predicted_mask.any():
+        x0[predicted_mask] = noisy[predicted_mask].topk(2, dim=-1).indices[:, 1]
+    # float64 like the reference samplers, so near-ties between confidences break the same way.
+    logits = logits.double()
+    chosen = logits.gather(-1, x0[..., None]).squeeze(-1)
+    return x0, torch.exp(chosen - torch.logsumexp(logits, dim=-1))  # softmax probability of x0
+
+
+def decode(
+    model: Any,
+    input_ids: torch.Tensor | Sequence[Sequence[int]],
+    *,
+    attention_mask: torch.Tensor | None = None,
+    config: DecodeConfig | None = None,
+    policy: Any = "topk",
+    stop: Any = None,
+    cache: Any = "none",
+    on_step: StepObserver | None = None,
+    **settings: Any,
+) -> DecodeResult:
+    """Fill ``gen_length`` masked positions after each prompt, block by block.
+
+    ``input_ids`` is a left-padded (B, P) tensor with its ``attention_mask``, or a list of token lists.
+    ``policy``, ``stop`` and ``cache`` are components or specs (``"threshold:tau=0.9"``); ``settings``
+    are :class:`DecodeConfig` fields when no ``config`` is given.
+    """
+    if config is None:
+        config = DecodeConfig(**settings)
+    elif settings:
+        raise TypeError(f"pass either config or settings, not both (got settings {sorted(settings)})")
+    mask_id = _token_id(config.mask_token_id, model, "mask_token_id")
+    eos_id = _token_id(config.eos_token_id, model, "eos_token_id")
+    input_ids, prompt_mask = _prompt_tensors(input_ids, attention_mask, eos_id)
+    unmask_policy = create("policies", policy)
+    if isinstance(stop, (list, tuple)) and not (len(stop) == 2 and isinstance(stop[1], dict)):
+        stop = ("any", {"stops": stop})
+    stop_criterion = None if stop is None else create("stops", stop)
+    cache_manager = create("caches", cache)
+    observers = plugin_manager().hook.unmask_on_step
+    notify = bool(observers.get_hookimpls())
+
+    started = time.perf_counter()
+    device = input_ids.device
+    batch, gen_start = input_ids.shape
+    width = gen_start + config.gen_length
+    x = torch.cat([input_ids, input_ids.new_full((batch, config.gen_length), mask_id)], dim=1)  # (B, L)
+    real = torch.cat([prompt_mask, prompt_mask.new_ones((batch, config.gen_length))], dim=1)  # (B, L)
+    row_end = torch.full((batch,), width, device=device)  # exclusive; EoTP moves it left
+    columns = torch.arange(width, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    nfe = torch.zeros(batch, dtype=torch.long, device=device)
+    commit_step = torch.full((batch, config.gen_length), -1, dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    cache_manager.reset()
+    global_step = 0
+
+    with torch.inference_mode():
+        for block_index in range(config.num_blocks):
+            block_start = gen_start + block_index * config.num_block_tokens
+            block_end = block_start + config.num_block_tokens
+            window = (columns >= block_start) & (columns < block_end)
+            window = window[None, :].expand(batch, width)
+            schedule = linear_schedule((x[:, block_start:block_end] == mask_id).sum(1), config.steps_per_block)
+            step = 0
+            while True:
+                # Which rows still decode this block.
+                masked = x == mask_id
+                row_active = ~done & (masked & window).any(1)
+                if not row_active.any():
+                    break
+
+                # Forward what the cache plans; columns past a row's end are hidden from it.
+                visible = int(row_end.max())
+                attention = real[:, :visible] * (columns[None, :visible] < row_end[:, None])
+                state = CanvasState(
+                    input_ids=x[:, :visible], attention_mask=attention,
+                    position_ids=(attention.cumsum(-1) - 1).clamp(min=0),
+                    block_start=block_start, block_end=block_end, step=step,
+                )
+                plan = cache_manager.plan(state)
+                logits = model(
+                    x[:, plan.start:plan.end], position_ids=state.position_ids[:, plan.start:plan.end],
+                    attention_mask=plan.attention_mask, past_key_values=plan.past_key_values,
+                )  # (B, end - start, V)
+                cache_manager.update(plan, state)
+                nfe += row_active.long()
+
+                # Score the predicted span: x0 and its probability at masked positions.
+                span_x0, span_confidence = score(logits, config.temperature, generator, mask_id)
+                predicted = torch.zeros_like(masked)
+                predicted[:, plan.start:plan.end] = True
+                predicted &= masked
+                x0 = x.clone()
+                x0[:, plan.start:plan.end] = span_x0
+                x0 = torch.where(predicted, x0, x)
+                confidence = torch.full(x.shape, float("-inf"), dtype=torch.float64, device=device)
+                confidence[:, plan.start:plan.end] = span_confidence
+                confidence = confidence.masked_fill(~predicted, float("-inf"))
+                view = StepView(
+                    x=x, x0=x0, confidence=confidence, masked=masked, window=window, row_active=row_active,
+                    # Past the schedule's last step (a policy that committed less), one token per step.
+                    schedule_k=schedule[:, step] if step < config.steps_per_block else torch.ones_like(nfe),
+                    nfe=nfe.clone(), logits=_block_logits(logits, plan.start, block_start, block_end),
+                    generator=generator, gen_start=gen_start, block_start=block_start, block_end=block_end,
+                    block_index=block_index, step=step, mask_token_id=mask_id, eos_token_id=eos_id,
+                )
+
+                # The policy chooses; the engine checks it and applies the progress floor.
+                commit, tokens = _checked_commit(unmask_policy.select(view), view, config.progress_floor)
+                x = torch.where(commit, tokens, x)
+                commit_step[commit[:, gen_start:]] = global_step
+
+                # Stop criteria: finished rows, and EoTP's cut after the answer's end.
+                view = attrs.evolve(view, x=x, committed=commit)
+                decision = StopDecision(done=done) if stop_criterion is None else stop_criterion.check(view)
+                if decision.end is not None and (decision.end >= 0).any():
+                    x, row_end = _cut(x, row_end, decision.end, commit_step, global_step, gen_start, mask_id, eos_id)
+                newly_done = decision.done & ~done
+                if newly_done.any():
+                    x = _finalise(x, x0, newly_done, gen_start, commit_step, global_step, mask_id, eos_id)
+                    done |= newly_done
+                if on_step is not None:
+                    on_step(view)
+                if notify:
+                    observers(view=view)
+                step += 1
+                global_step += 1
+
+    tokens = x[:, gen_start:]
+    is_eos = tokens == eos_id
+    answer_lengths = torch.where(is_eos.any(1), is_eos.long().argmax(1), torch.full_like(nfe, config.gen_length))
+    components = {
+        "policy": describe("policies", unmask_policy),
+        "stop": None if stop_criterion is None else describe("stops", stop_criterion),
+        "cache": describe("caches", cache_manager),
+    }
+    return DecodeResult(
+        tokens=tokens, answer_lengths=answer_lengths, nfe=nfe, commit_step=commit_step,
+        wall_s=time.perf_counter() - started, config=config, components=components,
+    )
+
+
+def _token_id(configured: int | None, model: Any, name: str) -> int:
+    value = configured if configured is not None else getattr(model, name, None)
+    if not isinstance(value, int):
+        raise ValueError(f"{name} is not set: give it in the config or as the model's attribute {name}")
+    return value
+
+
+def _prompt_tensors(
+    input_ids: torch.Tensor | Sequence[Sequence[int]], attention_mask: torch.Tensor | None, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(input_ids, torch.Tensor):
+        if attention_mask is not None:
+            raise ValueError("attention_mask is only accepted with an input_ids tensor")
+        return pad_prompts(input_ids, pad_id)
+    if input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int32, torch.int64):
+        raise ValueError(f"input_ids must be a 2-D integer tensor (B, P), got {input_ids.dtype} {tuple(input_ids.shape)}")
+    if attention_mask is None:
+        return input_ids.long(), torch.ones_like(input_ids, dtype=torch.long)
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask shape {tuple(attention_mask.shape)} must equal input_ids shape {tuple(input_ids.shape)}"
+        )
+    if not ((attention_mask == 0) | (attention_mask == 1)).all():
+        raise ValueError("attention_mask must hold only 0 and 1")
+    return input_ids.long(), attention_mask.long()
+
+
+def _block_logits(logits: torch.Tensor, start: int, block_start: int, block_end: int) -> torch.Tensor:
+    """The block's slice of the span's logits; a block cut short by EoTP gives fewer columns."""
+    if block_start < start or block_start >= start + logits.shape[1]:
+        raise RuntimeError(f"the forward covered columns from {start} but the block starts at {block_start}")
+    return logits[:, block_start - start:block_end - start]
+
+
+def _checked_commit(decision: Any, view: StepView, progress_floor: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    commit, tokens = (decision.mask, decision.tokens) if isinstance(decision, Commit) else (decision, view.x0)
+    if not isinstance(commit, torch.Tensor) or commit.dtype != torch.bool or commit.shape != view.x.shape:
+        got = f"{commit.dtype} {tuple(commit.shape)}" if isinstance(commit, torch.Tensor) else type(commit).__name__
+        raise TypeError(f"a policy must return a bool tensor of shape {tuple(view.x.shape)}, got {got}")
+    candidates = view.candidates
+    if (commit & ~candidates).any():
+        raise ValueError("the policy committed positions that are not masked positions of the current block")
+    stalled = view.row_active & ~commit.any(1)
+    if stalled.any():
+        if not progress_floor:
+            raise RuntimeError(f"the policy committed nothing for active rows {stalled.nonzero().flatten().tolist()}")
+        best = view.candidate_confidence.argmax(1)  # (B,)
+        commit = commit.clone()
+        commit[stalled, best[stalled]] = True
+        tokens = torch.where(commit & ~decision.mask, view.x0, tokens) if isinstance(decision, Commit) else tokens
+    return commit, tokens
+
+
+def _cut(x, row_end, end, commit_step, global_step, gen_start, mask_id, eos_id):
+    """Fill each cut row with EOS after ``end`` and hide those columns from later forwards."""
+    columns = torch.arange(x.shape[1], device=x.device)[None, :]
+    cut = (end[:, None] >= 0) & (columns > end[:, None]) & (columns < row_end[:, None])
+    if ((x != mask_id) & (x != eos_id) & cut).any():
+        raise ValueError("a stop criterion cut the canvas before an already committed token")
+    # The end position itself holds EOS too (EoTP predicted it there).
+    at_end = (end[:, None] >= gen_start) & (columns == end[:, None]) & (x == mask_id)
+    x = x.masked_fill(cut | at_end, eos_id)
+    commit_step[cut[:, gen_start:]] = -1
+    commit_step[at_end[:, gen_start:]] = global_step
+    row_end = torch.where(end >= 0, torch.minimum(row_end, end + 1), row_end)
+    return x, row_end
+
+
+def _finalise(x, x0, rows, gen_start, commit_step, global_step, mask_id, eos_id):
+    """Rows a stop criterion finished keep their latest predictions where masks remain (EOS if none)."""
+    remaining = (x == mask_id) & rows[:, None]
+    remaining[:, :gen_start] = False
+    fill = torch.where(x0 == mask_id, torch.full_like(x0, eos_id), x0)
+    commit_step[remaining[:, gen_start:]] = global_step
+    return torch.where(remaining, fill, x)

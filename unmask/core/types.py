@@ -1,0 +1,219 @@
+"""Value types and protocols shared by the engine and every component.
+
+Records are frozen attrs classes; tensors inside them are excluded from equality (``eq=False``)
+because tensor ``==`` is elementwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import attrs
+import torch
+from attrs import field, frozen
+
+__all__ = [
+    "Commit", "DecodeConfig", "DecodeResult", "StepView", "StopDecision", "CanvasState", "ForwardPlan",
+    "UnmaskPolicy", "StopCriterion", "CacheManager", "DenoiserModel",
+]
+
+
+def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{attribute.name} must be a positive integer, got {value}")
+
+
+def _non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value}")
+
+
+def tensor_field(**kwargs: Any) -> Any:
+    return field(eq=False, repr=False, **kwargs)
+
+
+@frozen(kw_only=True)
+class DecodeConfig:
+    """How to decode: LLaDA's semi-autoregressive schedule (gen length split into blocks, steps split evenly)."""
+
+    gen_length: int = field(default=128, validator=_positive)
+    block_length: int | None = field(default=None, validator=_positive)  # None: one block
+    steps: int | None = field(default=None, validator=_positive)  # None: gen_length (one token per step)
+    temperature: float = field(default=0.0, validator=_non_negative)
+    seed: int = 0
+    mask_token_id: int | None = None  # None: taken from the model
+    eos_token_id: int | None = None  # None: taken from the model; fills the canvas after the answer
+    progress_floor: bool = True  # an active row that commits nothing commits its most confident position
+
+    def __attrs_post_init__(self) -> None:
+        if self.gen_length % self.num_block_tokens:
+            raise ValueError(
+                f"gen_length={self.gen_length} must be a multiple of block_length={self.block_length}"
+            )
+        if self.num_steps % self.num_blocks:
+            raise ValueError(
+                f"steps={self.num_steps} must be a multiple of the number of blocks "
+                f"(gen_length={self.gen_length} / block_length={self.block_length} = {self.num_blocks})"
+            )
+
+    @property
+    def num_block_tokens(self) -> int:
+        return self.block_length or self.gen_length
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.num_block_tokens
+
+    @property
+    def num_steps(self) -> int:
+        return self.steps or self.gen_length
+
+    @property
+    def steps_per_block(self) -> int:
+        return self.num_steps // self.num_blocks
+
+
+@frozen(kw_only=True)
+class StepView:
+    """What a component sees at one step. Shapes: B rows, L canvas columns, W = block width, V vocab.
+
+    ``confidence`` is the probability of ``x0`` at masked positions that were predicted this step and
+    ``-inf`` elsewhere; ``x0`` equals ``x`` where nothing was predicted.
+    """
+
+    x: torch.Tensor = tensor_field()  # (B, L) canvas before this step's commits
+    x0: torch.Tensor = tensor_field()  # (B, L) predicted tokens
+    confidence: torch.Tensor = tensor_field()  # (B, L) float
+    masked: torch.Tensor = tensor_field()  # (B, L) bool, x == mask before this step
+    window: torch.Tensor = tensor_field()  # (B, L) bool, the current block
+    row_active: torch.Tensor = tensor_field()  # (B,) bool, rows still decoding this block
+    schedule_k: torch.Tensor = tensor_field()  # (B,) long, LLaDA's linear schedule count for this step
+    nfe: torch.Tensor = tensor_field()  # (B,) long, forwards so far, this one included
+    logits: torch.Tensor | None = tensor_field(default=None)  # (B, W, V) over the block, or None
+    committed: torch.Tensor | None = tensor_field(default=None)  # (B, L) bool, set for stop criteria
+    generator: torch.Generator | None = field(default=None, eq=False, repr=False)
+    gen_start: int = 0  # first generated column
+    block_start: int = 0  # the block is columns [block_start, block_end)
+    block_end: int = 0
+    block_index: int = 0
+    step: int = 0  # step within the block
+    mask_token_id: int = 0
+    eos_token_id: int = 0
+
+    @property
+    def candidates(self) -> torch.Tensor:
+        """(B, L) bool: positions a policy may commit (masked, in the block, row active)."""
+        return self.masked & self.window & self.row_active[:, None]
+
+    @property
+    def candidate_confidence(self) -> torch.Tensor:
+        """(B, L) confidence with ``-inf`` outside the candidates."""
+        return self.confidence.masked_fill(~self.candidates, float("-inf"))
+
+
+@frozen(kw_only=True)
+class Commit:
+    """A policy's decision when it writes tokens other than ``x0`` (e.g. an oracle's reference)."""
+
+    mask: torch.Tensor = tensor_field()  # (B, L) bool
+    tokens: torch.Tensor = tensor_field()  # (B, L) long, read at committed positions only
+
+
+@frozen(kw_only=True)
+class StopDecision:
+    """Per-row stop: ``done`` rows are finalised; ``end`` (or -1) is the last column a row keeps."""
+
+    done: torch.Tensor = tensor_field()  # (B,) bool
+    end: torch.Tensor | None = tensor_field(default=None)  # (B,) long, -1 = no cut
+
+
+@frozen(kw_only=True)
+class CanvasState:
+    """What a cache manager needs to plan a forward."""
+
+    input_ids: torch.Tensor = tensor_field()  # (B, L)
+    attention_mask: torch.Tensor = tensor_field()  # (B, L) long, 1 = real token
+    position_ids: torch.Tensor = tensor_field()  # (B, L)
+    block_start: int
+    block_end: int
+    step: int  # within the block
+
+
+@frozen(kw_only=True)
+class ForwardPlan:
+    """One forward: feed columns ``[start, end)`` of the canvas, attending to ``past_key_values``."""
+
+    start: int
+    end: int
+    attention_mask: torch.Tensor = tensor_field()  # (B, keys)
+    past_key_values: Any = field(default=None, eq=False, repr=False)
+
+
+@frozen(kw_only=True)
+class DecodeResult:
+    """Decoded tokens and how they were made."""
+
+    tokens: torch.Tensor = tensor_field()  # (B, gen_length), EOS after each answer
+    answer_lengths: torch.Tensor = tensor_field()  # (B,) tokens before the first EOS
+    nfe: torch.Tensor = tensor_field()  # (B,) forwards each row took part in
+    commit_step: torch.Tensor = tensor_field()  # (B, gen_length) global step of each commit, -1 if cut
+    wall_s: float
+    config: DecodeConfig
+    components: dict[str, Any]  # kind -> {"name", "params", "provider", "version"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tokens": self.tokens.tolist(),
+            "answer_lengths": self.answer_lengths.tolist(),
+            "nfe": self.nfe.tolist(),
+            "wall_s": self.wall_s,
+            "config": attrs.asdict(self.config),
+            "components": self.components,
+        }
+
+
+@runtime_checkable
+class UnmaskPolicy(Protocol):
+    """Chooses which masked positions of the block to commit at a step."""
+
+    def select(self, view: StepView) -> torch.Tensor | Commit: ...
+
+
+@runtime_checkable
+class StopCriterion(Protocol):
+    """Decides, after a step's commits, which rows are finished and where answers end."""
+
+    def check(self, view: StepView) -> StopDecision: ...
+
+
+@runtime_checkable
+class CacheManager(Protocol):
+    """Decides what each forward sees (``plan``) and what it keeps afterwards (``update``)."""
+
+    def reset(self) -> None: ...
+
+    def plan(self, state: CanvasState) -> ForwardPlan: ...
+
+    def update(self, plan: ForwardPlan, state: CanvasState) -> None: ...
+
+
+@runtime_checkable
+class DenoiserModel(Protocol):
+    """A model that predicts every position of a (partly masked) canvas at once."""
+
+    mask_token_id: int
+    eos_token_id: int
+    vocab_size: int
+    shift_logits: bool  # Dream-style: the logits at i predict position i + 1
+
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Any = None,
+    ) -> torch.Tensor: ...
+
+
+StepObserver = Callable[[StepView], None]

@@ -1,0 +1,33 @@
+"""Built-in unmask policies and stop criteria, registered through the same hooks as any plug-in."""
+
+from __future__ import annotations
+
+from unmask.core.plugins import Registrar, hookimpl
+from unmask.strategies.entropy_bound import EntropyBoundPolicy
+from unmask.strategies.oracle import OraclePolicy, example_oracle
+from unmask.strategies.stops import AnyStop, EoTPStop, MaxNFEStop
+from unmask.strategies.threshold import ThresholdPolicy
+from unmask.strategies.topk import RandomPolicy, TopKPolicy
+from unmask.strategies.union import UnionPolicy
+
+__all__ = [
+    "TopKPolicy", "RandomPolicy", "ThresholdPolicy", "EntropyBoundPolicy", "OraclePolicy", "UnionPolicy",
+    "EoTPStop", "MaxNFEStop", "AnyStop",
+]
+
+
+@hookimpl
+def unmask_register_policies(registry: Registrar) -> None:
+    registry.add("topk", TopKPolicy)
+    registry.add("random", RandomPolicy)
+    registry.add("threshold", ThresholdPolicy)
+    registry.add("entropy_bound", EntropyBoundPolicy)
+    registry.add("oracle", OraclePolicy, example=example_oracle)
+    registry.add("union", UnionPolicy, example=lambda **_: UnionPolicy(policies=["topk", "threshold"]))
+
+
+@hookimpl
+def unmask_register_stops(registry: Registrar) -> None:
+    registry.add("eotp", EoTPStop)
+    registry.add("max_nfe", MaxNFEStop, example=lambda **_: MaxNFEStop(n=3))
+    registry.add("any", AnyStop, example=lambda **_: AnyStop(stops=["eotp", "max_nfe:n=3"]))

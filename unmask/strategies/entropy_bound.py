@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import torch
+from attrs import field, frozen
+
+from unmask.core.types import StepView
+from unmask.strategies._select import block_values
+
+
+def _non_negative(instance: object, attribute: object, value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value}")
+
+
+def block_entropy(view: StepView) -> torch.Tensor:
+    """(B, W) entropy of the predictive distribution at each block position."""
+    if view.logits is None:
+        raise ValueError("this component needs view.logits (the block's logits)")
+    # entr(p) = -p log p, taken as 0 where p = 0 (a -inf logit), where p * log p would give NaN.
+    return torch.special.entr(torch.softmax(view.logits.float(), dim=-1)).sum(-1)
+
+
+@frozen(kw_only=True)
+class EntropyBoundPolicy:
+    """Commit the lowest-entropy masked positions while their summed entropy minus its maximum stays <= bound.
+
+    The EB-sampler (Ben-Hamu et al. 2025, arXiv 2505.24857); at least one position per step.
+    """
+
+    bound: float = field(default=0.1, validator=_non_negative)
+
+    def select(self, view: StepView) -> torch.Tensor:
+        entropy = block_values(view.x.shape, block_entropy(view), view.block_start, float("inf"))
+        entropy = entropy.masked_fill(~view.candidates, float("inf"))
+        ordered, order = entropy.sort(dim=1)  # ascending; non-candidates (inf) last
+        # cumsum - cummax never decreases along ascending entropies, so "<= bound" keeps a prefix.
+        excess = ordered.cumsum(1) - ordered.cummax(1).values
+        keep = torch.isfinite(ordered) & (excess <= self.bound)
+        return torch.zeros_like(keep).scatter_(1, order, keep)

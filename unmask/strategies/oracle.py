@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import torch
+from attrs import field, frozen
+
+from unmask.core.types import Commit, StepView
+from unmask.strategies._select import top_k_mask
+
+
+def _token_matrix(instance: object, attribute: object, value: torch.Tensor) -> None:
+    if not isinstance(value, torch.Tensor) or value.dim() != 2 or value.is_floating_point():
+        raise ValueError(f"{attribute.name} must be a 2-D integer tensor (rows, gen_length) of reference tokens")
+
+
+@frozen(kw_only=True)
+class OraclePolicy:
+    """Commit exactly the masked positions of the block whose prediction equals the reference output.
+
+    Learn2PD's "extremely greedy parallel" oracle (arXiv 2509.25188). A row with no match commits its most
+    confident position with the reference token, so the output always equals the reference.
+    """
+
+    reference: torch.Tensor = field(validator=_token_matrix, eq=False)  # (B, gen_length)
+
+    def select(self, view: StepView) -> Commit:
+        batch, width = view.x.shape
+        span = width - view.gen_start
+        if self.reference.shape[0] != batch or self.reference.shape[1] < span:
+            raise ValueError(
+                f"reference has shape {tuple(self.reference.shape)} but the decode needs ({batch}, >= {span})"
+            )
+        target = view.x.clone()
+        target[:, view.gen_start:] = self.reference[:, :span].to(view.x.device)
+        commit = view.candidates & (view.x0 == target)
+        stalled = view.row_active & ~commit.any(1)
+        fallback = top_k_mask(view.candidate_confidence, stalled.long())
+        return Commit(mask=commit | fallback, tokens=target)
+
+
+def example_oracle(*, rows: list[int], gen_length: int, vocab_size: int) -> OraclePolicy:
+    """An oracle against random reference tokens (row r's from seed r, any batch), for contract checks."""
+    reference = [torch.randint(vocab_size - 2, (gen_length,), generator=torch.Generator().manual_seed(r)) for r in rows]
+    return OraclePolicy(reference=torch.stack(reference))

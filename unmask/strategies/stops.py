@@ -1,0 +1,91 @@
+"""Stop criteria: when a row is finished and where its answer ends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from attrs import field, frozen
+
+from unmask.core.plugins import create
+from unmask.core.types import StepView, StopDecision
+
+_SCOPES = ("predicted", "block")
+
+
+def _scope(instance: object, attribute: object, value: str) -> None:
+    if value not in _SCOPES:
+        raise ValueError(f"{attribute.name} must be one of {', '.join(_SCOPES)}, got {value!r}")
+
+
+@frozen(kw_only=True)
+class EoTPStop:
+    """End-of-text prediction: cut the answer at the first EOS committed this step, else at the most
+    confident masked position predicting EOS; everything after becomes EOS and leaves the canvas.
+
+    Learn2PD's EoTP (arXiv 2509.25188). Never cuts before a committed non-EOS token. ``scope`` is where
+    predicted EOS are searched: every position predicted this step, or the current block only.
+    """
+
+    scope: str = field(default="predicted", validator=_scope)
+
+    def check(self, view: StepView) -> StopDecision:
+        eos, columns = view.eos_token_id, torch.arange(view.x.shape[1], device=view.x.device)
+        generated = columns[None, :] >= view.gen_start
+        content = generated & (view.x != view.mask_token_id) & (view.x != eos)
+        last_content = torch.where(content, columns, -1).max(1).values  # (B,)
+        allowed = generated & (columns[None, :] > last_content[:, None]) & view.row_active[:, None]
+
+        committed_eos = allowed & view.committed & (view.x == eos)
+        first_committed = committed_eos.long().argmax(1)
+
+        predicted_eos = allowed & (view.x == view.mask_token_id) & (view.x0 == eos)
+        predicted_eos &= torch.isfinite(view.confidence)
+        if self.scope == "block":
+            predicted_eos &= view.window
+        best_predicted = view.confidence.masked_fill(~predicted_eos, float("-inf")).argmax(1)
+
+        none = torch.full_like(first_committed, -1)
+        end = torch.where(
+            committed_eos.any(1), first_committed, torch.where(predicted_eos.any(1), best_predicted, none)
+        )
+        return StopDecision(done=torch.zeros_like(view.row_active), end=end)
+
+
+def _positive(instance: object, attribute: object, value: int) -> None:
+    if not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{attribute.name} must be a positive integer, got {value!r}")
+
+
+@frozen(kw_only=True)
+class MaxNFEStop:
+    """Finish a row after ``n`` forwards; its remaining masks take their latest predictions (a budget cap)."""
+
+    n: int = field(validator=_positive)
+
+    def check(self, view: StepView) -> StopDecision:
+        return StopDecision(done=view.nfe >= self.n)
+
+
+def _stops(specs: Any) -> tuple[Any, ...]:
+    if isinstance(specs, (str, tuple)) or not hasattr(specs, "__iter__"):
+        specs = [specs]
+    return tuple(create("stops", spec) for spec in specs)
+
+
+@frozen(kw_only=True)
+class AnyStop:
+    """A row is done when any member says so; the earliest end wins (``a + b`` in a spec)."""
+
+    stops: tuple[Any, ...] = field(converter=_stops)
+
+    def check(self, view: StepView) -> StopDecision:
+        done = torch.zeros_like(view.row_active)
+        end = torch.full_like(view.nfe, -1)
+        for criterion in self.stops:
+            decision = criterion.check(view)
+            done = done | decision.done
+            if decision.end is not None:
+                take = (decision.end >= 0) & ((end < 0) | (decision.end < end))
+                end = torch.where(take, decision.end, end)
+        return StopDecision(done=done, end=end)

@@ -1,0 +1,219 @@
+"""Contract checks every component passes, built-in or third-party (like scikit-learn's check_estimator).
+
+Each ``check_*`` takes a registered name, a spec string or an instance and raises ``AssertionError`` on
+the first broken rule. Components whose registration gives an ``example`` are built with it, per batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import attrs
+import torch
+from hypothesis import HealthCheck, given, settings
+
+from unmask.core.engine import decode, pad_prompts
+from unmask.core.plugins import registry
+from unmask.core.spec import parse_spec
+from unmask.core.types import Commit, DecodeConfig, StepView, StopDecision
+from unmask.testing.fake_model import FakeDenoiser
+from unmask.testing.strategies import committed_views, step_views
+
+__all__ = ["check_unmask_policy", "check_stop_criterion", "check_cache_manager", "build_component"]
+
+PROMPTS = ([1, 2, 3], [4], [5, 6, 7, 8, 9])
+CONFIGS = (
+    DecodeConfig(gen_length=16, block_length=8),  # one token per step
+    DecodeConfig(gen_length=16, block_length=4, steps=8),  # two per step
+    DecodeConfig(gen_length=12, block_length=4, steps=6, temperature=0.8, seed=3),
+)
+
+
+def build_component(kind: str, spec: Any, *, rows: Sequence[int], gen_length: int, vocab_size: int) -> Any:
+    """An instance for a decode of ``rows`` (row identities): the entry's example where it has one."""
+    if not isinstance(spec, str):
+        return spec
+    name, params = parse_spec(spec)
+    if "+" not in spec and not params:
+        entry = registry().get(kind, name)
+        if entry.example is not None:
+            return entry.example(rows=list(rows), gen_length=gen_length, vocab_size=vocab_size)
+    return registry().create(kind, spec)
+
+
+def check_unmask_policy(policy: Any, *, max_examples: int = 40) -> None:
+    """Commits are a bool (B, L) mask inside masked ∩ block of active rows; inputs are not mutated; the
+    same view gives the same commits; decodes keep committed tokens, progress and are deterministic."""
+
+    def make(rows: Sequence[int], gen_length: int, vocab: int) -> Any:
+        return build_component("policies", policy, rows=rows, gen_length=gen_length, vocab_size=vocab)
+
+    @settings(max_examples=max_examples, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(view=step_views())
+    def on_views(view: StepView) -> None:
+        component = make(range(view.x.shape[0]), view.x.shape[1] - view.gen_start, view.logits.shape[-1])
+        first = _unchanged(attrs.evolve(view, generator=torch.Generator().manual_seed(7)), component.select)
+        second = component.select(attrs.evolve(view, generator=torch.Generator().manual_seed(7)))
+        mask = _commit_mask(first, view)
+        assert not (mask & ~view.candidates).any(), "committed outside masked ∩ block ∩ active rows"
+        assert torch.equal(mask, _commit_mask(second, view)), "the same view gave different commits"
+
+    on_views()
+    _check_decodes(lambda rows, gen, vocab: {"policy": make(rows, gen, vocab)}, stochastic=_stochastic(policy))
+
+
+def check_stop_criterion(stop: Any, *, max_examples: int = 40) -> None:
+    """Decisions have shape (B,); an end never cuts a committed non-EOS token; inputs are not mutated;
+    decisions are deterministic and monotone (a finished row stays finished) over a decode."""
+
+    def make(rows: Sequence[int], gen_length: int, vocab: int) -> Any:
+        return build_component("stops", stop, rows=rows, gen_length=gen_length, vocab_size=vocab)
+
+    @settings(max_examples=max_examples, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(view=committed_views())
+    def on_views(view: StepView) -> None:
+        component = make(range(view.x.shape[0]), view.x.shape[1] - view.gen_start, view.logits.shape[-1])
+        decision = _unchanged(view, component.check)
+        _check_decision(decision, view)
+        again = component.check(view)
+        assert torch.equal(decision.done, again.done), "the same view gave different done flags"
+        assert (decision.end is None) == (again.end is None), "the same view gave different ends"
+        assert decision.end is None or torch.equal(decision.end, again.end), "the same view gave different ends"
+        later = component.check(attrs.evolve(view, nfe=view.nfe + 1))
+        assert not (decision.done & ~later.done).any(), "a row finished at one step was unfinished at a later one"
+
+    on_views()
+
+    def components(rows: Sequence[int], gen: int, vocab: int) -> dict[str, Any]:
+        return {"stop": _MonotoneWatch(make(rows, gen, vocab))}
+
+    _check_decodes(components, stochastic=False)
+
+
+def check_cache_manager(cache: Any) -> None:
+    """Plans feed a span that covers the block with a matching attention mask; decodes with the cache
+    keep committed tokens, progress, are deterministic and leave no mask."""
+
+    def components(rows: Sequence[int], gen: int, vocab: int) -> dict[str, Any]:
+        made = build_component("caches", cache, rows=rows, gen_length=gen, vocab_size=vocab)
+        return {"cache": _PlanWatch(made)}
+
+    _check_decodes(components, stochastic=False)
+
+
+def _check_decodes(components: Callable[[Sequence[int], int, int], dict[str, Any]], *, stochastic: bool) -> None:
+    # The second model predicts EOS late in the canvas, so EoTP cuts happen.
+    for model in (FakeDenoiser(), FakeDenoiser(seed=1, eos_bias=4.0, eos_from=9)):
+        for config in CONFIGS:
+            rows = range(len(PROMPTS))
+            first = _watched_decode(model, PROMPTS, config, components(rows, config.gen_length, model.vocab_size))
+            second = decode(model, list(PROMPTS), config=config, **components(rows, config.gen_length, model.vocab_size))
+            assert torch.equal(first.tokens, second.tokens), f"same seed, different tokens ({config})"
+            assert torch.equal(first.nfe, second.nfe), f"same seed, different NFE ({config})"
+            assert not (first.tokens == model.mask_token_id).any(), f"masks left after decoding ({config})"
+            if stochastic or config.temperature > 0:
+                continue  # a shared random stream makes rows depend on their batch
+            for row, prompt in enumerate(PROMPTS):
+                alone = decode(model, [prompt], config=config, **components([row], config.gen_length, model.vocab_size))
+                assert torch.equal(alone.tokens[0], first.tokens[row]), f"row {row} decodes differently in a batch"
+                assert alone.nfe[0] == first.nfe[row], f"row {row} takes different NFE in a batch"
+
+
+def _watched_decode(model: Any, prompts: Sequence[Sequence[int]], config: DecodeConfig, components: dict) -> Any:
+    ids, mask = pad_prompts(prompts, model.eos_token_id)
+    ids_before, mask_before = ids.clone(), mask.clone()
+    previous: list[torch.Tensor] = []
+
+    def watch(view: StepView) -> None:
+        committed = view.committed
+        assert not (committed & ~(view.masked & view.window)).any(), "a commit left masked ∩ block"
+        assert committed[view.row_active].any(1).all(), "an active row committed nothing"
+        assert not committed[~view.row_active].any(), "an inactive row committed"
+        if previous:
+            kept = previous[-1] != view.mask_token_id
+            assert torch.equal(view.x[kept], previous[-1][kept]), "a committed token changed"
+        previous[:] = [view.x.clone()]
+
+    result = decode(model, ids, attention_mask=mask, config=config, on_step=watch, **components)
+    assert torch.equal(ids, ids_before) and torch.equal(mask, mask_before), "decode mutated its inputs"
+    return result
+
+
+def _unchanged(view: StepView, call: Callable[[StepView], Any]) -> Any:
+    tensors = {a.name: getattr(view, a.name) for a in attrs.fields(StepView)}
+    before = {k: v.clone() for k, v in tensors.items() if isinstance(v, torch.Tensor)}
+    result = call(view)
+    for name, value in before.items():
+        assert torch.equal(value, getattr(view, name)), f"the component mutated view.{name}"
+    return result
+
+
+def _commit_mask(decision: Any, view: StepView) -> torch.Tensor:
+    mask = decision.mask if isinstance(decision, Commit) else decision
+    assert isinstance(mask, torch.Tensor), f"select must return a tensor or a Commit, got {type(decision).__name__}"
+    assert mask.dtype == torch.bool, f"commit mask must be bool, got {mask.dtype}"
+    assert mask.shape == view.x.shape, f"commit mask shape {tuple(mask.shape)} != canvas {tuple(view.x.shape)}"
+    if isinstance(decision, Commit):
+        assert decision.tokens.shape == view.x.shape, "Commit.tokens must have the canvas shape"
+        assert not (mask & (decision.tokens == view.mask_token_id)).any(), "a Commit wrote the mask token"
+    return mask
+
+
+def _check_decision(decision: StopDecision, view: StepView) -> None:
+    batch, width = view.x.shape
+    assert isinstance(decision, StopDecision), f"check must return a StopDecision, got {type(decision).__name__}"
+    assert decision.done.dtype == torch.bool and decision.done.shape == (batch,), "done must be a (B,) bool tensor"
+    if decision.end is None:
+        return
+    end = decision.end
+    assert end.shape == (batch,) and not end.is_floating_point(), "end must be a (B,) integer tensor"
+    cut = end >= 0
+    assert ((end[cut] >= view.gen_start) & (end[cut] < width)).all(), "end must be -1 or a generated column"
+    columns = torch.arange(width)[None, :]
+    after = cut[:, None] & (columns > end[:, None])
+    content = (view.x != view.mask_token_id) & (view.x != view.eos_token_id)
+    assert not (after & content).any(), "the end cuts before a committed non-EOS token"
+
+
+def _stochastic(component: Any) -> bool:
+    if isinstance(component, str):
+        name, _ = parse_spec(component.split("+")[0])
+        component = registry().get("policies", name).factory
+    return bool(getattr(component, "stochastic", False))
+
+
+@attrs.define
+class _MonotoneWatch:
+    """Wraps a stop criterion and asserts its done flags never go back to False."""
+
+    inner: Any
+    seen: torch.Tensor | None = None
+
+    def check(self, view: StepView) -> StopDecision:
+        decision = self.inner.check(view)
+        _check_decision(decision, view)
+        if self.seen is not None:
+            assert not (self.seen & ~decision.done).any(), "a finished row was reported unfinished later"
+        self.seen = decision.done.clone()
+        return decision
+
+
+@attrs.define
+class _PlanWatch:
+    """Wraps a cache manager and checks each plan against the canvas."""
+
+    inner: Any
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def plan(self, state: Any) -> Any:
+        plan = self.inner.plan(state)
+        width = state.input_ids.shape[1]
+        assert 0 <= plan.start <= state.block_start < plan.end <= width, f"plan span [{plan.start}, {plan.end})"
+        assert plan.attention_mask.shape[0] == state.input_ids.shape[0], "plan attention mask has wrong rows"
+        assert plan.attention_mask.shape[1] >= plan.end - plan.start, "plan attention mask misses the fed columns"
+        return plan
+
+    def update(self, plan: Any, state: Any) -> None:
+        self.inner.update(plan, state)
