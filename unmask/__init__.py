@@ -12,8 +12,19 @@ from unmask.core.types import (  # noqa: E402
     UnmaskPolicy,
 )
 
+
+
+def __getattr__(name: str):
+    # transformers is imported only when a checkpoint is loaded.
+    if name == "load":
+        from unmask.contrib.transformers import load
+
+        return load
+    raise AttributeError(f"module 'unmask' has no attribute {name!r}")
+
+
 __all__ = [
-    "__version__", "decode", "linear_schedule", "pad_prompts", "create", "describe", "hookimpl",
+    "load", "__version__", "decode", "linear_schedule", "pad_prompts", "create", "describe", "hookimpl",
     "register_plugin", "unregister_plugin", "registry", "SpecError", "parse_spec", "CacheManager", "Commit",
     "DecodeConfig", "DecodeResult", "DenoiserModel", "StepView", "StopCriterion", "StopDecision", "UnmaskPolicy",
 ]

@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_decode_arguments(generate)
     generate.add_argument("--json", action="store_true", help="print the answer with NFE, timing and components")
     generate.set_defaults(run=run_generate)
+
+    convert = commands.add_parser("convert-llada", help="rewrite a LLaDA checkpoint as a Llama one (no remote code)")
+    convert.add_argument("source", help="directory of the original LLaDA checkpoint (safetensors)")
+    convert.add_argument("target", help="new directory for the converted checkpoint")
+    convert.set_defaults(run=run_convert_llada)
     return parser
 
 
@@ -93,6 +98,13 @@ def run_generate(args: argparse.Namespace) -> int:
         print(json.dumps(record, indent=2))
     else:
         print(answer[0])
+    return 0
+
+
+def run_convert_llada(args: argparse.Namespace) -> int:
+    from unmask.contrib.llada import convert_llada_checkpoint
+
+    print(convert_llada_checkpoint(args.source, args.target))
     return 0
 
 

@@ -238,6 +238,8 @@ def _checked_commit(decision: Any, view: StepView, progress_floor: bool) -> tupl
     candidates = view.candidates
     if (commit & ~candidates).any():
         raise ValueError("the policy committed positions that are not masked positions of the current block")
+    if (commit & (tokens == view.mask_token_id)).any():
+        raise ValueError("the policy committed the mask token, which would leave the position masked")
     stalled = view.row_active & ~commit.any(1)
     if stalled.any():
         if not progress_floor:

@@ -37,7 +37,10 @@ class OraclePolicy:
         return Commit(mask=commit | fallback, tokens=target)
 
 
-def example_oracle(*, rows: list[int], gen_length: int, vocab_size: int) -> OraclePolicy:
+def example_oracle(*, rows: list[int], gen_length: int, vocab_size: int, mask_token_id: int) -> OraclePolicy:
     """An oracle against random reference tokens (row r's from seed r, any batch), for contract checks."""
-    reference = [torch.randint(vocab_size - 2, (gen_length,), generator=torch.Generator().manual_seed(r)) for r in rows]
-    return OraclePolicy(reference=torch.stack(reference))
+    references = []
+    for row in rows:
+        tokens = torch.randint(vocab_size - 1, (gen_length,), generator=torch.Generator().manual_seed(row))
+        references.append(tokens + (tokens >= mask_token_id).long())  # every id but the mask's
+    return OraclePolicy(reference=torch.stack(references))

@@ -29,7 +29,9 @@ CONFIGS = (
 )
 
 
-def build_component(kind: str, spec: Any, *, rows: Sequence[int], gen_length: int, vocab_size: int) -> Any:
+def build_component(
+    kind: str, spec: Any, *, rows: Sequence[int], gen_length: int, vocab_size: int, mask_token_id: int
+) -> Any:
     """An instance for a decode of ``rows`` (row identities): the entry's example where it has one."""
     if not isinstance(spec, str):
         return spec
@@ -37,7 +39,9 @@ def build_component(kind: str, spec: Any, *, rows: Sequence[int], gen_length: in
     if "+" not in spec and not params:
         entry = registry().get(kind, name)
         if entry.example is not None:
-            return entry.example(rows=list(rows), gen_length=gen_length, vocab_size=vocab_size)
+            return entry.example(
+                rows=list(rows), gen_length=gen_length, vocab_size=vocab_size, mask_token_id=mask_token_id
+            )
     return registry().create(kind, spec)
 
 
@@ -45,13 +49,16 @@ def check_unmask_policy(policy: Any, *, max_examples: int = 40) -> None:
     """Commits are a bool (B, L) mask inside masked ∩ block of active rows; inputs are not mutated; the
     same view gives the same commits; decodes keep committed tokens, progress and are deterministic."""
 
-    def make(rows: Sequence[int], gen_length: int, vocab: int) -> Any:
-        return build_component("policies", policy, rows=rows, gen_length=gen_length, vocab_size=vocab)
+    def make(rows: Sequence[int], gen_length: int, vocab: int, mask_id: int) -> Any:
+        return build_component(
+            "policies", policy, rows=rows, gen_length=gen_length, vocab_size=vocab, mask_token_id=mask_id
+        )
 
-    @settings(max_examples=max_examples, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=max_examples, deadline=None, report_multiple_bugs=False,
+              suppress_health_check=[HealthCheck.too_slow])
     @given(view=step_views())
     def on_views(view: StepView) -> None:
-        component = make(range(view.x.shape[0]), view.x.shape[1] - view.gen_start, view.logits.shape[-1])
+        component = make(*_view_context(view))
         first = _unchanged(attrs.evolve(view, generator=torch.Generator().manual_seed(7)), component.select)
         second = component.select(attrs.evolve(view, generator=torch.Generator().manual_seed(7)))
         mask = _commit_mask(first, view)
@@ -59,20 +66,21 @@ def check_unmask_policy(policy: Any, *, max_examples: int = 40) -> None:
         assert torch.equal(mask, _commit_mask(second, view)), "the same view gave different commits"
 
     on_views()
-    _check_decodes(lambda rows, gen, vocab: {"policy": make(rows, gen, vocab)}, stochastic=_stochastic(policy))
+    _check_decodes(lambda *context: {"policy": make(*context)}, stochastic=_stochastic(policy))
 
 
 def check_stop_criterion(stop: Any, *, max_examples: int = 40) -> None:
     """Decisions have shape (B,); an end never cuts a committed non-EOS token; inputs are not mutated;
     decisions are deterministic and monotone (a finished row stays finished) over a decode."""
 
-    def make(rows: Sequence[int], gen_length: int, vocab: int) -> Any:
-        return build_component("stops", stop, rows=rows, gen_length=gen_length, vocab_size=vocab)
+    def make(rows: Sequence[int], gen_length: int, vocab: int, mask_id: int) -> Any:
+        return build_component("stops", stop, rows=rows, gen_length=gen_length, vocab_size=vocab, mask_token_id=mask_id)
 
-    @settings(max_examples=max_examples, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=max_examples, deadline=None, report_multiple_bugs=False,
+              suppress_health_check=[HealthCheck.too_slow])
     @given(view=committed_views())
     def on_views(view: StepView) -> None:
-        component = make(range(view.x.shape[0]), view.x.shape[1] - view.gen_start, view.logits.shape[-1])
+        component = make(*_view_context(view))
         decision = _unchanged(view, component.check)
         _check_decision(decision, view)
         again = component.check(view)
@@ -84,8 +92,8 @@ def check_stop_criterion(stop: Any, *, max_examples: int = 40) -> None:
 
     on_views()
 
-    def components(rows: Sequence[int], gen: int, vocab: int) -> dict[str, Any]:
-        return {"stop": _MonotoneWatch(make(rows, gen, vocab))}
+    def components(*context: Any) -> dict[str, Any]:
+        return {"stop": _MonotoneWatch(make(*context))}
 
     _check_decodes(components, stochastic=False)
 
@@ -94,27 +102,29 @@ def check_cache_manager(cache: Any) -> None:
     """Plans feed a span that covers the block with a matching attention mask; decodes with the cache
     keep committed tokens, progress, are deterministic and leave no mask."""
 
-    def components(rows: Sequence[int], gen: int, vocab: int) -> dict[str, Any]:
-        made = build_component("caches", cache, rows=rows, gen_length=gen, vocab_size=vocab)
+    def components(rows: Sequence[int], gen: int, vocab: int, mask_id: int) -> dict[str, Any]:
+        made = build_component("caches", cache, rows=rows, gen_length=gen, vocab_size=vocab, mask_token_id=mask_id)
         return {"cache": _PlanWatch(made)}
 
     _check_decodes(components, stochastic=False)
 
 
-def _check_decodes(components: Callable[[Sequence[int], int, int], dict[str, Any]], *, stochastic: bool) -> None:
+def _check_decodes(components: Callable[..., dict[str, Any]], *, stochastic: bool) -> None:
+    """``components(rows, gen_length, vocab_size, mask_token_id)`` gives the decode's components."""
     # The second model predicts EOS late in the canvas, so EoTP cuts happen.
     for model in (FakeDenoiser(), FakeDenoiser(seed=1, eos_bias=4.0, eos_from=9)):
         for config in CONFIGS:
+            context = (config.gen_length, model.vocab_size, model.mask_token_id)
             rows = range(len(PROMPTS))
-            first = _watched_decode(model, PROMPTS, config, components(rows, config.gen_length, model.vocab_size))
-            second = decode(model, list(PROMPTS), config=config, **components(rows, config.gen_length, model.vocab_size))
+            first = _watched_decode(model, PROMPTS, config, components(rows, *context))
+            second = decode(model, list(PROMPTS), config=config, **components(rows, *context))
             assert torch.equal(first.tokens, second.tokens), f"same seed, different tokens ({config})"
             assert torch.equal(first.nfe, second.nfe), f"same seed, different NFE ({config})"
             assert not (first.tokens == model.mask_token_id).any(), f"masks left after decoding ({config})"
             if stochastic or config.temperature > 0:
                 continue  # a shared random stream makes rows depend on their batch
             for row, prompt in enumerate(PROMPTS):
-                alone = decode(model, [prompt], config=config, **components([row], config.gen_length, model.vocab_size))
+                alone = decode(model, [prompt], config=config, **components([row], *context))
                 assert torch.equal(alone.tokens[0], first.tokens[row]), f"row {row} decodes differently in a batch"
                 assert alone.nfe[0] == first.nfe[row], f"row {row} takes different NFE in a batch"
 
@@ -137,6 +147,10 @@ def _watched_decode(model: Any, prompts: Sequence[Sequence[int]], config: Decode
     result = decode(model, ids, attention_mask=mask, config=config, on_step=watch, **components)
     assert torch.equal(ids, ids_before) and torch.equal(mask, mask_before), "decode mutated its inputs"
     return result
+
+
+def _view_context(view: StepView) -> tuple[range, int, int, int]:
+    return range(view.x.shape[0]), view.x.shape[1] - view.gen_start, view.logits.shape[-1], view.mask_token_id
 
 
 def _unchanged(view: StepView, call: Callable[[StepView], Any]) -> Any:

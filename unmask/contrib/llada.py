@@ -1,0 +1,130 @@
+"""Convert LLaDA's original checkpoint layout to transformers' Llama layout (bidirectional attention).
+
+LLaDA (ML-GSAI/LLaDA, ``modeling_llada.py``) is a Llama-style transformer without the causal mask:
+RMSNorm, rotary embeddings with the half-split rotation, SwiGLU where ``ff_proj`` is the gated branch
+(``act(ff_proj(x)) * up_proj(x)``) and ``ff_out`` projects down. Its weights therefore map one to one
+onto ``LlamaForCausalLM`` with ``is_causal=False``, so real LLaDA-8B loads without remote code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+__all__ = ["LAYER_KEYS", "TOP_KEYS", "convert_llada_key", "convert_llada_state_dict", "llama_config_from_llada",
+           "convert_llada_checkpoint"]
+
+# LLaDA block module -> Llama decoder-layer module.
+LAYER_KEYS = {
+    "q_proj": "self_attn.q_proj",
+    "k_proj": "self_attn.k_proj",
+    "v_proj": "self_attn.v_proj",
+    "attn_out": "self_attn.o_proj",
+    "ff_proj": "mlp.gate_proj",
+    "up_proj": "mlp.up_proj",
+    "ff_out": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ff_norm": "post_attention_layernorm",
+}
+# LLaDA top-level module -> Llama module.
+TOP_KEYS = {"wte": "model.embed_tokens", "ln_f": "model.norm", "ff_out": "lm_head"}
+
+_BLOCK = re.compile(r"^(?:model\.)?transformer\.blocks\.(\d+)\.(\w+)\.(weight|bias)$")
+_TOP = re.compile(r"^(?:model\.)?transformer\.(\w+)\.(weight|bias)$")
+
+
+def convert_llada_key(key: str) -> str:
+    """``model.transformer.blocks.3.ff_proj.weight`` -> ``model.layers.3.mlp.gate_proj.weight``."""
+    if match := _BLOCK.match(key):
+        layer, module, kind = match.groups()
+        if module in LAYER_KEYS:
+            return f"model.layers.{layer}.{LAYER_KEYS[module]}.{kind}"
+    elif match := _TOP.match(key):
+        module, kind = match.groups()
+        if module in TOP_KEYS:
+            return f"{TOP_KEYS[module]}.{kind}"
+    raise KeyError(f"unexpected key in a LLaDA checkpoint: {key!r}")
+
+
+def convert_llada_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {convert_llada_key(key): value for key, value in state.items()}
+
+
+def llama_config_from_llada(llada: Mapping[str, Any]) -> Any:
+    """A ``LlamaConfig`` (``is_causal=False``) from LLaDA's ``config.json`` fields."""
+    from transformers import LlamaConfig
+
+    vocab = llada.get("embedding_size") or llada["vocab_size"]
+    return LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=llada["d_model"],
+        intermediate_size=llada["mlp_hidden_size"],
+        num_hidden_layers=llada["n_layers"],
+        num_attention_heads=llada["n_heads"],
+        num_key_value_heads=llada.get("n_kv_heads") or llada["n_heads"],
+        max_position_embeddings=llada.get("max_sequence_length", 4096),
+        rms_norm_eps=llada.get("rms_norm_eps", 1e-5),
+        rope_parameters={"rope_type": "default", "rope_theta": llada.get("rope_theta", 10000.0)},
+        attention_bias=bool(llada.get("include_bias", False) or llada.get("include_qkv_bias", False)),
+        tie_word_embeddings=bool(llada.get("weight_tying", False)),
+        is_causal=False,
+        mask_token_id=llada.get("mask_token_id", 126336),  # LLaDA-8B's ids where the config omits them
+        eos_token_id=llada.get("eos_token_id", 126081),
+        pad_token_id=llada.get("pad_token_id", llada.get("eos_token_id", 126081)),
+        architectures=["LlamaForCausalLM"],
+    )
+
+
+def convert_llada_checkpoint(source: str | Path, target: str | Path) -> Path:
+    """Rewrite a LLaDA checkpoint directory (safetensors shards) as a Llama one, shard by shard.
+
+    Tokenizer and generation files are copied; LLaDA's own code is not. The target appears complete or not
+    at all (written in a temporary directory beside it, then renamed).
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    source, target = Path(source), Path(target)
+    if target.exists():
+        raise FileExistsError(f"target {target} exists; remove it or choose another")
+    shards = sorted(source.glob("*.safetensors"))
+    if not shards:
+        raise FileNotFoundError(f"no .safetensors files in {source}")
+    llada_config = json.loads((source / "config.json").read_text())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        weight_map: dict[str, str] = {}
+        for shard in shards:
+            with safe_open(shard, framework="pt") as reader:
+                tensors = {convert_llada_key(key): reader.get_tensor(key) for key in reader.keys()}
+            save_file(tensors, staging / shard.name, metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(tensors, shard.name))
+        index = {"metadata": {}, "weight_map": dict(sorted(weight_map.items()))}
+        (staging / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        llama_config_from_llada(llada_config).save_pretrained(staging)
+        for extra in source.iterdir():
+            if extra.is_file() and extra.suffix not in (".safetensors", ".py", ".bin") and extra.name not in (
+                "config.json", "model.safetensors.index.json"
+            ):
+                shutil.copy2(extra, staging / extra.name)
+        _strip_remote_code(staging / "tokenizer_config.json")
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _strip_remote_code(tokenizer_config: Path) -> None:
+    if tokenizer_config.exists():
+        settings = json.loads(tokenizer_config.read_text())
+        if settings.pop("auto_map", None) is not None:
+            tokenizer_config.write_text(json.dumps(settings, indent=2))

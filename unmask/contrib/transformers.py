@@ -1,0 +1,181 @@
+"""transformers models as ``DenoiserModel``s: the adapter, loading, and text in / text out."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from attrs import define, field
+
+from unmask.core.engine import decode, pad_prompts
+from unmask.core.types import DecodeResult
+
+__all__ = ["TransformersDenoiser", "CacheNotSupportedError", "load", "encode_prompts", "decode_answers", "decode_text"]
+
+# Model types adapted from autoregressive checkpoints that keep the next-token shift (Dream: Qwen2.5).
+SHIFTED_MODEL_TYPES = frozenset({"dream", "qwen2"})
+
+
+class CacheNotSupportedError(ValueError):
+    """The model cannot take ``past_key_values``; only the ``none`` cache serves it."""
+
+
+@define
+class TransformersDenoiser:
+    """A transformers model with bidirectional attention, seen as a ``DenoiserModel``.
+
+    Dream-style models (``shift_logits``) predict position i + 1 at i; the adapter shifts their logits
+    right by one so that column i always predicts position i, as Dream's own sampler does.
+    """
+
+    model: Any
+    mask_token_id: int
+    eos_token_id: int
+    shift_logits: bool = False
+    remote_code: bool = False
+    accepts_cache: bool = field(init=False)
+    accepts_positions: bool = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        parameters = inspect.signature(self.model.forward).parameters
+        # Remote code has its own cache conventions; only transformers' own classes take ours.
+        self.accepts_cache = "past_key_values" in parameters and not self.remote_code
+        self.accepts_positions = "position_ids" in parameters
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Any = None,
+    ) -> torch.Tensor:
+        inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if position_ids is not None and self.accepts_positions:
+            inputs["position_ids"] = position_ids
+        if past_key_values is not None:
+            if not self.accepts_cache:
+                raise CacheNotSupportedError(
+                    f"{type(self.model).__name__} cannot take past_key_values "
+                    f"({'remote code' if self.remote_code else 'no such argument'}); use cache='none'"
+                )
+            inputs.update(past_key_values=past_key_values, use_cache=True)
+        elif self.accepts_cache:
+            inputs["use_cache"] = False
+        logits = self.model(**inputs).logits  # (B, S, V)
+        if self.shift_logits:
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        return logits
+
+
+def load(
+    name_or_path: str | Path,
+    *,
+    trust_remote_code: bool = False,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    shift_logits: bool | None = None,
+) -> tuple[TransformersDenoiser, Any]:
+    """Load a dLLM checkpoint (a local directory or a Hub id) as ``(model, tokenizer)``.
+
+    Mask and EOS ids come from the tokenizer, else the config. ``shift_logits`` defaults to the config's
+    ``shift_logits`` attribute, else to whether the model type keeps the AR shift (Dream, Qwen2).
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+    source = str(name_or_path)
+    config = _load_config(AutoConfig, source, trust_remote_code)
+    remote = bool(getattr(config, "auto_map", None))
+    architectures = getattr(config, "architectures", None) or []
+    if any(name.endswith("ForMaskedLM") for name in architectures):
+        loader = AutoModelForMaskedLM
+    elif remote:
+        loader = AutoModelForCausalLM if "AutoModelForCausalLM" in config.auto_map else AutoModel
+    else:
+        if getattr(config, "is_causal", True) is not False:
+            raise ValueError(
+                f"the model at {source} has causal attention; a diffusion LM needs bidirectional attention "
+                "(set is_causal: false in its config.json)"
+            )
+        loader = AutoModelForCausalLM
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    model = loader.from_pretrained(source, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32)
+    model = model.to(device).eval()
+    mask_id = _first_id(tokenizer.mask_token_id, getattr(config, "mask_token_id", None))
+    if mask_id is None:
+        raise ValueError(f"the model at {source} has no mask token: the tokenizer has no mask_token "
+                         "and the config no mask_token_id")
+    eos_id = _first_id(tokenizer.eos_token_id, getattr(config, "eos_token_id", None))
+    if eos_id is None:
+        raise ValueError(f"the model at {source} has no EOS token: the tokenizer has no eos_token "
+                         "and the config no eos_token_id")
+    if shift_logits is None:
+        shift_logits = bool(getattr(config, "shift_logits", config.model_type in SHIFTED_MODEL_TYPES))
+    adapter = TransformersDenoiser(
+        model=model, mask_token_id=mask_id, eos_token_id=eos_id, shift_logits=shift_logits, remote_code=remote
+    )
+    return adapter, tokenizer
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[str], *, chat: bool | None = None) -> list[list[int]]:
+    """Token ids per prompt, through the chat template (a user turn, then the assistant's start) if any."""
+    if chat is None:
+        chat = bool(getattr(tokenizer, "chat_template", None))
+    if chat:
+        return [
+            list(tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=False
+            ))
+            for text in prompts
+        ]
+    return [tokenizer(text)["input_ids"] for text in prompts]
+
+
+def decode_answers(tokenizer: Any, result: DecodeResult) -> list[str]:
+    """Each row's answer: tokens before its first EOS, special tokens removed."""
+    return [
+        tokenizer.decode(row[: int(length)].tolist(), skip_special_tokens=True).strip()
+        for row, length in zip(result.tokens, result.answer_lengths)
+    ]
+
+
+def decode_text(
+    model: TransformersDenoiser, tokenizer: Any, prompts: Sequence[str], *, chat: bool | None = None, **kwargs: Any
+) -> tuple[list[str], DecodeResult]:
+    """Encode prompts, decode with :func:`unmask.decode` (``kwargs``), and return the answers' text."""
+    input_ids, attention_mask = pad_prompts(encode_prompts(tokenizer, prompts, chat=chat), model.eos_token_id)
+    result = decode(model, input_ids.to(model.device), attention_mask=attention_mask.to(model.device), **kwargs)
+    return decode_answers(tokenizer, result), result
+
+
+def _load_config(auto_config: Any, source: str, trust_remote_code: bool) -> Any:
+    if not Path(source).exists() and Path(source).is_absolute():
+        raise FileNotFoundError(f"no model directory at {source}")
+    try:
+        return auto_config.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except ValueError as error:
+        if "trust_remote_code" in str(error) and not trust_remote_code:
+            raise ValueError(
+                f"the model at {source} ships its own code; pass trust_remote_code=True "
+                "(--trust-remote-code) to run it"
+            ) from error
+        raise
+
+
+def _first_id(*candidates: Any) -> int | None:
+    for value in candidates:
+        if isinstance(value, (list, tuple)):
+            value = value[0] if value else None
+        if isinstance(value, int):
+            return value
+    return None

@@ -1,0 +1,67 @@
+"""Tiny random transformers checkpoints built from configs, for tests that must not download anything."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["ARCHITECTURES", "tiny_tokenizer", "tiny_model", "save_tiny"]
+
+ARCHITECTURES = ("llama", "qwen2", "modernbert")
+SPECIALS = ["<|endoftext|>", "[MASK]", "<|user|>", "<|assistant|>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def tiny_tokenizer(*, chat: bool = True) -> Any:
+    """A character-level tokenizer (letters, digits, space, punctuation) with [MASK], an EOS and a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = SPECIALS + list(string.ascii_lowercase + string.digits + " +-=*,.?")
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="?"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    backend.decoder = decoders.Fuse()  # characters join without spaces
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|endoftext|>", mask_token="[MASK]", pad_token="<|endoftext|>",
+        unk_token="?", additional_special_tokens=["<|user|>", "<|assistant|>"],
+    )
+    if chat:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_model(architecture: str, tokenizer: Any, *, seed: int = 0) -> Any:
+    """A randomly initialised model of ``architecture`` (bidirectional where it is a decoder)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, ModernBertConfig, ModernBertForMaskedLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    shared = dict(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=256, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, mask_token_id=tokenizer.mask_token_id,
+    )
+    torch.manual_seed(seed)
+    if architecture == "llama":
+        return LlamaForCausalLM(LlamaConfig(**shared, num_key_value_heads=2, is_causal=False)).eval()
+    if architecture == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**shared, num_key_value_heads=2, is_causal=False,
+                                            tie_word_embeddings=False)).eval()
+    if architecture == "modernbert":
+        return ModernBertForMaskedLM(ModernBertConfig(**shared, bos_token_id=None, cls_token_id=None,
+                                                      sep_token_id=None)).eval()
+    raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
+
+
+def save_tiny(architecture: str, directory: str | Path, *, seed: int = 0) -> Path:
+    """Build and ``save_pretrained`` a tiny model with its tokenizer; returns the directory."""
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(architecture, tokenizer, seed=seed)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return Path(directory)
