@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from unmask.caches.block import DualCache, PrefixCache
 from unmask.caches.none import NoCache
 from unmask.core.plugins import Registrar, hookimpl
 
-__all__ = ["NoCache"]
+__all__ = ["NoCache", "PrefixCache", "DualCache"]
 
 
 @hookimpl
 def unmask_register_caches(registry: Registrar) -> None:
     registry.add("none", NoCache)
+    registry.add("prefix", PrefixCache)
+    registry.add("dual", DualCache)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from attrs import define
 
 from unmask.core.types import CanvasState, ForwardPlan
@@ -9,7 +11,7 @@ from unmask.core.types import CanvasState, ForwardPlan
 class NoCache:
     """Feed the whole canvas at every step and keep nothing: exact, and the baseline for caches."""
 
-    def reset(self) -> None:
+    def reset(self, model: Any = None) -> None:
         pass
 
     def plan(self, state: CanvasState) -> ForwardPlan:

@@ -17,7 +17,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, OSError) as error:
+    except (ValueError, TypeError, ImportError, OSError) as error:
         print(f"unmask {args.command}: error: {error}", file=sys.stderr)
         return 2
 
@@ -39,6 +39,26 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--json", action="store_true", help="print the answer with NFE, timing and components")
     generate.set_defaults(run=run_generate)
 
+    bench = commands.add_parser("bench", help="decode task samples with every combination of components and score")
+    bench.add_argument("--tasks", default=None, help="comma-separated tasks (default: the bundled model's task mix)")
+    bench.add_argument("--n", type=int, default=50, help="samples per task (default: 50)")
+    bench.add_argument("--seed", type=int, default=0, help="first reasoning-gym seed of the sample set (default: 0)")
+    bench.add_argument("--policy", action="append", help="repeat for several (default: topk)")
+    bench.add_argument("--stop", action="append", help="repeat for several; 'none' for no stop (default: none)")
+    bench.add_argument("--cache", action="append", help="repeat for several (default: none)")
+    bench.add_argument("--batch-size", type=int, default=32, help="rows decoded together (default: 32)")
+    bench.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    add_model_arguments(bench)
+    add_decode_arguments(bench, components=False, seed_flag="--decode-seed")
+    bench.set_defaults(run=run_bench)
+
+    train = commands.add_parser("train-model", help="train the reference dLLM on the tasks (CPU, under an hour)")
+    train.add_argument("--out", required=True, help="directory to write the model to (replaced atomically)")
+    train.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the recorded recipe)")
+    train.add_argument("--seed", type=int, default=0, help="seed of initialisation and batches (default: 0)")
+    train.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    train.set_defaults(run=run_train_model)
+
     convert = commands.add_parser("convert-llada", help="rewrite a LLaDA checkpoint as a Llama one (no remote code)")
     convert.add_argument("source", help="directory of the original LLaDA checkpoint (safetensors)")
     convert.add_argument("target", help="new directory for the converted checkpoint")
@@ -47,20 +67,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="a local model directory (transformers layout)")
+    parser.add_argument("--model", default=None, help="a model directory (transformers layout); default: the bundled "
+                        "reference model")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own model code")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
 
-def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--policy", default="topk", help=f"unmask policy: {COMPONENT_HELP} (default: topk)")
-    parser.add_argument("--stop", default=None, help=f"stop criterion, e.g. eotp: {COMPONENT_HELP}")
-    parser.add_argument("--cache", default="none", help="KV-cache manager (default: none)")
+def add_decode_arguments(
+    parser: argparse.ArgumentParser, *, components: bool = True, seed_flag: str = "--seed"
+) -> None:
+    if components:
+        parser.add_argument("--policy", default="topk", help=f"unmask policy: {COMPONENT_HELP} (default: topk)")
+        parser.add_argument("--stop", default=None, help=f"stop criterion, e.g. eotp: {COMPONENT_HELP}")
+        parser.add_argument("--cache", default="none", help="KV-cache manager (default: none)")
     parser.add_argument("--gen-length", type=int, default=64, help="tokens to generate (default: 64)")
     parser.add_argument("--block-length", type=int, default=32, help="semi-autoregressive block (default: 32)")
     parser.add_argument("--steps", type=int, default=None, help="schedule steps (default: gen length)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling stream (default: 0)")
+    parser.add_argument(seed_flag, type=int, default=0, dest="decode_seed",
+                        help="seed of the sampling stream (default: 0)")
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -80,24 +105,70 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_generate(args: argparse.Namespace) -> int:
-    from unmask.contrib.transformers import decode_text, load
+def _load_model(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    from unmask.contrib.reference import load_reference_model
+    from unmask.contrib.transformers import load
+
+    if args.model is None:
+        return (*load_reference_model(device=args.device), "bundled reference model")
+    return (*load(args.model, trust_remote_code=args.trust_remote_code, device=args.device), args.model)
+
+
+def _decode_config(args: argparse.Namespace) -> Any:
     from unmask.core.types import DecodeConfig
 
-    model, tokenizer = load(args.model, trust_remote_code=args.trust_remote_code, device=args.device)
-    config = DecodeConfig(
+    return DecodeConfig(
         gen_length=args.gen_length, block_length=min(args.block_length, args.gen_length), steps=args.steps,
-        temperature=args.temperature, seed=args.seed,
+        temperature=args.temperature, seed=args.decode_seed,
     )
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from unmask.contrib.transformers import decode_text
+
+    model, tokenizer, model_name = _load_model(args)
     answer, result = decode_text(
-        model, tokenizer, [args.prompt], config=config, policy=args.policy, stop=args.stop, cache=args.cache
+        model, tokenizer, [args.prompt], config=_decode_config(args), policy=args.policy, stop=args.stop,
+        cache=args.cache,
     )
     if args.json:
         record = {"prompt": args.prompt, "answer": answer[0], "nfe": int(result.nfe[0]), "wall_s": result.wall_s,
-                  "model": args.model, "config": result.to_dict()["config"], "components": result.components}
+                  "model": model_name, "config": result.to_dict()["config"], "components": result.components}
         print(json.dumps(record, indent=2))
     else:
         print(answer[0])
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from unmask.contrib.bench import bench, format_table
+    from unmask.contrib.tasks import DEFAULT_TASKS, get_task
+
+    tasks = args.tasks.split(",") if args.tasks else list(DEFAULT_TASKS)
+    for task in tasks:
+        get_task(task)  # unknown names fail before the model loads
+    model, tokenizer, model_name = _load_model(args)
+    rows = bench(
+        model, tokenizer, tasks=tasks, n=args.n, seed=args.seed, policies=args.policy or ["topk"],
+        stops=[None if s == "none" else s for s in args.stop or ["none"]], caches=args.cache or ["none"],
+        config=_decode_config(args), batch_size=args.batch_size,
+    )
+    if args.json:
+        print(json.dumps([{**row, "model": model_name} for row in rows], indent=2))
+    else:
+        print(format_table(rows))
+    return 0
+
+
+def run_train_model(args: argparse.Namespace) -> int:
+    import attrs
+
+    from unmask.contrib.reference import TrainingConfig, train_reference_model
+
+    config = TrainingConfig(seed=args.seed, threads=args.threads)
+    if args.steps is not None:
+        config = attrs.evolve(config, steps=args.steps)
+    print(train_reference_model(args.out, config))
     return 0
 
 

@@ -107,8 +107,9 @@ def decode(
     nfe = torch.zeros(batch, dtype=torch.long, device=device)
     commit_step = torch.full((batch, config.gen_length), -1, dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    cache_manager.reset()
+    cache_manager.reset(model)
     global_step = 0
+    lookbehind = int(bool(getattr(model, "shift_logits", False)))
 
     with torch.inference_mode():
         for block_index in range(config.num_blocks):
@@ -131,7 +132,7 @@ def decode(
                 state = CanvasState(
                     input_ids=x[:, :visible], attention_mask=attention,
                     position_ids=(attention.cumsum(-1) - 1).clamp(min=0),
-                    block_start=block_start, block_end=block_end, step=step,
+                    block_start=block_start, block_end=block_end, step=step, lookbehind=lookbehind,
                 )
                 plan = cache_manager.plan(state)
                 logits = model(

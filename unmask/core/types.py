@@ -137,6 +137,7 @@ class CanvasState:
     block_start: int
     block_end: int
     step: int  # within the block
+    lookbehind: int = 0  # 1 for shift_logits models: column c is predicted from c - 1
 
 
 @frozen(kw_only=True)
@@ -190,7 +191,8 @@ class StopCriterion(Protocol):
 class CacheManager(Protocol):
     """Decides what each forward sees (``plan``) and what it keeps afterwards (``update``)."""
 
-    def reset(self) -> None: ...
+    def reset(self, model: Any = None) -> None:
+        """Forget what a previous decode kept; raise ``ValueError`` if ``model`` cannot be served."""
 
     def plan(self, state: CanvasState) -> ForwardPlan: ...
 

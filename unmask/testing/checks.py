@@ -104,15 +104,20 @@ def check_cache_manager(cache: Any) -> None:
 
     def components(rows: Sequence[int], gen: int, vocab: int, mask_id: int) -> dict[str, Any]:
         made = build_component("caches", cache, rows=rows, gen_length=gen, vocab_size=vocab, mask_token_id=mask_id)
-        return {"cache": _PlanWatch(made)}
+        return {"cache": _PlanWatch(made), "policy": "threshold:tau=0.5", "stop": "eotp"}
 
-    _check_decodes(components, stochastic=False)
+    from unmask.testing.tiny import tiny_denoiser
+
+    # Tiny transformers models: they take KV caches; qwen2 also shifts its logits (Dream-style).
+    _check_decodes(components, stochastic=False, models=(tiny_denoiser("llama"), tiny_denoiser("qwen2")))
 
 
-def _check_decodes(components: Callable[..., dict[str, Any]], *, stochastic: bool) -> None:
+def _check_decodes(
+    components: Callable[..., dict[str, Any]], *, stochastic: bool, models: Sequence[Any] | None = None
+) -> None:
     """``components(rows, gen_length, vocab_size, mask_token_id)`` gives the decode's components."""
-    # The second model predicts EOS late in the canvas, so EoTP cuts happen.
-    for model in (FakeDenoiser(), FakeDenoiser(seed=1, eos_bias=4.0, eos_from=9)):
+    # The second fake model predicts EOS late in the canvas, so EoTP cuts happen.
+    for model in models or (FakeDenoiser(), FakeDenoiser(seed=1, eos_bias=4.0, eos_from=9)):
         for config in CONFIGS:
             context = (config.gen_length, model.vocab_size, model.mask_token_id)
             rows = range(len(PROMPTS))
@@ -218,8 +223,8 @@ class _PlanWatch:
 
     inner: Any
 
-    def reset(self) -> None:
-        self.inner.reset()
+    def reset(self, model: Any = None) -> None:
+        self.inner.reset(model)
 
     def plan(self, state: Any) -> Any:
         plan = self.inner.plan(state)

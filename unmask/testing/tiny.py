@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["ARCHITECTURES", "tiny_tokenizer", "tiny_model", "save_tiny"]
+__all__ = ["ARCHITECTURES", "tiny_tokenizer", "tiny_model", "tiny_denoiser", "save_tiny"]
 
 ARCHITECTURES = ("llama", "qwen2", "modernbert")
 SPECIALS = ["<|endoftext|>", "[MASK]", "<|user|>", "<|assistant|>"]
@@ -56,6 +56,18 @@ def tiny_model(architecture: str, tokenizer: Any, *, seed: int = 0) -> Any:
         return ModernBertForMaskedLM(ModernBertConfig(**shared, bos_token_id=None, cls_token_id=None,
                                                       sep_token_id=None)).eval()
     raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
+
+
+def tiny_denoiser(architecture: str = "llama", *, seed: int = 0) -> Any:
+    """A tiny model wrapped as a ``DenoiserModel`` that takes KV caches (``llama`` or ``qwen2``)."""
+    from unmask.contrib.transformers import SHIFTED_MODEL_TYPES, TransformersDenoiser
+
+    tokenizer = tiny_tokenizer()
+    model = tiny_model(architecture, tokenizer, seed=seed)
+    return TransformersDenoiser(
+        model=model, mask_token_id=tokenizer.mask_token_id, eos_token_id=tokenizer.eos_token_id,
+        shift_logits=model.config.model_type in SHIFTED_MODEL_TYPES,
+    )
 
 
 def save_tiny(architecture: str, directory: str | Path, *, seed: int = 0) -> Path:
