@@ -1,10 +1,12 @@
 import os
 
-import pytest
-import torch
-from hypothesis import HealthCheck, settings
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests build or ship every model; nothing is downloaded
 
-from unmask.testing import FakeDenoiser
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+from unmask.testing import FakeDenoiser  # noqa: E402
 
 # CI runs derandomized so a failure reproduces; HYPOTHESIS_PROFILE=dev explores new examples.
 settings.register_profile("ci", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -25,7 +25,7 @@ from attrs import asdict, field, frozen
 from unmask.contrib.tasks import DEFAULT_TASKS, TRAIN_SEED, samples
 
 __all__ = ["REFERENCE_MODEL_DIR", "TrainingConfig", "build_tokenizer", "build_model", "train_reference_model",
-           "load_reference_model"]
+           "load_reference_model", "write_model_card"]
 
 REFERENCE_MODEL_DIR = Path(__file__).with_name("reference_model")
 EOS, MASK = "<|endoftext|>", "[MASK]"
@@ -34,24 +34,26 @@ EOS, MASK = "<|endoftext|>", "[MASK]"
 @frozen(kw_only=True)
 class TrainingConfig:
     tasks: tuple[str, ...] = field(default=DEFAULT_TASKS, converter=tuple)
-    task_weights: tuple[float, ...] = (0.2, 0.15, 0.3, 0.35)  # harder tasks (sorting, sudoku) more often
+    task_weights: tuple[float, ...] = (0.2, 0.2, 0.3, 0.3)  # longer answers (sorting, sudoku) more often
     samples_per_task: int = 50_000
     # Answers are padded with end-of-text to one of these lengths per batch, so the model also decodes
     # longer canvases than the 64 it is evaluated at most.
     gen_lengths: tuple[int, ...] = (64, 128, 256)
-    gen_length_weights: tuple[float, ...] = (0.8, 0.14, 0.06)
+    gen_length_weights: tuple[float, ...] = (0.88, 0.08, 0.04)
     vocab_size: int = 384
     hidden_size: int = 256
     num_layers: int = 4
     num_heads: int = 4
     intermediate_size: int = 768
-    steps: int = 2400
+    steps: int = 2600
     batch_size: int = 64
     learning_rate: float = 1.5e-3
     warmup_steps: int = 100
     bf16: bool = True  # autocast on the CPU: about 25% faster here
     weight_decay: float = 0.01
-    min_mask_ratio: float = 1e-3  # LLaDA's eps
+    # LLaDA's eps; larger than its 1e-3 because 1/t weights up to 1000 made this small model's gradients
+    # noisy enough to stall it.
+    min_mask_ratio: float = 0.05
     seed: int = 0
     threads: int = 2
 
@@ -86,6 +88,36 @@ def build_model(tokenizer: Any, config: TrainingConfig) -> Any:
     )
     torch.manual_seed(config.seed)
     return LlamaForCausalLM(model_config)
+
+
+def write_model_card(directory: str | Path, evaluation: str = "") -> None:
+    """README.md beside the weights: what the model is, how it was trained, what it scores."""
+    directory = Path(directory)
+    record = json.loads((directory / "training.json").read_text())
+    config = record["config"]
+    card = f"""# unmask reference dLLM
+
+A {record['parameters'] / 1e6:.1f}M-parameter masked-diffusion language model: `LlamaForCausalLM` with
+`is_causal: false` ({config['num_layers']} layers, hidden {config['hidden_size']}, {config['num_heads']} heads,
+vocabulary {config['vocab_size']}), trained with LLaDA's SFT objective on the tasks {', '.join(config['tasks'])}
+(`unmask.contrib.tasks`, reasoning-gym items from seed {TRAIN_SEED} upward; evaluate on seeds below it).
+Prompts are the tasks' rendered questions (`unmask.contrib.tasks.samples(task, n, seed)[i].prompt`);
+answers are padded with `<|endoftext|>` to the canvas length.
+
+## Training
+
+    unmask train-model --out unmask/contrib/reference_model
+
+{config['steps']} steps of {config['batch_size']} samples, AdamW lr {config['learning_rate']}, answer canvases of
+{', '.join(map(str, config['gen_lengths']))} tokens; seed {config['seed']}, {config['threads']} CPU threads.
+Final loss (smoothed) {record['final_loss']}; {record['train_minutes']} minutes on {record['machine']['cpu']}
+with torch {record['torch']}. The loss curve is `training_log.jsonl`; all settings are in `training.json`.
+"""
+    if evaluation:
+        card += "\n## Evaluation\n\n" + evaluation.strip() + "\n"
+    temporary = directory / ".README.md.tmp"
+    temporary.write_text(card)
+    os.replace(temporary, directory / "README.md")
 
 
 def load_reference_model(device: str | torch.device = "cpu") -> tuple[Any, Any]:
@@ -166,10 +198,10 @@ def train_reference_model(out: str | Path, config: TrainingConfig = TrainingConf
     running = None
     bar = tqdm(range(config.steps), desc="training", disable=not progress, mininterval=5)
     for step in bar:
-        # One task and one answer length per batch: little padding, every length seen.
-        pool = data[rng.choices(config.tasks, weights=config.task_weights)[0]]
+        # Tasks mixed within a batch; one answer length per batch, so every length is seen.
+        tasks = rng.choices(config.tasks, weights=config.task_weights, k=config.batch_size)
         gen_length = rng.choices(config.gen_lengths, weights=config.gen_length_weights)[0]
-        batch = [pool[rng.randrange(len(pool))] for _ in range(config.batch_size)]
+        batch = [data[task][rng.randrange(len(data[task]))] for task in tasks]
         loss = _loss(model, batch, config, tokenizer.mask_token_id, tokenizer.eos_token_id, gen_length, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -185,6 +217,7 @@ def train_reference_model(out: str | Path, config: TrainingConfig = TrainingConf
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the model ships as package data
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     (staging / "training_log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in log))
@@ -195,6 +228,9 @@ def train_reference_model(out: str | Path, config: TrainingConfig = TrainingConf
         "torch": torch.__version__,
     }
     (staging / "training.json").write_text(json.dumps(record, indent=2))
+    write_model_card(staging)
+    for written in staging.iterdir():
+        written.chmod(0o644)
     if out.exists():
         shutil.rmtree(out)
     os.replace(staging, out)

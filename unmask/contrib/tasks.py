@@ -42,16 +42,16 @@ class Task:
 TASKS: dict[str, Task] = {
     task.name: task
     for task in (
-        Task(name="chain_sum", dataset="chain_sum", description="a + b or a - b, numbers up to 99",
-             config=dict(min_terms=2, max_terms=2, min_digits=1, max_digits=2)),
-        Task(name="basic_arithmetic", dataset="basic_arithmetic", description="2-3 one-digit terms with + - *",
-             config=dict(min_terms=2, max_terms=3, min_digits=1, max_digits=1, operators=("+", "-", "*"),
+        Task(name="chain_sum", dataset="chain_sum", description="a + b or a - b with one-digit numbers",
+             config=dict(min_terms=2, max_terms=2, min_digits=1, max_digits=1)),
+        Task(name="basic_arithmetic", dataset="basic_arithmetic", description="two one-digit terms with + - *",
+             config=dict(min_terms=2, max_terms=2, min_digits=1, max_digits=1, operators=("+", "-", "*"),
                          allow_parentheses=False, allow_negation=False)),
         Task(name="number_sorting", dataset="number_sorting", render=_first_line,
-             description="sort 3-5 whole numbers in 0-99 (answer: a list of quoted numbers)",
-             config=dict(min_numbers=3, max_numbers=5, min_decimals=0, max_decimals=0, min_value=0, max_value=99)),
+             description="sort 3-5 whole numbers in 0-9 (answer: a list of quoted numbers)",
+             config=dict(min_numbers=3, max_numbers=5, min_decimals=0, max_decimals=0, min_value=0, max_value=9)),
         Task(name="mini_sudoku", dataset="mini_sudoku", render=_puzzle_only,
-             description="complete a 4x4 sudoku with 4-8 empty cells", config=dict(min_empty=4, max_empty=8)),
+             description="complete a 4x4 sudoku with 4-6 empty cells", config=dict(min_empty=4, max_empty=6)),
     )
 }
 DEFAULT_TASKS = tuple(TASKS)

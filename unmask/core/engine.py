@@ -142,17 +142,8 @@ def decode(
                 cache_manager.update(plan, state)
                 nfe += row_active.long()
 
-                # Score the predicted span: x0 and its probability at masked positions.
-                span_x0, span_confidence = score(logits, config.temperature, generator, mask_id)
-                predicted = torch.zeros_like(masked)
-                predicted[:, plan.start:plan.end] = True
-                predicted &= masked
-                x0 = x.clone()
-                x0[:, plan.start:plan.end] = span_x0
-                x0 = torch.where(predicted, x0, x)
-                confidence = torch.full(x.shape, float("-inf"), dtype=torch.float64, device=device)
-                confidence[:, plan.start:plan.end] = span_confidence
-                confidence = confidence.masked_fill(~predicted, float("-inf"))
+                # Score the fed span: x0 and its probability at masked positions.
+                x0, confidence = _on_canvas(x, masked, plan.start, *score(logits, config.temperature, generator, mask_id))
                 view = StepView(
                     x=x, x0=x0, confidence=confidence, masked=masked, window=window, row_active=row_active,
                     # Past the schedule's last step (a policy that committed less), one token per step.
@@ -222,6 +213,19 @@ def _prompt_tensors(
     if not ((attention_mask == 0) | (attention_mask == 1)).all():
         raise ValueError("attention_mask must hold only 0 and 1")
     return input_ids.long(), attention_mask.long()
+
+
+def _on_canvas(
+    x: torch.Tensor, masked: torch.Tensor, start: int, span_x0: torch.Tensor, span_confidence: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Span predictions placed on the (B, L) canvas: x0 = x and confidence = -inf where not predicted."""
+    predicted = torch.zeros_like(masked)
+    predicted[:, start:start + span_x0.shape[1]] = True
+    predicted &= masked
+    x0, confidence = x.clone(), torch.full(x.shape, float("-inf"), dtype=span_confidence.dtype, device=x.device)
+    x0[:, start:start + span_x0.shape[1]] = span_x0
+    confidence[:, start:start + span_x0.shape[1]] = span_confidence
+    return torch.where(predicted, x0, x), confidence.masked_fill(~predicted, float("-inf"))
 
 
 def _block_logits(logits: torch.Tensor, start: int, block_start: int, block_end: int) -> torch.Tensor:
