@@ -1,4 +1,3 @@
-import attrs
 import pytest
 import torch
 from hypothesis import given
