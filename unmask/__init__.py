@@ -20,11 +20,15 @@ def __getattr__(name: str):
         from unmask.contrib.transformers import load
 
         return load
+    if name == "ablate":
+        from unmask.contrib.ablate import ablate
+
+        return ablate
     raise AttributeError(f"module 'unmask' has no attribute {name!r}")
 
 
 __all__ = [
-    "load", "__version__", "decode", "linear_schedule", "pad_prompts", "create", "describe", "hookimpl",
+    "load", "ablate", "__version__", "decode", "linear_schedule", "pad_prompts", "create", "describe", "hookimpl",
     "register_plugin", "unregister_plugin", "registry", "SpecError", "parse_spec", "CacheManager", "Commit",
     "DecodeConfig", "DecodeResult", "DenoiserModel", "StepView", "StopCriterion", "StopDecision", "UnmaskPolicy",
 ]

@@ -9,7 +9,10 @@ from unmask.core.types import CanvasState, ForwardPlan
 
 @define
 class NoCache:
-    """Feed the whole canvas at every step and keep nothing: exact, and the baseline for caches."""
+    """Feed the whole canvas at every step and keep nothing: exact, and the baseline for caches.
+
+    LLaDA's reference sampler (arXiv 2502.09992) runs the full canvas at every step.
+    """
 
     def reset(self, model: Any = None) -> None:
         pass

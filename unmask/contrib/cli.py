@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Sequence
 
@@ -59,6 +60,37 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     train.set_defaults(run=run_train_model)
 
+    ablate = commands.add_parser("ablate", help="run an ablation grid (TOML), resumable; write a report and plots")
+    ablate.add_argument("grid", help="grid TOML file (see unmask.contrib.ablate for its fields)")
+    ablate.add_argument("--out", default=None, help="results JSONL (default: GRID with .jsonl); finished cells "
+                        "in it are skipped")
+    ablate.add_argument("--report", default=None, help="write a Markdown report here")
+    ablate.add_argument("--plots", default=None, help="write plots to this directory (needs unmask[plots])")
+    ablate.set_defaults(run=run_ablate)
+
+    collect = commands.add_parser("collect", help="record Learn2PD traces: oracle decodes labelled 'already final'")
+    collect.add_argument("--tasks", default=None, help="comma-separated tasks (default: the bundled model's task mix)")
+    collect.add_argument("--n", type=int, default=500, help="prompts per task (default: 500)")
+    collect.add_argument("--seed", type=int, default=None, help="first reasoning-gym seed; must not be an evaluation "
+                         "seed (default: unmask.filters.traces.FILTER_SEED)")
+    collect.add_argument("--out", required=True, help="traces directory (rerunning resumes it)")
+    collect.add_argument("--gen-length", type=int, default=128, help="canvas length (default: 128)")
+    collect.add_argument("--block-length", type=int, default=32, help="block length (default: 32)")
+    collect.add_argument("--batch-size", type=int, default=32, help="prompts per shard (default: 32)")
+    add_model_arguments(collect)
+    collect.set_defaults(run=run_collect)
+
+    train_filter = commands.add_parser("train-filter", help="fit a Learn2PD filter on traces; prints validation metrics")
+    train_filter.add_argument("--traces", required=True, help="a directory written by unmask collect")
+    train_filter.add_argument("--kind", required=True, help="a registered filter kind: mlp or gbdt, or a plug-in's")
+    train_filter.add_argument("--features", default=None, help="a registered feature set (default: block_confidence "
+                              "for mlp, position_stats otherwise)")
+    train_filter.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                              help="an estimator parameter, e.g. --param max_iter=500 (repeatable)")
+    train_filter.add_argument("--tau", type=float, default=0.96, help="threshold for the reported precision/recall")
+    train_filter.add_argument("--out", required=True, help="filter directory to write (replaced atomically)")
+    train_filter.set_defaults(run=run_train_filter)
+
     convert = commands.add_parser("convert-llada", help="rewrite a LLaDA checkpoint as a Llama one (no remote code)")
     convert.add_argument("source", help="directory of the original LLaDA checkpoint (safetensors)")
     convert.add_argument("target", help="new directory for the converted checkpoint")
@@ -67,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="a model directory (transformers layout); default: the bundled "
-                        "reference model")
+    parser.add_argument("--model", default=None, help="a registered model name or a checkpoint directory "
+                        "(transformers layout); default: the bundled reference model")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own model code")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
@@ -169,6 +201,79 @@ def run_train_model(args: argparse.Namespace) -> int:
     if args.steps is not None:
         config = attrs.evolve(config, steps=args.steps)
     print(train_reference_model(args.out, config))
+    return 0
+
+
+def run_ablate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from unmask.contrib.ablate import ablate, load_grid
+    from unmask.contrib.report import markdown_report, plot_commit_order, plot_pareto
+
+    grid = load_grid(args.grid)  # every cell is checked before the model loads
+    out = Path(args.out) if args.out else Path(args.grid).with_suffix(".jsonl")
+    rows = ablate(grid, out)
+    command = " ".join(["unmask ablate", args.grid] + [f"--{k} {v}" for k, v in
+                                                        (("out", args.out), ("report", args.report),
+                                                         ("plots", args.plots)) if v])
+    report = markdown_report(rows, title=f"Ablation: {grid.name}", command=command)
+    if args.plots:
+        from unmask.contrib.transformers import load
+
+        plots = Path(args.plots)
+        tokenizer = load(grid.model)[1]  # token labels in the decoding-order pictures
+        figures = [plot_pareto(rows, plots / "pareto.png")]
+        for row in rows:
+            if row["task"] == grid.tasks[-1] and row["stop"] == "none" and row["cache"] == "none":
+                name = f"order-{row['task']}-{row['policy']}-{row['gen_length']}".replace(":", "_").replace(" ", "")
+                figures.append(plot_commit_order(row, plots / f"{name}.png", tokenizer=tokenizer))
+        base = Path(args.report).parent if args.report else Path(".")
+        report += "\n" + "\n".join(f"![{f.stem}]({os.path.relpath(f, base)})" for f in figures) + "\n"
+    if args.report:
+        _write_text(Path(args.report), report)
+    print(report)
+    return 0
+
+
+def _write_text(path: Any, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def run_collect(args: argparse.Namespace) -> int:
+    from unmask.contrib.tasks import DEFAULT_TASKS, get_task
+    from unmask.filters.traces import FILTER_SEED, collect
+
+    tasks = args.tasks.split(",") if args.tasks else list(DEFAULT_TASKS)
+    for task in tasks:
+        get_task(task)
+    model, tokenizer, _ = _load_model(args)
+    manifest = collect(
+        model, tokenizer, args.out, tasks=tasks, n=args.n, seed=FILTER_SEED if args.seed is None else args.seed,
+        gen_length=args.gen_length, block_length=args.block_length, batch_size=args.batch_size,
+    )
+    shards = manifest["shards"].values()
+    records, prompts = sum(s["records"] for s in shards), sum(s["prompts"] for s in shards)
+    oracle = sum(s["oracle_nfe"] for s in shards)
+    print(f"{records} records from {prompts} prompts in {args.out}; oracle NFE per prompt {oracle / prompts:.1f} "
+          f"(vanilla {args.gen_length})")
+    return 0
+
+
+def run_train_filter(args: argparse.Namespace) -> int:
+    from unmask.core.spec import parse_spec
+    from unmask.filters.train import train_filter
+
+    params = {}
+    for item in args.param:
+        if "=" not in item:
+            raise ValueError(f"--param takes NAME=VALUE, got {item!r}")
+        params.update(parse_spec(f"x:{item}")[1])
+    trained = train_filter(args.traces, args.kind, args.out, feature_set=args.features, tau=args.tau, params=params)
+    print(json.dumps({"filter": args.out, "kind": args.kind, "features": trained.features,
+                      "fit_s": trained.info["fit_s"], **trained.info["metrics"]}, indent=2))
     return 0
 
 

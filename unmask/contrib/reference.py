@@ -23,6 +23,7 @@ import torch
 from attrs import asdict, field, frozen
 
 from unmask.contrib.tasks import DEFAULT_TASKS, TRAIN_SEED, samples
+from unmask.core.plugins import Registrar, hookimpl
 
 __all__ = ["REFERENCE_MODEL_DIR", "TrainingConfig", "build_tokenizer", "build_model", "train_reference_model",
            "load_reference_model", "write_model_card"]
@@ -120,8 +121,16 @@ with torch {record['torch']}. The loss curve is `training_log.jsonl`; all settin
     os.replace(temporary, directory / "README.md")
 
 
+@hookimpl
+def unmask_register_models(registry: Registrar) -> None:
+    registry.add("reference", load_reference_model)
+
+
 def load_reference_model(device: str | torch.device = "cpu") -> tuple[Any, Any]:
-    """The bundled model as ``(model, tokenizer)``, read from the installed package (no network)."""
+    """The bundled model as ``(model, tokenizer)``, read from the installed package (no network).
+
+    Source: unmask, trained with LLaDA's SFT objective (arXiv 2502.09992); see its model card.
+    """
     from unmask.contrib.transformers import load
 
     if not (REFERENCE_MODEL_DIR / "config.json").exists():

@@ -50,11 +50,15 @@ TASKS: dict[str, Task] = {
         Task(name="number_sorting", dataset="number_sorting", render=_first_line,
              description="sort 3-5 whole numbers in 0-9 (answer: a list of quoted numbers)",
              config=dict(min_numbers=3, max_numbers=5, min_decimals=0, max_decimals=0, min_value=0, max_value=9)),
+        Task(name="number_filtering", dataset="number_filtering", render=_first_line,
+             description="keep or remove the numbers of a 3-5 item list (0-9) above or below a bound",
+             config=dict(min_numbers=3, max_numbers=5, min_decimals=0, max_decimals=0, min_value=0, max_value=9)),
         Task(name="mini_sudoku", dataset="mini_sudoku", render=_puzzle_only,
              description="complete a 4x4 sudoku with 4-6 empty cells", config=dict(min_empty=4, max_empty=6)),
     )
 }
-DEFAULT_TASKS = tuple(TASKS)
+# The bundled model's mix.
+DEFAULT_TASKS = ("chain_sum", "basic_arithmetic", "number_sorting", "mini_sudoku")
 
 
 @frozen(kw_only=True)

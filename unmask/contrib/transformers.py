@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from pathlib import Path
 from typing import Any, Sequence
@@ -12,7 +13,8 @@ from attrs import define, field
 from unmask.core.engine import decode, pad_prompts
 from unmask.core.types import DecodeResult
 
-__all__ = ["TransformersDenoiser", "CacheNotSupportedError", "load", "encode_prompts", "decode_answers", "decode_text"]
+__all__ = ["TransformersDenoiser", "CacheNotSupportedError", "load", "encode_prompts", "decode_answers", "decode_text",
+           "weights_hash"]
 
 # Model types adapted from autoregressive checkpoints that keep the next-token shift (Dream: Qwen2.5).
 SHIFTED_MODEL_TYPES = frozenset({"dream", "qwen2"})
@@ -86,14 +88,19 @@ def load(
     dtype: torch.dtype | None = None,
     shift_logits: bool | None = None,
 ) -> tuple[TransformersDenoiser, Any]:
-    """Load a dLLM checkpoint (a local directory or a Hub id) as ``(model, tokenizer)``.
+    """Load a dLLM as ``(model, tokenizer)``: a registered model name (``reference``: the bundled model),
+    a local checkpoint directory or a Hub id.
 
     Mask and EOS ids come from the tokenizer, else the config. ``shift_logits`` defaults to the config's
     ``shift_logits`` attribute, else to whether the model type keeps the AR shift (Dream, Qwen2).
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
+    from unmask.core.plugins import registry
+
     source = str(name_or_path)
+    if not Path(source).exists() and source in registry().names("models"):
+        return registry().get("models", source).factory(device=device)
     config = _load_config(AutoConfig, source, trust_remote_code)
     remote = bool(getattr(config, "auto_map", None))
     architectures = getattr(config, "architectures", None) or []
@@ -179,3 +186,13 @@ def _first_id(*candidates: Any) -> int | None:
         if isinstance(value, int):
             return value
     return None
+
+
+def weights_hash(model: Any) -> str:
+    """sha256 over a model's parameters and buffers (names, dtypes, shapes, bytes): which weights made a result."""
+    module = getattr(model, "model", model)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -37,7 +37,7 @@ KINDS: dict[str, tuple[str, str | None]] = {
     "models": ("unmask_register_models", None),
 }
 
-BUILTIN_PLUGINS = ("unmask.strategies", "unmask.caches")
+BUILTIN_PLUGINS = ("unmask.strategies", "unmask.caches", "unmask.filters", "unmask.contrib.reference")
 
 
 class Hooks:
@@ -57,11 +57,12 @@ class Hooks:
 
     @hookspec
     def unmask_register_filters(self, registry: Registrar) -> None:
-        """Add Learn2PD filter models (scikit-learn style estimators)."""
+        """Add Learn2PD filters: ``registry.add(name, estimator_class)``, scikit-learn style estimators."""
 
     @hookspec
     def unmask_register_features(self, registry: Registrar) -> None:
-        """Add feature sets that turn a step view into filter inputs."""
+        """Add feature sets: ``registry.add(name, factory)``; the factory returns a callable from
+        ``BlockStats`` to (N, W, F) features."""
 
     @hookspec
     def unmask_register_models(self, registry: Registrar) -> None:

@@ -1,0 +1,29 @@
+"""Learn2PD: traces of oracle decodes, feature sets, learned filters (MLP, gradient boosting), training.
+
+Built-in filters and feature sets register through the same hooks as any plug-in.
+"""
+
+from __future__ import annotations
+
+from unmask.core.plugins import Registrar, hookimpl
+from unmask.filters.features import BlockConfidence, BlockStats, PositionStats, block_stats, features, view_stats
+from unmask.filters.gbdt import GBDTFilter
+from unmask.filters.mlp import MLPFilter
+from unmask.filters.store import TrainedFilter, load_filter, save_filter
+
+__all__ = [
+    "BlockStats", "block_stats", "view_stats", "features", "BlockConfidence", "PositionStats",
+    "MLPFilter", "GBDTFilter", "TrainedFilter", "save_filter", "load_filter",
+]
+
+
+@hookimpl
+def unmask_register_filters(registry: Registrar) -> None:
+    registry.add("mlp", MLPFilter)
+    registry.add("gbdt", GBDTFilter)
+
+
+@hookimpl
+def unmask_register_features(registry: Registrar) -> None:
+    registry.add("block_confidence", BlockConfidence)
+    registry.add("position_stats", PositionStats)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from unmask.core.plugins import Registrar, hookimpl
 from unmask.strategies.entropy_bound import EntropyBoundPolicy
+from unmask.strategies.learn2pd import Learn2PDPolicy, example_learn2pd
 from unmask.strategies.oracle import OraclePolicy, example_oracle
 from unmask.strategies.stops import AnyStop, EoTPStop, MaxNFEStop
 from unmask.strategies.threshold import ThresholdPolicy
@@ -11,7 +12,7 @@ from unmask.strategies.topk import RandomPolicy, TopKPolicy
 from unmask.strategies.union import UnionPolicy
 
 __all__ = [
-    "TopKPolicy", "RandomPolicy", "ThresholdPolicy", "EntropyBoundPolicy", "OraclePolicy", "UnionPolicy",
+    "TopKPolicy", "RandomPolicy", "ThresholdPolicy", "EntropyBoundPolicy", "OraclePolicy", "UnionPolicy", "Learn2PDPolicy",
     "EoTPStop", "MaxNFEStop", "AnyStop",
 ]
 
@@ -23,6 +24,7 @@ def unmask_register_policies(registry: Registrar) -> None:
     registry.add("threshold", ThresholdPolicy)
     registry.add("entropy_bound", EntropyBoundPolicy)
     registry.add("oracle", OraclePolicy, example=example_oracle)
+    registry.add("learn2pd", Learn2PDPolicy, example=example_learn2pd)
     registry.add("union", UnionPolicy, example=lambda **_: UnionPolicy(policies=["topk", "threshold"]))
 
 

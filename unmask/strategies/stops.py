@@ -59,7 +59,10 @@ def _positive(instance: object, attribute: object, value: int) -> None:
 
 @frozen(kw_only=True)
 class MaxNFEStop:
-    """Finish a row after ``n`` forwards; its remaining masks take their latest predictions (a budget cap)."""
+    """Finish a row after ``n`` forwards; its remaining masks take their latest predictions (a budget cap).
+
+    Source: unmask (an NFE budget, as used to compare decoders at equal compute).
+    """
 
     n: int = field(validator=_positive)
 
@@ -75,7 +78,10 @@ def _stops(specs: Any) -> tuple[Any, ...]:
 
 @frozen(kw_only=True)
 class AnyStop:
-    """A row is done when any member says so; the earliest end wins (``a + b`` in a spec)."""
+    """A row is done when any member says so; the earliest end wins (``a + b`` in a spec).
+
+    Source: unmask (the combinator of stop criteria).
+    """
 
     stops: tuple[Any, ...] = field(converter=_stops)
 

@@ -1,0 +1,32 @@
+"""The example plug-in, seen from outside: registered through its entry point, contract-checked, decoding."""
+
+import unmask
+from unmask.contrib.reference import load_reference_model
+from unmask.contrib.tasks import samples, score
+from unmask.contrib.transformers import decode_text
+from unmask.testing import check_stop_criterion, check_unmask_policy
+
+
+def test_entry_point_registers_both_components():
+    registry = unmask.registry()
+    assert registry.get("policies", "margin").provider == "unmask-plugin-example"
+    assert registry.get("stops", "prophet").provider == "unmask-plugin-example"
+
+
+def test_components_pass_the_contract_checks():
+    check_unmask_policy("margin")
+    check_unmask_policy("margin:gap=0.3 + threshold:tau=0.9", max_examples=15)
+    check_stop_criterion("prophet")
+    check_stop_criterion("prophet:tau=0.5 + eotp", max_examples=15)
+
+
+def test_decodes_the_bundled_model_with_fewer_forwards():
+    model, tokenizer = load_reference_model()
+    items = samples("chain_sum", 8, seed=0)
+    prompts = [s.prompt for s in items]
+    vanilla, base = decode_text(model, tokenizer, prompts, gen_length=64, block_length=32)
+    answers, result = decode_text(model, tokenizer, prompts, gen_length=64, block_length=32,
+                                  policy="margin:gap=0.9", stop="prophet")
+    assert result.components["policy"]["provider"] == "unmask-plugin-example"
+    assert result.nfe.float().mean() < base.nfe.float().mean() / 4
+    assert sum(map(score, items, answers)) >= sum(map(score, items, vanilla)) - 1

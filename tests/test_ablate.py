@@ -1,0 +1,92 @@
+"""Ablation grids: validation before decoding, resumable JSONL results, reports and plots."""
+
+
+import pytest
+
+import unmask
+from unmask.contrib import ablate as ablate_module
+from unmask.contrib.ablate import GridError, load_grid, read_rows
+from unmask.contrib.cli import main
+from unmask.contrib.report import aup_rows, pareto_front
+
+GRID = {
+    "name": "small", "tasks": ["chain_sum", "number_sorting"], "n": 3, "seed": 0, "gen_lengths": [32],
+    "block_length": 16, "policies": ["topk", "threshold:tau=0.9", "oracle"], "stops": ["none", "eotp"],
+    "caches": ["none"], "batch_size": 3,
+}
+TIMING = {"wall_s", "tokens_per_s", "wall_speedup", "machine"}
+
+
+def deterministic(rows):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def test_a_killed_grid_resumes_to_the_rows_of_an_uninterrupted_run(tmp_path, monkeypatch):
+    whole = unmask.ablate(GRID, tmp_path / "whole.jsonl", progress=False)
+    assert len(whole) == 12 and sum(row["baseline"] for row in whole) == 2
+
+    real_run_cell, calls = ablate_module.run_cell, []
+
+    def dying_run_cell(*args, **kwargs):
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # killed in the middle of the sixth cell
+        calls.append(1)
+        return real_run_cell(*args, **kwargs)
+
+    monkeypatch.setattr(ablate_module, "run_cell", dying_run_cell)
+    with pytest.raises(KeyboardInterrupt):
+        unmask.ablate(GRID, tmp_path / "resumed.jsonl", progress=False)
+    assert len(read_rows(tmp_path / "resumed.jsonl")) == 5
+    monkeypatch.setattr(ablate_module, "run_cell", real_run_cell)
+    resumed = unmask.ablate(GRID, tmp_path / "resumed.jsonl", progress=False)
+    key = lambda row: row["cell"]  # noqa: E731
+    assert deterministic(sorted(resumed, key=key)) == deterministic(sorted(whole, key=key))
+    assert not list(tmp_path.glob(".*"))
+
+
+def test_rows_record_how_they_were_made(tmp_path):
+    rows = unmask.ablate({**GRID, "tasks": ["chain_sum"], "policies": ["topk"], "stops": ["none"]},
+                         tmp_path / "r.jsonl", progress=False)
+    row = rows[0]
+    assert row["components"]["policy"]["name"] == "topk" and len(row["model_sha256"]) == 64
+    assert {"cpu", "threads"} <= set(row["machine"]) and row["versions"]["unmask"] == unmask.__version__
+    assert row["nfe_p50"] == row["nfe_p90"] == 32 and row["nfe_speedup"] == 1.0
+    assert len(row["first_sample"]["commit_step"]) == 32
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"policies": ["topk", "nope"]}, r"cell \[chain_sum \| nope \| none \| none \| 32\]: field 'policy'"),
+    ({"policies": ["threshold:tau=3"]}, r"field 'policy': .*tau must lie in \[0, 1\]"),
+    ({"stops": []}, "field 'stops' is empty"),
+    ({"caches": ["none", "prefix:refresh_every=-1"]}, "field 'cache'"),
+    ({"gen_lengths": [40]}, "field 'gen_length': gen_length=40 must be a multiple of block_length=16"),
+    ({"tasks": ["chain_sum", "poetry"]}, r"cell \[poetry .*field 'task'"),
+    ({"n": 0}, "field 'n' must be a positive integer"),
+    ({"baseline": {"policy": "random"}}, "field 'baseline'"),
+    ({"colour": "red"}, "unknown field"),
+])
+def test_invalid_grids_fail_before_decoding_naming_cell_and_field(change, message):
+    with pytest.raises(GridError, match=message):
+        load_grid({**GRID, **change})
+
+
+def test_report_and_plots_from_the_cli(tmp_path, capsys):
+    grid = tmp_path / "grid.toml"
+    grid.write_text('tasks = ["chain_sum"]\nn = 2\ngen_lengths = [32]\nblock_length = 16\n'
+                    'policies = ["topk", "threshold:tau=0.5", "threshold:tau=0.9"]\nstops = ["none"]\n')
+    assert main(["ablate", str(grid), "--report", str(tmp_path / "r.md"), "--plots", str(tmp_path / "plots")]) == 0
+    report = (tmp_path / "r.md").read_text()
+    assert "| chain_sum | threshold | none | none | 32 | 2 |" in report  # AUP over the two tau
+    assert (tmp_path / "plots" / "pareto.png").stat().st_size > 1000
+    assert len(list((tmp_path / "plots").glob("order-*.png"))) == 3
+    assert len(read_rows(tmp_path / "grid.jsonl")) == 3
+    capsys.readouterr()
+    assert main(["ablate", str(tmp_path / "missing.toml")]) == 2
+
+
+def test_pareto_front_and_aup_rows():
+    assert pareto_front([(10, 50), (5, 40), (20, 50), (8, 60), (30, 70)]) == [(5, 40), (8, 60), (30, 70)]
+    rows = [{"task": "t", "policy": f"threshold:tau={tau}", "stop": "none", "cache": "none", "gen_length": 32,
+             "tokens_per_forward": tpf, "accuracy": acc} for tau, tpf, acc in ((0.9, 2.0, 80.0), (0.5, 4.0, 78.0))]
+    (row,) = aup_rows(rows)
+    assert row["family"] == "threshold" and row["points"] == 2 and 2 * 80 < row["aup"] < 4 * 80

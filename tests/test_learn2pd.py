@@ -1,0 +1,118 @@
+"""Learn2PD end to end on the bundled model: traces, resumable collection, filter training, the policy."""
+
+import json
+
+import pytest
+import torch
+
+from unmask.contrib.cli import main
+from unmask.contrib.reference import load_reference_model
+from unmask.contrib.tasks import samples
+from unmask.contrib.transformers import decode_text
+from unmask.filters import load_filter
+from unmask.filters.traces import FILTER_SEED, Traces, collect
+from unmask.filters.train import split_by_prompt, train_filter
+from unmask.strategies.learn2pd import Learn2PDPolicy
+
+SETTINGS = dict(tasks=["chain_sum", "number_sorting"], n=6, gen_length=32, block_length=16, batch_size=3)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return load_reference_model()
+
+
+@pytest.fixture(scope="module")
+def traces_dir(reference, tmp_path_factory):
+    out = tmp_path_factory.mktemp("traces")
+    collect(*reference, out, progress=False, **SETTINGS)
+    return out
+
+
+def test_traces_label_the_oracle_steps(traces_dir):
+    traces = Traces(traces_dir)
+    manifest = traces.manifest
+    assert len(manifest["shards"]) == 4 and manifest["settings"]["seed"] == FILTER_SEED
+    assert traces.stats.confidence.shape == traces.labels.shape == (len(traces), 16)
+    # Every oracle step commits at least one masked position whose prediction is already final.
+    assert (traces.labels & traces.stats.masked).any(1).all()
+    assert ((traces.stats.confidence > 0) & (traces.stats.confidence <= 1)).all()
+    oracle = sum(s["oracle_nfe"] for s in manifest["shards"].values())
+    assert oracle < sum(s["reference_nfe"] for s in manifest["shards"].values())
+
+
+def test_collect_resumes_after_a_lost_shard_with_identical_files(reference, traces_dir):
+    manifest_path = traces_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    lost = sorted(manifest["shards"])[-1]
+    before = (traces_dir / lost).read_bytes()
+    (traces_dir / lost).unlink()  # as if killed before the shard was written
+    del manifest["shards"][lost]
+    manifest_path.write_text(json.dumps(manifest))
+    resumed = collect(*reference, traces_dir, progress=False, **SETTINGS)
+    assert lost in resumed["shards"] and (traces_dir / lost).read_bytes() == before
+    assert not list(traces_dir.glob(".*"))  # no temporary files left
+
+
+def test_collect_refuses_evaluation_seeds_and_changed_settings(reference, traces_dir):
+    with pytest.raises(ValueError, match="evaluation seeds"):
+        collect(*reference, traces_dir, progress=False, **{**SETTINGS, "seed": 0})
+    with pytest.raises(ValueError, match="gen_length differ"):
+        collect(*reference, traces_dir, progress=False, **{**SETTINGS, "gen_length": 64})
+
+
+def test_split_keeps_each_prompt_in_one_part(traces_dir):
+    traces = Traces(traces_dir)
+    parts = split_by_prompt(traces)
+    assert sum(p.long() for p in parts.values()).eq(1).all()
+    keys = traces.task * 10**9 + traces.prompt
+    train, test = set(keys[parts["train"]].tolist()), set(keys[parts["test"]].tolist())
+    assert train and not train & test
+
+
+@pytest.mark.parametrize("kind", ["mlp", "gbdt"])
+def test_trained_filter_drives_the_policy(reference, traces_dir, tmp_path, kind):
+    trained = train_filter(traces_dir, kind, tmp_path / kind, params={"max_iter": 30})
+    assert set(trained.info["metrics"]) <= {"validation", "test"}
+    loaded = load_filter(tmp_path / kind)
+    assert loaded.info["traces"]["model"] == Traces(traces_dir).manifest["settings"]["model"]
+    model, tokenizer = reference
+    prompts = [s.prompt for s in samples("chain_sum", 4, seed=0)]
+    # EoTP changes this small model's answers on its own, so the reference is vanilla with EoTP.
+    vanilla, _ = decode_text(model, tokenizer, prompts, gen_length=32, block_length=16, stop="eotp")
+    answers, result = decode_text(model, tokenizer, prompts, gen_length=32, block_length=16,
+                                  policy=Learn2PDPolicy(filter=str(tmp_path / kind)), stop="eotp")
+    assert (result.nfe < 32).all()
+    assert result.components["policy"]["params"]["filter"] == str(tmp_path / kind)
+    assert sum(a == b for a, b in zip(answers, vanilla)) >= 2  # a filter from 12 prompts; quality: below
+
+
+def test_mlp_filter_refuses_another_block_length(reference, traces_dir, tmp_path):
+    train_filter(traces_dir, "mlp", tmp_path / "mlp", params={"max_iter": 5})
+    model, tokenizer = reference
+    with pytest.raises(ValueError, match="trained on blocks of 16 tokens"):
+        decode_text(model, tokenizer, ["1 + 2 ="], gen_length=32, block_length=32,
+                    policy=Learn2PDPolicy(filter=str(tmp_path / "mlp")))
+
+
+def test_cli_collect_and_train_filter(tmp_path, capsys):
+    assert main(["collect", "--tasks", "chain_sum", "--n", "2", "--gen-length", "32", "--block-length", "16",
+                 "--out", str(tmp_path / "t")]) == 0
+    assert "records from 2 prompts" in capsys.readouterr().out
+    assert main(["train-filter", "--traces", str(tmp_path / "t"), "--kind", "gbdt", "--param", "max_iter=5",
+                 "--out", str(tmp_path / "f")]) == 0
+    assert json.loads(capsys.readouterr().out)["features"] == "position_stats"
+    assert main(["train-filter", "--traces", str(tmp_path / "t"), "--kind", "svm", "--out", str(tmp_path / "g")]) == 2
+    assert "unknown filters name 'svm'" in capsys.readouterr().err
+
+
+def test_shipped_filters_decode_the_bundled_model_with_fewer_forwards(reference):
+    model, tokenizer = reference
+    prompts = [s.prompt for s in samples("number_sorting", 8, seed=0)]
+    vanilla, base = decode_text(model, tokenizer, prompts, gen_length=64, block_length=32)
+    for name in ("mlp", "gbdt"):
+        answers, result = decode_text(model, tokenizer, prompts, gen_length=64, block_length=32,
+                                      policy=f"learn2pd:filter={name}")
+        assert result.nfe.float().mean() * 4 < base.nfe.float().mean()
+        assert sum(a == b for a, b in zip(answers, vanilla)) >= 6
+    assert torch.equal(base.nfe, torch.full_like(base.nfe, 64))

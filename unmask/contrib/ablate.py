@@ -1,0 +1,236 @@
+"""Ablation grids: decode every cell (task × policy × stop × cache × gen length), one JSONL row per cell.
+
+A grid is a TOML file or a dict::
+
+    model = "reference"                    # a registered model name (the bundled one), or a model directory
+    tasks = ["chain_sum", "number_sorting"]
+    n = 100                                # samples per task
+    seed = 0                               # first reasoning-gym seed (evaluation seeds are below 1,000,000)
+    gen_lengths = [128]
+    block_length = 32
+    policies = ["topk", "threshold:tau=0.9"]
+    stops = ["none", "eotp"]
+    caches = ["none"]
+    baseline = { policy = "topk", stop = "none", cache = "none" }   # speedups are against it
+
+or explicit ``[[cells]]`` tables (``policy``, ``stop``, ``cache``, ``gen_length``) instead of the product.
+Rows are appended as each cell finishes (the file is rewritten atomically); a rerun skips finished cells.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from attrs import frozen
+
+from unmask.contrib.bench import _is_oracle, cell_metrics, run_cell, speedups
+from unmask.core.spec import parse_spec
+from unmask.core.types import DecodeConfig
+
+__all__ = ["GridError", "Cell", "Grid", "load_grid", "ablate", "read_rows"]
+
+FIELDS = {"model", "tasks", "n", "seed", "gen_lengths", "block_length", "policies", "stops", "caches", "baseline",
+          "cells", "batch_size", "name"}
+
+
+class GridError(ValueError):
+    """A grid that cannot run; the message names the cell and the field."""
+
+
+@frozen
+class Cell:
+    task: str
+    policy: str
+    stop: str
+    cache: str
+    gen_length: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.task} | {self.policy} | {self.stop} | {self.cache} | {self.gen_length}"
+
+
+@frozen(kw_only=True)
+class Grid:
+    name: str
+    model: str
+    tasks: tuple[str, ...]
+    n: int
+    seed: int
+    block_length: int
+    batch_size: int
+    baseline: dict[str, str]
+    cells: tuple[Cell, ...]
+
+    def is_baseline(self, cell: Cell) -> bool:
+        return (cell.policy, cell.stop, cell.cache) == (self.baseline["policy"], self.baseline["stop"],
+                                                        self.baseline["cache"])
+
+
+def load_grid(source: str | Path | Mapping[str, Any]) -> Grid:
+    """Read and check a grid (TOML path or dict); every error names the cell and the field."""
+    if isinstance(source, Mapping):
+        raw, name = dict(source), str(source.get("name", "grid"))
+    else:
+        import tomllib
+
+        path = Path(source)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as error:
+            raise GridError(f"{path}: not valid TOML: {error}") from error
+        name = str(raw.get("name", path.stem))
+    unknown = sorted(set(raw) - FIELDS)
+    if unknown:
+        raise GridError(f"grid: unknown field(s) {', '.join(unknown)}; fields: {', '.join(sorted(FIELDS))}")
+    tasks = tuple(_list(raw, "tasks", None))
+    for field_name in ("n", "seed", "block_length", "batch_size"):
+        value = raw.get(field_name, {"n": 50, "seed": 0, "block_length": 32, "batch_size": 32}[field_name])
+        if not isinstance(value, int) or value < (0 if field_name == "seed" else 1):
+            raise GridError(f"grid: field {field_name!r} must be a {'non-negative' if field_name == 'seed' else 'positive'}"
+                            f" integer, got {value!r}")
+    if "cells" in raw:
+        combos = [(c.get("policy", "topk"), str(c.get("stop", "none")), str(c.get("cache", "none")),
+                   c.get("gen_length", 128)) for c in raw["cells"]]
+        if not combos:
+            raise GridError("grid: field 'cells' is empty")
+    else:
+        combos = list(itertools.product(_list(raw, "policies", ["topk"]), _list(raw, "stops", ["none"]),
+                                        _list(raw, "caches", ["none"]), _list(raw, "gen_lengths", [128])))
+    cells = tuple(Cell(task, str(p), str(s), str(c), g) for task in tasks for p, s, c, g in combos)
+    baseline = {"policy": "topk", "stop": "none", "cache": "none", **raw.get("baseline", {})}
+    grid = Grid(name=name, model=str(raw.get("model", "reference")), tasks=tasks, n=raw.get("n", 50),
+                seed=raw.get("seed", 0), block_length=raw.get("block_length", 32),
+                batch_size=raw.get("batch_size", 32), baseline=baseline, cells=cells)
+    _check_cells(grid)
+    return grid
+
+
+def _list(raw: Mapping[str, Any], field_name: str, default: list[Any] | None) -> list[Any]:
+    if field_name not in raw:
+        if default is None:
+            raise GridError(f"grid: field {field_name!r} is required")
+        return default
+    value = raw[field_name]
+    if not isinstance(value, list):
+        raise GridError(f"grid: field {field_name!r} must be a list, got {value!r}")
+    if not value:
+        raise GridError(f"grid: field {field_name!r} is empty")
+    return value
+
+
+def _check_cells(grid: Grid, model: Any = None) -> None:
+    from unmask.contrib.tasks import get_task
+    from unmask.core.plugins import create
+
+    for cell in grid.cells:
+        checks = [
+            ("task", lambda: get_task(cell.task)),
+            ("gen_length", lambda: DecodeConfig(gen_length=cell.gen_length, block_length=grid.block_length)),
+            ("policy", lambda: _check_policy(cell.policy)),
+            ("stop", lambda: cell.stop == "none" or create("stops", cell.stop)),
+            ("cache", lambda: create("caches", cell.cache).reset(model) if model is not None
+             else create("caches", cell.cache)),
+        ]
+        for field_name, check in checks:
+            try:
+                check()
+            except (ValueError, TypeError, OSError) as error:
+                raise GridError(f"cell [{cell.key}]: field {field_name!r}: {error}") from error
+    if not any(grid.is_baseline(cell) for cell in grid.cells):
+        raise GridError(f"grid: field 'baseline' {grid.baseline} matches no cell")
+
+
+def _check_policy(spec: str) -> None:
+    from unmask.core.plugins import create, registry
+
+    if _is_oracle(spec):  # built per batch against the vanilla output; check the name and parameters only
+        registry().get("policies", parse_spec(spec)[0])
+        return
+    create("policies", spec)
+
+
+def ablate(grid: str | Path | Mapping[str, Any] | Grid, out: str | Path, *, progress: bool = True) -> list[dict[str, Any]]:
+    """Run every cell of ``grid`` not yet in ``out`` (JSONL), baseline cells first; return all rows."""
+    from tqdm import tqdm
+
+    from unmask.contrib.tasks import samples
+    from unmask.contrib.transformers import weights_hash
+
+    grid = grid if isinstance(grid, Grid) else load_grid(grid)
+    out = Path(out)
+    rows = read_rows(out)
+    done = {row["cell"] for row in rows}
+    model, tokenizer = _load(grid.model)
+    _check_cells(grid, model)  # caches against this model, before any decoding
+    todo = sorted((c for c in grid.cells if c.key not in done), key=lambda c: not grid.is_baseline(c))
+    context = {"grid": grid.name, "model": grid.model, "model_sha256": weights_hash(model), "seed": grid.seed,
+               "block_length": grid.block_length, "versions": _versions(), "machine": machine()}
+    sets = {task: samples(task, grid.n, grid.seed) for task in grid.tasks}
+    bar = tqdm(total=len(todo) * grid.n, desc=f"ablate {grid.name}", unit="sample", file=sys.stderr,
+               disable=not progress)
+    references: dict[Any, torch.Tensor] = {}
+    for cell in todo:
+        bar.set_postfix_str(cell.key, refresh=False)
+        config = DecodeConfig(gen_length=cell.gen_length, block_length=grid.block_length)
+        run = run_cell(model, tokenizer, sets[cell.task], policy=cell.policy,
+                       stop=None if cell.stop == "none" else cell.stop, cache=cell.cache, config=config,
+                       batch_size=grid.batch_size, references=references, on_batch=bar.update)
+        nfe = torch.tensor(run.nfe, dtype=torch.float64)
+        row = {"cell": cell.key, "task": cell.task, "policy": cell.policy, "stop": cell.stop, "cache": cell.cache,
+               "baseline": grid.is_baseline(cell), **cell_metrics(run, config),
+               "nfe_p50": float(nfe.quantile(0.5)), "nfe_p90": float(nfe.quantile(0.9)),
+               "components": run.components, "first_sample": run.first, **context}
+        base = row if row["baseline"] else next((r for r in rows if r["baseline"] and r["task"] == cell.task
+                                                  and r["gen_length"] == cell.gen_length), None)
+        row.update(speedups(row, base) if base else {"nfe_speedup": None, "wall_speedup": None})
+        rows.append(row)
+        _write_rows(out, rows)
+    bar.close()
+    return [row for row in rows if row["cell"] in {c.key for c in grid.cells}]
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    os.replace(temporary, path)
+
+
+def _load(model: str) -> tuple[Any, Any]:
+    from unmask.contrib.transformers import load
+
+    return load(model)
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    from unmask import __version__
+
+    return {"unmask": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def machine() -> dict[str, Any]:
+    """Where a result was measured: CPU model, torch threads, GPU name if one is used."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "threads": torch.get_num_threads(), "gpu": gpu, "python": platform.python_version()}

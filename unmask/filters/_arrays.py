@@ -1,0 +1,33 @@
+"""Input checks shared by the filters: features (N, W, F), labels and masks (N, W)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def as_features(X: Any) -> np.ndarray:
+    array = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
+    if array.ndim != 3:
+        raise ValueError(f"X must be a 3-D array (records, block width, features), got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError("X must be finite (no NaN or infinity)")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def as_labels(y: Any, X: Any) -> np.ndarray:
+    array = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    if array.shape != tuple(np.shape(X))[:2]:
+        raise ValueError(f"y must have shape (records, block width) = {tuple(np.shape(X))[:2]}, got {array.shape}")
+    return array.astype(bool)
+
+
+def as_mask(mask: Any, labels: np.ndarray) -> np.ndarray:
+    if mask is None:
+        return np.ones_like(labels, dtype=bool)
+    array = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    if array.shape != labels.shape:
+        raise ValueError(f"sample_mask must have the labels' shape {labels.shape}, got {array.shape}")
+    return array.astype(bool)

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import skops.io
+from sklearn.base import BaseEstimator
+from sklearn.ensemble import HistGradientBoostingClassifier
+
+from unmask.filters._arrays import as_features, as_labels, as_mask
+
+# What a saved model may contain; anything else in the file is refused before loading.
+TRUSTED_PREFIXES = ("sklearn.", "numpy.", "builtins.", "collections.", "scipy.")
+
+
+class GBDTFilter(BaseEstimator):
+    """Gradient-boosted trees over per-position features: is this position's prediction already final?
+
+    scikit-learn's ``HistGradientBoostingClassifier`` on one row per block position (F features), so one
+    model serves any block width. ``fit`` uses the positions where ``sample_mask`` is set (the masked
+    ones: committed positions are final by construction). Source: unmask, a Learn2PD filter variant
+    (arXiv 2509.25188).
+    """
+
+    def __init__(self, max_iter: int = 200, learning_rate: float = 0.1, max_leaf_nodes: int = 31,
+                 random_state: int = 0) -> None:
+        self.max_iter = max_iter
+        self.learning_rate = learning_rate
+        self.max_leaf_nodes = max_leaf_nodes
+        self.random_state = random_state
+
+    def fit(self, X: Any, y: Any, sample_mask: Any = None) -> GBDTFilter:
+        features, labels = as_features(X), as_labels(y, X)
+        rows = as_mask(sample_mask, labels)
+        targets = labels[rows]
+        if len(np.unique(targets)) < 2:
+            raise ValueError("y has a single class at the selected positions; a filter needs both final and "
+                             "not-yet-final examples")
+        self.model_ = HistGradientBoostingClassifier(
+            max_iter=self.max_iter, learning_rate=self.learning_rate, max_leaf_nodes=self.max_leaf_nodes,
+            early_stopping=False, random_state=self.random_state,
+        ).fit(features[rows], targets)
+        self.n_features_in_ = features.shape[2]
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """(N, W) probability that each position's prediction is already final."""
+        features = as_features(X)
+        if features.shape[2] != self.n_features_in_:
+            raise ValueError(f"this filter takes {self.n_features_in_} features per position, got {features.shape[2]}")
+        count, width, n_features = features.shape
+        return self.model_.predict_proba(features.reshape(-1, n_features))[:, 1].reshape(count, width)
+
+    def save_weights(self, directory: Path) -> dict[str, Any]:
+        skops.io.dump(self.model_, directory / "model.skops")
+        return {"n_features": self.n_features_in_}
+
+    def load_weights(self, directory: Path, state: dict[str, Any]) -> GBDTFilter:
+        path = directory / "model.skops"
+        untrusted = skops.io.get_untrusted_types(file=path)
+        refused = [name for name in untrusted if not name.startswith(TRUSTED_PREFIXES)]
+        if refused:
+            raise ValueError(f"{path} holds types outside scikit-learn and numpy: {', '.join(refused)}")
+        self.model_ = skops.io.load(path, trusted=untrusted)
+        self.n_features_in_ = state["n_features"]
+        return self

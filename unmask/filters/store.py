@@ -1,0 +1,108 @@
+"""Saved filters: a directory with ``filter.json`` (what it is, how it was made) and its weights.
+
+Nothing is unpickled: MLP weights are safetensors, gradient-boosted trees are skops with a type allowlist.
+The header is checked on load: kind, feature set and its width, block length.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import attrs
+from attrs import frozen
+
+__all__ = ["TrainedFilter", "save_filter", "load_filter", "FORMAT"]
+
+FORMAT = "unmask-filter/1"
+
+
+@frozen(kw_only=True)
+class TrainedFilter:
+    """A fitted filter with what it needs to be applied: its feature set and block length."""
+
+    estimator: Any = attrs.field(eq=False)
+    features: str
+    block_length: int | None  # None: any block length (per-position filters)
+    info: dict[str, Any] = attrs.field(factory=dict, eq=False)  # metrics, traces, model hash
+
+    def check_width(self, width: int) -> None:
+        if self.block_length is not None and width != self.block_length:
+            raise ValueError(f"this filter was trained on blocks of {self.block_length} tokens; the decode uses "
+                             f"blocks of {width} (set block_length={self.block_length} or train a filter for it)")
+
+
+def save_filter(trained: TrainedFilter, path: str | Path) -> Path:
+    """Write ``trained`` to the directory ``path`` (replaced atomically)."""
+    from unmask.core.plugins import registry
+
+    path = Path(path)
+    kind = next((e.name for e in registry().entries("filters") if isinstance(trained.estimator, e.factory)), None)
+    if kind is None:
+        raise ValueError(f"{type(trained.estimator).__name__} is not a registered filter kind")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        state = trained.estimator.save_weights(staging)
+        header = {
+            "format": FORMAT, "kind": kind, "params": trained.estimator.get_params(), "state": state,
+            "features": trained.features, "block_length": trained.block_length, "versions": _versions(),
+            **trained.info,
+        }
+        (staging / "filter.json").write_text(json.dumps(header, indent=2) + "\n")
+        staging.chmod(0o755)
+        for written in staging.iterdir():
+            written.chmod(0o644)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    load_filter.cache_clear()
+    return path
+
+
+@lru_cache(maxsize=16)
+def load_filter(path: str | Path) -> TrainedFilter:
+    """Read a filter saved by :func:`save_filter`, checking its header against what is installed."""
+    from unmask.core.plugins import create, registry
+    from unmask.filters.features import block_stats, features
+
+    path = Path(path)
+    header_path = path / "filter.json"
+    if not header_path.is_file():
+        raise FileNotFoundError(f"{path} is not a saved filter (no filter.json); train one with unmask train-filter")
+    header = json.loads(header_path.read_text())
+    if header.get("format") != FORMAT:
+        raise ValueError(f"{header_path}: format {header.get('format')!r}, expected {FORMAT!r}")
+    kind = header["kind"]
+    estimator = create("filters", (kind, header["params"])).load_weights(path, header["state"])
+    if header["features"] not in registry().names("features"):
+        raise ValueError(f"{header_path}: feature set {header['features']!r} is not registered")
+    import torch
+
+    probe = block_stats(torch.zeros(1, 2, 3), torch.ones(1, 2, dtype=torch.bool), 0, 0)
+    width = features(header["features"], probe).shape[-1]
+    if width != header["state"]["n_features"]:
+        raise ValueError(f"{header_path}: trained on {header['state']['n_features']} features per position, but "
+                         f"feature set {header['features']!r} now gives {width}")
+    info = {k: v for k, v in header.items() if k not in ("format", "kind", "params", "state", "features", "block_length")}
+    return TrainedFilter(estimator=estimator, features=header["features"], block_length=header["block_length"], info=info)
+
+
+def _versions() -> dict[str, str]:
+    import safetensors
+    import skops
+    import sklearn
+    import torch
+
+    from unmask import __version__
+
+    return {"unmask": __version__, "torch": torch.__version__, "scikit-learn": sklearn.__version__,
+            "skops": skops.__version__, "safetensors": safetensors.__version__}

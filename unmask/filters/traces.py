@@ -1,0 +1,127 @@
+"""Learn2PD training data: per-step block statistics of an oracle decode, labelled "already final".
+
+``collect`` decodes each prompt twice: the reference (vanilla: one token per step, temperature 0), then
+the oracle against it, recording at every oracle step each active row's :class:`BlockStats` and the
+labels ``x0 == reference`` over the block. One safetensors shard per (task, batch), a JSON manifest
+(model hash, settings, shards done); a rerun skips finished shards, every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from unmask.core.engine import decode, pad_prompts
+from unmask.core.types import DecodeConfig, StepView
+from unmask.filters.features import BlockStats, view_stats
+
+__all__ = ["FILTER_SEED", "collect", "load_traces", "Traces"]
+
+# Prompts for filter training come from here upward: past the items the bundled model was trained on
+# (which start at tasks.TRAIN_SEED) and never from the evaluation seeds below TRAIN_SEED.
+FILTER_SEED = 2_000_000
+MANIFEST = "manifest.json"
+
+
+def collect(
+    model: Any, tokenizer: Any, out: str | Path, *, tasks: Sequence[str], n: int, seed: int = FILTER_SEED,
+    gen_length: int = 128, block_length: int = 32, batch_size: int = 32, progress: bool = True,
+) -> dict[str, Any]:
+    """Record traces for ``n`` prompts per task into ``out``; returns the manifest."""
+    from tqdm import tqdm
+
+    from unmask.contrib.tasks import TRAIN_SEED, samples
+    from unmask.contrib.transformers import encode_prompts, weights_hash
+    from unmask.strategies.oracle import OraclePolicy
+
+    if seed < TRAIN_SEED:
+        raise ValueError(f"seed={seed} would take prompts from the evaluation seeds (below {TRAIN_SEED}); "
+                         f"filters are trained on seeds >= {TRAIN_SEED} (default {FILTER_SEED})")
+    config = DecodeConfig(gen_length=gen_length, block_length=block_length)
+    out = Path(out)
+    settings = {"tasks": list(tasks), "n": n, "seed": seed, "gen_length": gen_length, "block_length": block_length,
+                "batch_size": batch_size, "model": weights_hash(model)}
+    manifest = _open_manifest(out, settings)
+    work = [(task, start) for task in tasks for start in range(0, n, batch_size)]
+    bar = tqdm(work, desc="collect", unit="batch", disable=not progress)
+    for task, start in bar:
+        name = f"{task}-{start // batch_size:05d}.safetensors"
+        if name in manifest["shards"]:
+            continue
+        items = samples(task, min(batch_size, n - start), seed + start)
+        input_ids, attention_mask = pad_prompts(encode_prompts(tokenizer, [s.prompt for s in items], chat=False),
+                                                model.eos_token_id)
+        reference = decode(model, input_ids, attention_mask=attention_mask, config=config).tokens
+        records: list[dict[str, torch.Tensor]] = []
+        result = decode(model, input_ids, attention_mask=attention_mask, config=config,
+                        policy=OraclePolicy(reference=reference),
+                        on_step=lambda view: records.append(_record(view, reference, items)))
+        shard = {key: torch.cat([r[key] for r in records]) for key in records[0]}
+        _atomic(out / name, lambda path: save_file(shard, path))
+        manifest["shards"][name] = {"records": len(shard["labels"]), "prompts": len(items),
+                                    "reference_nfe": gen_length * len(items), "oracle_nfe": int(result.nfe.sum())}
+        _atomic(out / MANIFEST, lambda path: path.write_text(json.dumps(manifest, indent=2) + "\n"))
+    return manifest
+
+
+def _record(view: StepView, reference: torch.Tensor, items: Sequence[Any]) -> dict[str, torch.Tensor]:
+    rows = view.row_active
+    stats = view_stats(view)
+    offset = view.block_start - view.gen_start
+    target = reference[:, offset:offset + stats.width]
+    record = {key: getattr(stats, key)[rows] for key in BlockStats.TENSORS}
+    record["labels"] = (view.x0[:, view.block_start:view.block_end] == target)[rows]
+    record["prompt"] = torch.tensor([item.seed for item in items])[rows]
+    record["block"] = torch.full((int(rows.sum()),), view.block_index)
+    return record
+
+
+class Traces:
+    """All shards of a traces directory, concatenated: ``stats`` (BlockStats), ``labels``, ``prompt``, ``task``."""
+
+    def __init__(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        manifest_path = directory / MANIFEST
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"{directory} holds no traces ({MANIFEST} missing); make them with unmask collect")
+        self.manifest = json.loads(manifest_path.read_text())
+        if not self.manifest["shards"]:
+            raise ValueError(f"{directory}: the manifest lists no finished shards")
+        shards = {name: load_file(directory / name) for name in sorted(self.manifest["shards"])}
+        columns = {key: torch.cat([s[key] for s in shards.values()]) for key in next(iter(shards.values()))}
+        self.stats = BlockStats(**{key: columns[key] for key in BlockStats.TENSORS})
+        self.labels, self.prompt, self.block = columns["labels"], columns["prompt"], columns["block"]
+        tasks = self.manifest["settings"]["tasks"]
+        self.task = torch.cat([torch.full((len(s["labels"]),), tasks.index(name.rsplit("-", 1)[0]))
+                               for name, s in shards.items()])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def load_traces(directory: str | Path) -> Traces:
+    return Traces(directory)
+
+
+def _open_manifest(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    path = out / MANIFEST
+    if path.exists():
+        manifest = json.loads(path.read_text())
+        if manifest["settings"] != settings:
+            changed = sorted(k for k in settings if manifest["settings"].get(k) != settings[k])
+            raise ValueError(f"{out} holds traces made with other settings ({', '.join(changed)} differ); "
+                             "use a new --out directory")
+        return manifest
+    out.mkdir(parents=True, exist_ok=True)
+    return {"format": "unmask-traces/1", "settings": settings, "shards": {}}
+
+
+def _atomic(path: Path, write: Any) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    write(temporary)
+    os.replace(temporary, path)

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from attrs import field, frozen
+
+from unmask.core.types import StepView
+from unmask.strategies._select import top_k_mask
+from unmask.strategies.threshold import _probability
+
+# Filters shipped for the bundled reference model: learn2pd:filter=mlp (the default) or filter=gbdt.
+SHIPPED_FILTERS = Path(__file__).parents[1] / "contrib" / "reference_model" / "filters"
+
+
+def _resolve(value: Any) -> Any:
+    from unmask.filters.store import TrainedFilter, load_filter
+
+    if isinstance(value, TrainedFilter):
+        return value
+    path = Path(value)
+    if not path.exists():
+        if not (SHIPPED_FILTERS / str(value)).exists():
+            shipped = sorted(p.name for p in SHIPPED_FILTERS.glob("*")) if SHIPPED_FILTERS.exists() else []
+            raise ValueError(f"filter={value!r} is neither a saved filter directory nor a shipped filter "
+                             f"({', '.join(shipped) or 'none shipped'}); train one with unmask train-filter")
+        path = SHIPPED_FILTERS / str(value)
+    return load_filter(path.resolve())
+
+
+@frozen(kw_only=True)
+class Learn2PDPolicy:
+    """Commit masked positions whose learned filter says "already final" (probability > tau), united with
+    the schedule's top-k (one token per step when steps = gen length); ``topk=False`` keeps only the
+    engine's progress floor.
+
+    Learn2PD (Bao et al. 2025, arXiv 2509.25188): a filter trained on oracle decodes predicts which
+    predictions already equal the final output. ``filter`` is a saved filter directory, or ``mlp`` /
+    ``gbdt`` for the ones shipped with the bundled model.
+    """
+
+    filter: Any = field(default="mlp", eq=False)
+    tau: float = field(default=0.96, validator=_probability)
+    topk: bool = True
+    trained: Any = field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "trained", _resolve(self.filter))
+
+    def select(self, view: StepView) -> torch.Tensor:
+        from unmask.filters.features import features, view_stats
+
+        stats = view_stats(view)
+        self.trained.check_width(stats.width)
+        rows = view.row_active
+        final = torch.zeros_like(view.masked)
+        if rows.any():
+            inputs = features(self.trained.features, stats)[rows.cpu()]
+            probability = torch.as_tensor(self.trained.estimator.predict_proba(inputs), device=view.x.device)
+            final[rows, view.block_start:view.block_end] = probability > self.tau
+        chosen = view.candidates & final
+        if self.topk:
+            chosen |= top_k_mask(view.candidate_confidence, view.schedule_k)
+        return chosen
+
+
+def example_learn2pd(**_: Any) -> Learn2PDPolicy:
+    """A policy with a small per-position filter fitted on synthetic statistics, for contract checks."""
+    return Learn2PDPolicy(filter=_synthetic_filter(), tau=0.6)
+
+
+@lru_cache(maxsize=1)
+def _synthetic_filter() -> Any:
+    from unmask.filters.features import block_stats, features
+    from unmask.filters.gbdt import GBDTFilter
+    from unmask.filters.store import TrainedFilter
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 8, 12, generator=generator) * 3
+    masked = torch.rand(64, 8, generator=generator) < 0.7
+    stats = block_stats(logits, masked, 0, eos_token_id=0)
+    labels = stats.confidence > 0.5  # confident predictions are "final"
+    X = features("position_stats", stats)
+    estimator = GBDTFilter(max_iter=10).fit(X, labels, sample_mask=masked)
+    return TrainedFilter(estimator=estimator, features="position_stats", block_length=None)
