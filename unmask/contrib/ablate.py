@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import torch
 from attrs import frozen
 
+from unmask._files import write_text_atomically
 from unmask.contrib.bench import _is_oracle, cell_metrics, run_cell, speedups
 from unmask.core.spec import parse_spec
 from unmask.core.types import DecodeConfig
@@ -126,26 +126,33 @@ def _list(raw: Mapping[str, Any], field_name: str, default: list[Any] | None) ->
     return value
 
 
-def _check_cells(grid: Grid, model: Any = None) -> None:
+def _check_cells(grid: Grid) -> None:
     from unmask.contrib.tasks import get_task
     from unmask.core.plugins import create
 
     for cell in grid.cells:
-        checks = [
-            ("task", lambda: get_task(cell.task)),
-            ("gen_length", lambda: DecodeConfig(gen_length=cell.gen_length, block_length=grid.block_length)),
-            ("policy", lambda: _check_policy(cell.policy)),
-            ("stop", lambda: cell.stop == "none" or create("stops", cell.stop)),
-            ("cache", lambda: create("caches", cell.cache).reset(model) if model is not None
-             else create("caches", cell.cache)),
-        ]
-        for field_name, check in checks:
-            try:
-                check()
-            except (ValueError, TypeError, OSError) as error:
-                raise GridError(f"cell [{cell.key}]: field {field_name!r}: {error}") from error
+        _check_field(cell, "task", lambda: get_task(cell.task))
+        _check_field(cell, "gen_length", lambda: DecodeConfig(gen_length=cell.gen_length, block_length=grid.block_length))
+        _check_field(cell, "policy", lambda: _check_policy(cell.policy))
+        _check_field(cell, "stop", lambda: cell.stop == "none" or create("stops", cell.stop))
+        _check_field(cell, "cache", lambda: create("caches", cell.cache))
     if not any(grid.is_baseline(cell) for cell in grid.cells):
         raise GridError(f"grid: field 'baseline' {grid.baseline} matches no cell")
+
+
+def _check_caches_serve(grid: Grid, model: Any) -> None:
+    """Once the model is loaded: every cache can serve it (the rest was checked by load_grid)."""
+    from unmask.core.plugins import create
+
+    for cell in grid.cells:
+        _check_field(cell, "cache", lambda: create("caches", cell.cache).reset(model))
+
+
+def _check_field(cell: Cell, field_name: str, check: Any) -> None:
+    try:
+        check()
+    except (ValueError, TypeError, OSError) as error:
+        raise GridError(f"cell [{cell.key}]: field {field_name!r}: {error}") from error
 
 
 def _check_policy(spec: str) -> None:
@@ -157,8 +164,14 @@ def _check_policy(spec: str) -> None:
     create("policies", spec)
 
 
-def ablate(grid: str | Path | Mapping[str, Any] | Grid, out: str | Path, *, progress: bool = True) -> list[dict[str, Any]]:
-    """Run every cell of ``grid`` not yet in ``out`` (JSONL), baseline cells first; return all rows."""
+def ablate(
+    grid: str | Path | Mapping[str, Any] | Grid, out: str | Path, *, progress: bool = True,
+    loaded: tuple[Any, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every cell of ``grid`` not yet in ``out`` (JSONL), baseline cells first; return the grid's rows.
+
+    ``loaded`` is ``(model, tokenizer)`` when the caller already loaded the grid's model.
+    """
     from tqdm import tqdm
 
     from unmask.contrib.tasks import samples
@@ -168,8 +181,8 @@ def ablate(grid: str | Path | Mapping[str, Any] | Grid, out: str | Path, *, prog
     out = Path(out)
     rows = read_rows(out)
     done = {row["cell"] for row in rows}
-    model, tokenizer = _load(grid.model)
-    _check_cells(grid, model)  # caches against this model, before any decoding
+    model, tokenizer = loaded if loaded is not None else _load(grid.model)
+    _check_caches_serve(grid, model)  # before any decoding
     todo = sorted((c for c in grid.cells if c.key not in done), key=lambda c: not grid.is_baseline(c))
     context = {"grid": grid.name, "model": grid.model, "model_sha256": weights_hash(model), "seed": grid.seed,
                "block_length": grid.block_length, "versions": _versions(), "machine": machine()}
@@ -192,9 +205,10 @@ def ablate(grid: str | Path | Mapping[str, Any] | Grid, out: str | Path, *, prog
                                                   and r["gen_length"] == cell.gen_length), None)
         row.update(speedups(row, base) if base else {"nfe_speedup": None, "wall_speedup": None})
         rows.append(row)
-        _write_rows(out, rows)
+        write_text_atomically(out, "".join(json.dumps(row) + "\n" for row in rows))
     bar.close()
-    return [row for row in rows if row["cell"] in {c.key for c in grid.cells}]
+    keys = {cell.key for cell in grid.cells}
+    return [row for row in rows if row["cell"] in keys]
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
@@ -202,13 +216,6 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    os.replace(temporary, path)
 
 
 def _load(model: str) -> tuple[Any, Any]:

@@ -23,7 +23,7 @@ from unmask.core.spec import parse_spec
 from unmask.core.types import DecodeConfig
 from unmask.strategies.oracle import OraclePolicy
 
-__all__ = ["bench", "run_cell", "cell_metrics", "speedups", "format_table", "aup", "CellRun"]
+__all__ = ["bench", "run_cell", "cell_metrics", "mean_row", "speedups", "format_table", "aup", "CellRun"]
 
 
 def bench(
@@ -60,7 +60,7 @@ def bench(
             per_task.append({"policy": _spec_text(policy), "stop": _spec_text(stop), "cache": _spec_text(cache),
                              "task": task, **cell_metrics(run, config), "seed": seed, "components": run.components})
         rows.extend(per_task)
-        rows.append(_mean_row(per_task, config))
+        rows.append(mean_row(per_task))
     bar.close()
     baseline = {row["task"]: row for row in rows[: len(rows) // len(combinations)]}
     for row in rows:
@@ -155,7 +155,9 @@ def aup(points: Sequence[tuple[float, float]], *, window: float = 5.0) -> float:
     return area
 
 
-def _mean_row(rows: Sequence[dict[str, Any]], config: DecodeConfig) -> dict[str, Any]:
+def mean_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The ``task="mean"`` row of one combination's per-task rows: accuracy averaged over tasks, NFE and
+    speed over all samples."""
     count = sum(r["n"] for r in rows)
     nfe = sum(r["nfe_mean"] * r["n"] for r in rows)
     wall = sum(r["wall_s"] for r in rows)
@@ -163,7 +165,7 @@ def _mean_row(rows: Sequence[dict[str, Any]], config: DecodeConfig) -> dict[str,
     return {
         **{k: rows[0][k] for k in ("policy", "stop", "cache")}, "task": "mean", "n": count,
         "accuracy": round(sum(r["accuracy"] for r in rows) / len(rows), 2),  # mean over tasks
-        "nfe_mean": round(nfe / count, 2), "tokens_per_forward": round(config.gen_length * count / nfe, 3),
+        "nfe_mean": round(nfe / count, 2), "tokens_per_forward": round(rows[0]["gen_length"] * count / nfe, 3),
         "wall_s": round(wall, 3), "tokens_per_s": round(tokens / wall, 2) if wall else None,
         **{k: rows[0][k] for k in ("gen_length", "block_length", "steps", "seed", "components")},
     }

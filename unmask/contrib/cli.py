@@ -207,21 +207,21 @@ def run_train_model(args: argparse.Namespace) -> int:
 def run_ablate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from unmask._files import write_text_atomically
     from unmask.contrib.ablate import ablate, load_grid
     from unmask.contrib.report import markdown_report, plot_commit_order, plot_pareto
+    from unmask.contrib.transformers import load
 
     grid = load_grid(args.grid)  # every cell is checked before the model loads
     out = Path(args.out) if args.out else Path(args.grid).with_suffix(".jsonl")
-    rows = ablate(grid, out)
+    model, tokenizer = load(grid.model)
+    rows = ablate(grid, out, loaded=(model, tokenizer))
     command = " ".join(["unmask ablate", args.grid] + [f"--{k} {v}" for k, v in
                                                         (("out", args.out), ("report", args.report),
                                                          ("plots", args.plots)) if v])
     report = markdown_report(rows, title=f"Ablation: {grid.name}", command=command)
     if args.plots:
-        from unmask.contrib.transformers import load
-
         plots = Path(args.plots)
-        tokenizer = load(grid.model)[1]  # token labels in the decoding-order pictures
         figures = [plot_pareto(rows, plots / "pareto.png")]
         for row in rows:
             if row["task"] == grid.tasks[-1] and row["stop"] == "none" and row["cache"] == "none":
@@ -230,16 +230,9 @@ def run_ablate(args: argparse.Namespace) -> int:
         base = Path(args.report).parent if args.report else Path(".")
         report += "\n" + "\n".join(f"![{f.stem}]({os.path.relpath(f, base)})" for f in figures) + "\n"
     if args.report:
-        _write_text(Path(args.report), report)
+        write_text_atomically(args.report, report)
     print(report)
     return 0
-
-
-def _write_text(path: Any, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def run_collect(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import torch
 from attrs import asdict, field, frozen
 
+from unmask._files import write_text_atomically
 from unmask.contrib.tasks import DEFAULT_TASKS, TRAIN_SEED, samples
 from unmask.core.plugins import Registrar, hookimpl
 
@@ -116,9 +117,7 @@ with torch {record['torch']}. The loss curve is `training_log.jsonl`; all settin
 """
     if evaluation:
         card += "\n## Evaluation\n\n" + evaluation.strip() + "\n"
-    temporary = directory / ".README.md.tmp"
-    temporary.write_text(card)
-    os.replace(temporary, directory / "README.md")
+    write_text_atomically(directory / "README.md", card)
 
 
 @hookimpl

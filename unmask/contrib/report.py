@@ -6,12 +6,12 @@ position was committed at which step).
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
-from unmask.contrib.bench import aup
+from unmask._files import write_atomically
+from unmask.contrib.bench import aup, mean_row, speedups
 from unmask.core.spec import parse_spec
 
 __all__ = ["markdown_report", "mean_rows", "aup_rows", "pareto_front", "plot_pareto", "plot_commit_order"]
@@ -25,21 +25,10 @@ def mean_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         groups[(row["policy"], row["stop"], row["cache"], row["gen_length"])].append(row)
-    means = []
-    for (policy, stop, cache, gen_length), group in groups.items():
-        count = sum(r["n"] for r in group)
-        nfe = sum(r["nfe_mean"] * r["n"] for r in group) / count
-        wall = sum(r["wall_s"] for r in group)
-        mean = {"task": "mean", "policy": policy, "stop": stop, "cache": cache, "gen_length": gen_length, "n": count,
-                "accuracy": round(sum(r["accuracy"] for r in group) / len(group), 2), "nfe_mean": round(nfe, 2),
-                "nfe_p50": None, "nfe_p90": None, "tokens_per_forward": round(gen_length / nfe, 3),
-                "tokens_per_s": round(sum((r["tokens_per_s"] or 0) * r["wall_s"] for r in group) / wall, 2),
-                "wall_s": round(wall, 3), "baseline": all(r.get("baseline") for r in group)}
-        means.append(mean)
+    means = [{**mean_row(group), "baseline": all(r.get("baseline") for r in group)} for group in groups.values()]
     for mean in means:
         base = next((m for m in means if m["baseline"] and m["gen_length"] == mean["gen_length"]), None)
-        mean["nfe_speedup"] = round(base["nfe_mean"] / mean["nfe_mean"], 3) if base else None
-        mean["wall_speedup"] = round(base["wall_s"] / mean["wall_s"], 3) if base else None
+        mean.update(speedups(mean, base) if base else {"nfe_speedup": None, "wall_speedup": None})
     return means
 
 
@@ -149,10 +138,7 @@ def _pyplot() -> Any:
 
 
 def _save(figure: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    figure.savefig(temporary, dpi=130)
-    _pyplot().close(figure)
-    os.replace(temporary, path)
-    return path
+    try:
+        return write_atomically(path, lambda temporary: figure.savefig(temporary, dpi=130))
+    finally:
+        _pyplot().close(figure)

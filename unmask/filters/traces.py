@@ -9,18 +9,18 @@ labels ``x0 == reference`` over the block. One safetensors shard per (task, batc
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from unmask._files import write_atomically, write_text_atomically
 from unmask.core.engine import decode, pad_prompts
 from unmask.core.types import DecodeConfig, StepView
 from unmask.filters.features import BlockStats, view_stats
 
-__all__ = ["FILTER_SEED", "collect", "load_traces", "Traces"]
+__all__ = ["FILTER_SEED", "collect", "Traces"]
 
 # Prompts for filter training come from here upward: past the items the bundled model was trained on
 # (which start at tasks.TRAIN_SEED) and never from the evaluation seeds below TRAIN_SEED.
@@ -62,10 +62,10 @@ def collect(
                         policy=OraclePolicy(reference=reference),
                         on_step=lambda view: records.append(_record(view, reference, items)))
         shard = {key: torch.cat([r[key] for r in records]) for key in records[0]}
-        _atomic(out / name, lambda path: save_file(shard, path))
+        write_atomically(out / name, lambda path: save_file(shard, path))
         manifest["shards"][name] = {"records": len(shard["labels"]), "prompts": len(items),
                                     "reference_nfe": gen_length * len(items), "oracle_nfe": int(result.nfe.sum())}
-        _atomic(out / MANIFEST, lambda path: path.write_text(json.dumps(manifest, indent=2) + "\n"))
+        write_text_atomically(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
@@ -104,10 +104,6 @@ class Traces:
         return len(self.labels)
 
 
-def load_traces(directory: str | Path) -> Traces:
-    return Traces(directory)
-
-
 def _open_manifest(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     path = out / MANIFEST
     if path.exists():
@@ -119,9 +115,3 @@ def _open_manifest(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
         return manifest
     out.mkdir(parents=True, exist_ok=True)
     return {"format": "unmask-traces/1", "settings": settings, "shards": {}}
-
-
-def _atomic(path: Path, write: Any) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    write(temporary)
-    os.replace(temporary, path)
