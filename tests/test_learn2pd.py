@@ -96,7 +96,7 @@ def test_mlp_filter_refuses_another_block_length(reference, traces_dir, tmp_path
 
 
 def test_cli_collect_and_train_filter(tmp_path, capsys):
-    assert main(["collect", "--tasks", "chain_sum", "--n", "2", "--gen-length", "32", "--block-length", "16",
+    assert main(["collect", "--tasks", "number_sorting", "--n", "2", "--gen-length", "32", "--block-length", "16",
                  "--out", str(tmp_path / "t")]) == 0
     assert "records from 2 prompts" in capsys.readouterr().out
     assert main(["train-filter", "--traces", str(tmp_path / "t"), "--kind", "gbdt", "--param", "max_iter=5",

@@ -1,9 +1,9 @@
 import pytest
 
-from unmask.contrib.tasks import DEFAULT_TASKS, TRAIN_SEED, samples, score
+from unmask.contrib.tasks import TASKS, TRAIN_SEED, samples, score
 
 
-@pytest.mark.parametrize("task", DEFAULT_TASKS)
+@pytest.mark.parametrize("task", TASKS)
 def test_sample_sets_are_reproducible_and_scored_exactly(task):
     first, again = samples(task, 5, seed=7), samples(task, 5, seed=7)
     assert [s.prompt for s in first] == [s.prompt for s in again]

@@ -53,12 +53,14 @@ TASKS: dict[str, Task] = {
         Task(name="number_filtering", dataset="number_filtering", render=_first_line,
              description="keep or remove the numbers of a 3-5 item list (0-9) above or below a bound",
              config=dict(min_numbers=3, max_numbers=5, min_decimals=0, max_decimals=0, min_value=0, max_value=9)),
+        Task(name="spell_backward", dataset="spell_backward", description="reverse a word of 3-5 letters",
+             config=dict(min_word_len=3, max_word_len=5)),
         Task(name="mini_sudoku", dataset="mini_sudoku", render=_puzzle_only,
              description="complete a 4x4 sudoku with 4-6 empty cells", config=dict(min_empty=4, max_empty=6)),
     )
 }
 # The bundled model's mix.
-DEFAULT_TASKS = ("chain_sum", "basic_arithmetic", "number_sorting", "mini_sudoku")
+DEFAULT_TASKS = ("chain_sum", "basic_arithmetic", "number_sorting", "spell_backward")
 
 
 @frozen(kw_only=True)
