@@ -39,15 +39,16 @@ class TrainingConfig:
     task_weights: tuple[float, ...] = (0.2, 0.2, 0.3, 0.3)  # longer answers (sorting, reversal) more often
     samples_per_task: int = 50_000
     # Answers are padded with end-of-text to one of these lengths per batch (raised to fit the batch's
-    # longest answer): short canvases are what EoTP leaves after its cut and are cheap to train on;
-    # long ones teach the model the 128- and 256-token canvases of the benchmarks.
+    # longest answer): short canvases are cheap and nearer to what EoTP leaves after its cut; long ones
+    # teach the model the 128- and 256-token canvases of the benchmarks.
     gen_lengths: tuple[int, ...] = (16, 32, 64, 128, 256)
     gen_length_weights: tuple[float, ...] = (0.2, 0.2, 0.4, 0.12, 0.08)
     vocab_size: int = 384
     hidden_size: int = 256
     num_layers: int = 4
     # Many narrow heads and a short RoPE wavelength: with bidirectional attention, RoPE is the model's
-    # only sense of order ("7 - 2" vs "2 - 7"), and this made position-selective heads form ~2x sooner.
+    # only sense of order ("7 - 2" vs "2 - 7"); in a 600-step probe on chain_sum, 16 heads of 16 dims at
+    # theta 100 answered twice as many items as 4 heads of 64 at theta 10000.
     num_heads: int = 16
     rope_theta: float = 100.0
     intermediate_size: int = 768
