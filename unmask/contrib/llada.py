@@ -9,14 +9,14 @@ onto ``LlamaForCausalLM`` with ``is_causal=False``, so real LLaDA-8B loads witho
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+
+from unmask._files import staged_directory
 
 __all__ = ["LAYER_KEYS", "TOP_KEYS", "convert_llada_key", "convert_llada_state_dict", "llama_config_from_llada",
            "convert_llada_checkpoint"]
@@ -98,9 +98,7 @@ def convert_llada_checkpoint(source: str | Path, target: str | Path) -> Path:
     if not shards:
         raise FileNotFoundError(f"no .safetensors files in {source}")
     llada_config = json.loads((source / "config.json").read_text())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with staged_directory(target) as staging:
         weight_map: dict[str, str] = {}
         for shard in shards:
             with safe_open(shard, framework="pt") as reader:
@@ -116,10 +114,6 @@ def convert_llada_checkpoint(source: str | Path, target: str | Path) -> Path:
             ):
                 shutil.copy2(extra, staging / extra.name)
         _strip_remote_code(staging / "tokenizer_config.json")
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 

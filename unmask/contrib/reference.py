@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import random
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,7 +19,7 @@ from typing import Any, Sequence
 import torch
 from attrs import asdict, field, frozen
 
-from unmask._files import write_text_atomically
+from unmask._files import staged_directory, write_text_atomically
 from unmask.contrib.tasks import DEFAULT_TASKS, TRAIN_SEED, samples
 from unmask.core.plugins import Registrar, hookimpl
 
@@ -216,12 +213,12 @@ def train_reference_model(out: str | Path, config: TrainingConfig = TrainingConf
     bar = tqdm(range(config.steps), desc="training", disable=not progress, mininterval=5)
     for step in bar:
         # Tasks mixed within a batch; one answer length per batch, so every length is seen.
-        gen_length = rng.choices(config.gen_lengths, weights=config.gen_length_weights)[0]
+        drawn_length = rng.choices(config.gen_lengths, weights=config.gen_length_weights)[0]
         # About the same number of canvas tokens per step: fewer rows on long canvases.
-        rows = max(8, config.batch_size * 64 // max(64, gen_length))
+        rows = max(8, config.batch_size * 64 // max(64, drawn_length))
         tasks = rng.choices(config.tasks, weights=config.task_weights, k=rows)
         batch = [data[task][rng.randrange(len(data[task]))] for task in tasks]
-        gen_length = max(gen_length, 1 + max(len(answer) for _, answer in batch))
+        gen_length = max(drawn_length, 1 + max(len(answer) for _, answer in batch))
         loss = _loss(model, batch, config, tokenizer.mask_token_id, tokenizer.eos_token_id, gen_length, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -235,23 +232,16 @@ def train_reference_model(out: str | Path, config: TrainingConfig = TrainingConf
             bar.set_postfix(loss=f"{running:.4f}")
     model.eval()
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the model ships as package data
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    (staging / "training_log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in log))
-    record = {
-        "config": asdict(config), "parameters": sum(p.numel() for p in model.parameters()),
-        "final_loss": log[-1]["loss"], "train_minutes": round((time.time() - started) / 60, 1),
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": config.threads},
-        "torch": torch.__version__,
-    }
-    (staging / "training.json").write_text(json.dumps(record, indent=2))
-    write_model_card(staging)
-    for written in staging.iterdir():
-        written.chmod(0o644)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(staging, out)
+    with staged_directory(out) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "training_log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in log))
+        record = {
+            "config": asdict(config), "parameters": sum(p.numel() for p in model.parameters()),
+            "final_loss": log[-1]["loss"], "train_minutes": round((time.time() - started) / 60, 1),
+            "machine": {"cpu": platform.processor() or platform.machine(), "threads": config.threads},
+            "torch": torch.__version__,
+        }
+        (staging / "training.json").write_text(json.dumps(record, indent=2))
+        write_model_card(staging)
     return out

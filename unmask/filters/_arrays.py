@@ -8,8 +8,12 @@ import numpy as np
 import torch
 
 
+def _numpy(value: Any) -> np.ndarray:
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
 def as_features(X: Any) -> np.ndarray:
-    array = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
+    array = _numpy(X)
     if array.ndim != 3:
         raise ValueError(f"X must be a 3-D array (records, block width, features), got shape {array.shape}")
     if not np.isfinite(array).all():
@@ -18,7 +22,7 @@ def as_features(X: Any) -> np.ndarray:
 
 
 def as_labels(y: Any, X: Any) -> np.ndarray:
-    array = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    array = _numpy(y)
     if array.shape != tuple(np.shape(X))[:2]:
         raise ValueError(f"y must have shape (records, block width) = {tuple(np.shape(X))[:2]}, got {array.shape}")
     return array.astype(bool)
@@ -27,7 +31,7 @@ def as_labels(y: Any, X: Any) -> np.ndarray:
 def as_mask(mask: Any, labels: np.ndarray) -> np.ndarray:
     if mask is None:
         return np.ones_like(labels, dtype=bool)
-    array = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    array = _numpy(mask)
     if array.shape != labels.shape:
         raise ValueError(f"sample_mask must have the labels' shape {labels.shape}, got {array.shape}")
     return array.astype(bool)

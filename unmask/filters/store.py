@@ -7,15 +7,14 @@ The header is checked on load: kind, feature set and its width, block length.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import attrs
 from attrs import frozen
+
+from unmask._files import staged_directory
 
 __all__ = ["TrainedFilter", "save_filter", "load_filter", "FORMAT"]
 
@@ -45,9 +44,7 @@ def save_filter(trained: TrainedFilter, path: str | Path) -> Path:
     kind = next((e.name for e in registry().entries("filters") if isinstance(trained.estimator, e.factory)), None)
     if kind is None:
         raise ValueError(f"{type(trained.estimator).__name__} is not a registered filter kind")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
+    with staged_directory(path) as staging:
         state = trained.estimator.save_weights(staging)
         header = {
             "format": FORMAT, "kind": kind, "params": trained.estimator.get_params(), "state": state,
@@ -55,15 +52,6 @@ def save_filter(trained: TrainedFilter, path: str | Path) -> Path:
             **trained.info,
         }
         (staging / "filter.json").write_text(json.dumps(header, indent=2) + "\n")
-        staging.chmod(0o755)
-        for written in staging.iterdir():
-            written.chmod(0o644)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     load_filter.cache_clear()
     return path
 
