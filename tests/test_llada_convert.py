@@ -121,8 +121,15 @@ def test_checkpoint_conversion_loads_and_decodes_without_remote_code(tmp_path):
         torch.testing.assert_close(model(input_ids), llada_forward(state, LLADA_CONFIG, input_ids), atol=1e-5, rtol=1e-5)
     answers, result = decode_text(model, tokenizer, ["abc"], gen_length=8, policy="threshold:tau=0.5")
     assert not (result.tokens == 1).any()
-    with pytest.raises(FileExistsError, match="exists"):
-        convert_llada_checkpoint(tmp_path / "llada", target)
+    convert_llada_checkpoint(tmp_path / "llada", target)  # an earlier conversion is replaced
+    with pytest.raises(ValueError, match="holds the input"):
+        convert_llada_checkpoint(tmp_path / "llada", tmp_path)
+    unrelated = tmp_path / "notes"
+    unrelated.mkdir()
+    (unrelated / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="did not write"):
+        convert_llada_checkpoint(tmp_path / "llada", unrelated)
+    assert [p.name for p in unrelated.iterdir()] == ["keep.txt"]
 
 
 def test_convert_cli(tmp_path, capsys):

@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(run=run_bench)
 
     train = commands.add_parser("train-model", help="train the reference dLLM on the tasks (CPU, under an hour)")
-    train.add_argument("--out", required=True, help="directory to write the model to (replaced atomically)")
+    train.add_argument("--out", required=True, help="new directory for the model (or an earlier train-model output)")
+    train.add_argument("--overwrite", action="store_true", help="write into a non-empty directory that "
+                       "train-model did not write (entries of the same name are replaced)")
     train.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the recorded recipe)")
     train.add_argument("--seed", type=int, default=0, help="seed of initialisation and batches (default: 0)")
     train.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
@@ -88,7 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     train_filter.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                               help="an estimator parameter, e.g. --param max_iter=500 (repeatable)")
     train_filter.add_argument("--tau", type=float, default=0.96, help="threshold for the reported precision/recall")
-    train_filter.add_argument("--out", required=True, help="filter directory to write (replaced atomically)")
+    train_filter.add_argument("--out", required=True, help="new directory for the filter (or an earlier "
+                              "train-filter output)")
+    train_filter.add_argument("--overwrite", action="store_true", help="write into a non-empty directory that "
+                              "train-filter did not write (entries of the same name are replaced)")
     train_filter.set_defaults(run=run_train_filter)
 
     convert = commands.add_parser("convert-llada", help="rewrite a LLaDA checkpoint as a Llama one (no remote code)")
@@ -200,7 +205,7 @@ def run_train_model(args: argparse.Namespace) -> int:
     config = TrainingConfig(seed=args.seed, threads=args.threads)
     if args.steps is not None:
         config = attrs.evolve(config, steps=args.steps)
-    print(train_reference_model(args.out, config))
+    print(train_reference_model(args.out, config, overwrite=args.overwrite))
     return 0
 
 
@@ -264,7 +269,8 @@ def run_train_filter(args: argparse.Namespace) -> int:
         if "=" not in item:
             raise ValueError(f"--param takes NAME=VALUE, got {item!r}")
         params.update(parse_spec(f"x:{item}")[1])
-    trained = train_filter(args.traces, args.kind, args.out, feature_set=args.features, tau=args.tau, params=params)
+    trained = train_filter(args.traces, args.kind, args.out, feature_set=args.features, tau=args.tau, params=params,
+                           overwrite=args.overwrite)
     print(json.dumps({"filter": args.out, "kind": args.kind, "features": trained.features,
                       "fit_s": trained.info["fit_s"], **trained.info["metrics"]}, indent=2))
     return 0

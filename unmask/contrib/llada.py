@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import torch
 
-from unmask._files import staged_directory
+from unmask._files import check_output_directory, staged_directory
 
 __all__ = ["LAYER_KEYS", "TOP_KEYS", "convert_llada_key", "convert_llada_state_dict", "llama_config_from_llada",
            "convert_llada_checkpoint"]
@@ -92,13 +92,12 @@ def convert_llada_checkpoint(source: str | Path, target: str | Path) -> Path:
     from safetensors.torch import save_file
 
     source, target = Path(source), Path(target)
-    if target.exists():
-        raise FileExistsError(f"target {target} exists; remove it or choose another")
+    check_output_directory(target, command="convert-llada", inputs=[source], argument="target")
     shards = sorted(source.glob("*.safetensors"))
     if not shards:
         raise FileNotFoundError(f"no .safetensors files in {source}")
     llada_config = json.loads((source / "config.json").read_text())
-    with staged_directory(target) as staging:
+    with staged_directory(target, command="convert-llada", inputs=[source]) as staging:
         weight_map: dict[str, str] = {}
         for shard in shards:
             with safe_open(shard, framework="pt") as reader:

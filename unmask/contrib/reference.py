@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 from attrs import asdict, field, frozen
 
-from unmask._files import staged_directory, write_text_atomically
+from unmask._files import check_output_directory, staged_directory, write_text_atomically
 from unmask.contrib.tasks import DEFAULT_TASKS, TRAIN_SEED, samples
 from unmask.core.plugins import Registrar, hookimpl
 
@@ -178,10 +178,12 @@ def _loss(model: Any, batch: Sequence[tuple[list[int], list[int]]], config: Trai
     return (losses * masked / ratio).sum() / answers.numel()
 
 
-def train_reference_model(out: str | Path, config: TrainingConfig = TrainingConfig(), *, progress: bool = True) -> Path:
+def train_reference_model(out: str | Path, config: TrainingConfig = TrainingConfig(), *, progress: bool = True,
+                          overwrite: bool = False) -> Path:
     """Train the reference model and write it (weights, tokenizer, card, loss log) to ``out`` atomically."""
     from tqdm import tqdm
 
+    check_output_directory(out, command="train-model", overwrite=overwrite)  # before the hour of training
     out = Path(out)
     torch.set_num_threads(config.threads)
     rng = random.Random(config.seed)
@@ -232,7 +234,7 @@ def train_reference_model(out: str | Path, config: TrainingConfig = TrainingConf
             bar.set_postfix(loss=f"{running:.4f}")
     model.eval()
 
-    with staged_directory(out) as staging:
+    with staged_directory(out, command="train-model", overwrite=overwrite) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "training_log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in log))

@@ -99,7 +99,8 @@ def load(
     from unmask.core.plugins import registry
 
     source = str(name_or_path)
-    if not Path(source).exists() and source in registry().names("models"):
+    # Registered names win over folders of the same name in the working directory (give those as ./name).
+    if isinstance(name_or_path, str) and source in registry().names("models"):
         return registry().get("models", source).factory(device=device)
     config = _load_config(AutoConfig, source, trust_remote_code)
     remote = bool(getattr(config, "auto_map", None))
@@ -165,9 +166,19 @@ def decode_text(
     return decode_answers(tokenizer, result), result
 
 
+def _looks_like_path(source: str) -> bool:
+    """A Hub id is ``name`` or ``owner/name``; anything else that names no directory is a mistyped path."""
+    return source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source or source.endswith("/")
+
+
 def _load_config(auto_config: Any, source: str, trust_remote_code: bool) -> Any:
-    if not Path(source).exists() and Path(source).is_absolute():
-        raise FileNotFoundError(f"no model directory at {source}")
+    path = Path(source).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--model {source}: is a file; give the checkpoint's directory")
+    if not path.exists() and _looks_like_path(source):
+        raise FileNotFoundError(f"--model {source}: no such directory")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"--model {source}: the directory has no config.json (not a transformers checkpoint)")
     try:
         return auto_config.from_pretrained(source, trust_remote_code=trust_remote_code)
     except ValueError as error:

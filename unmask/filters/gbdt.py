@@ -10,8 +10,9 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 
 from unmask.filters._arrays import as_features, as_labels, as_mask
 
-# What a saved model may contain; anything else in the file is refused before loading.
-TRUSTED_PREFIXES = ("sklearn.", "numpy.", "builtins.", "collections.", "scipy.")
+# The exact types a saved model may hold beyond skops' own safe defaults (scikit-learn estimators, numpy
+# arrays, plain containers); any other type in the file is refused before anything is constructed.
+TRUSTED_TYPES = frozenset({"sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"})
 
 
 class GBDTFilter(BaseEstimator):
@@ -58,10 +59,16 @@ class GBDTFilter(BaseEstimator):
 
     def load_weights(self, directory: Path, state: dict[str, Any]) -> GBDTFilter:
         path = directory / "model.skops"
-        untrusted = skops.io.get_untrusted_types(file=path)
-        refused = [name for name in untrusted if not name.startswith(TRUSTED_PREFIXES)]
+        try:
+            untrusted = skops.io.get_untrusted_types(file=path)
+        except Exception as error:  # a truncated zip, a schema skops cannot read: nothing was constructed
+            raise ValueError(f"{path} is not a readable skops file: {error}") from error
+        refused = sorted(set(untrusted) - TRUSTED_TYPES)
         if refused:
-            raise ValueError(f"{path} holds types outside scikit-learn and numpy: {', '.join(refused)}")
-        self.model_ = skops.io.load(path, trusted=untrusted)
+            raise ValueError(f"{path} holds types a gradient-boosted filter never needs, refused: {', '.join(refused)}")
+        model = skops.io.load(path, trusted=sorted(untrusted))
+        if not isinstance(model, HistGradientBoostingClassifier):
+            raise ValueError(f"{path} holds a {type(model).__name__}, not a HistGradientBoostingClassifier")
+        self.model_ = model
         self.n_features_in_ = state["n_features"]
         return self

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import attrs
 from attrs import frozen
@@ -36,15 +36,16 @@ class TrainedFilter:
                              f"blocks of {width} (set block_length={self.block_length} or train a filter for it)")
 
 
-def save_filter(trained: TrainedFilter, path: str | Path) -> Path:
-    """Write ``trained`` to the directory ``path`` (replaced atomically)."""
+def save_filter(trained: TrainedFilter, path: str | Path, *, overwrite: bool = False,
+                inputs: Sequence[str | Path] = ()) -> Path:
+    """Write ``trained`` to the directory ``path``: new, empty or an earlier filter (see ``staged_directory``)."""
     from unmask.core.plugins import registry
 
     path = Path(path)
     kind = next((e.name for e in registry().entries("filters") if isinstance(trained.estimator, e.factory)), None)
     if kind is None:
         raise ValueError(f"{type(trained.estimator).__name__} is not a registered filter kind")
-    with staged_directory(path) as staging:
+    with staged_directory(path, command="train-filter", overwrite=overwrite, inputs=inputs) as staging:
         state = trained.estimator.save_weights(staging)
         header = {
             "format": FORMAT, "kind": kind, "params": trained.estimator.get_params(), "state": state,

@@ -113,5 +113,7 @@ def _open_manifest(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"{out} holds traces made with other settings ({', '.join(changed)} differ); "
                              "use a new --out directory")
         return manifest
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"--out {out}: is not empty and holds no traces ({MANIFEST} missing); name a new directory")
     out.mkdir(parents=True, exist_ok=True)
     return {"format": "unmask-traces/1", "settings": settings, "shards": {}}

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unmask._files import check_output_directory
 from unmask.filters.features import features
 from unmask.filters.store import TrainedFilter, save_filter
 from unmask.filters.traces import Traces
@@ -44,11 +45,12 @@ def filter_metrics(probability: np.ndarray, labels: np.ndarray, masked: np.ndarr
 
 def train_filter(
     traces_dir: str | Path, kind: str, out: str | Path, *, feature_set: str | None = None, tau: float = 0.96,
-    params: dict[str, Any] | None = None, seed: int = 0,
+    params: dict[str, Any] | None = None, seed: int = 0, overwrite: bool = False,
 ) -> TrainedFilter:
     """Fit a ``kind`` filter on the traces' training prompts and save it with its validation metrics."""
     from unmask.core.plugins import create
 
+    check_output_directory(out, command="train-filter", overwrite=overwrite, inputs=[traces_dir])
     traces = Traces(traces_dir)
     feature_set = feature_set or DEFAULT_FEATURES.get(kind, "position_stats")
     X = features(feature_set, traces.stats).numpy()
@@ -70,5 +72,5 @@ def train_filter(
         info={"metrics": metrics, "fit_s": round(fit_s, 2), "tau": tau, "split_seed": seed,
               "traces": {"directory": Path(traces_dir).name, **traces.manifest["settings"], "records": len(traces)}},
     )
-    save_filter(trained, out)
+    save_filter(trained, out, overwrite=overwrite, inputs=[traces_dir])
     return trained

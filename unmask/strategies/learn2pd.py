@@ -20,13 +20,16 @@ def _resolve(value: Any) -> Any:
 
     if isinstance(value, TrainedFilter):
         return value
+    if not isinstance(value, (str, Path)):
+        raise TypeError(f"filter must be a shipped filter name, a directory or a TrainedFilter, got {type(value).__name__}")
+    # Shipped names win over folders of the same name in the working directory (give those as ./name).
+    shipped = sorted(p.name for p in SHIPPED_FILTERS.iterdir() if p.is_dir()) if SHIPPED_FILTERS.exists() else []
+    if isinstance(value, str) and value in shipped:
+        return load_filter((SHIPPED_FILTERS / value).resolve())
     path = Path(value)
-    if not path.exists():
-        if not (SHIPPED_FILTERS / str(value)).exists():
-            shipped = sorted(p.name for p in SHIPPED_FILTERS.glob("*")) if SHIPPED_FILTERS.exists() else []
-            raise ValueError(f"filter={value!r} is neither a saved filter directory nor a shipped filter "
-                             f"({', '.join(shipped) or 'none shipped'}); train one with unmask train-filter")
-        path = SHIPPED_FILTERS / str(value)
+    if not path.is_dir():
+        raise ValueError(f"filter={str(value)!r} is neither a saved filter directory nor a shipped filter "
+                         f"({', '.join(shipped) or 'none shipped'}); train one with unmask train-filter")
     return load_filter(path.resolve())
 
 
