@@ -51,6 +51,12 @@ class TransformersDenoiser:
         return int(self.model.get_output_embeddings().weight.shape[0])
 
     @property
+    def max_positions(self) -> int | None:
+        """Prompt + canvas tokens the model was built for (its config's ``max_position_embeddings``)."""
+        value = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        return value if isinstance(value, int) else None
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 

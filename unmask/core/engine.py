@@ -86,7 +86,10 @@ def decode(
         raise TypeError(f"pass either config or settings, not both (got settings {sorted(settings)})")
     mask_id = _token_id(config.mask_token_id, model, "mask_token_id")
     eos_id = _token_id(config.eos_token_id, model, "eos_token_id")
+    if mask_id == eos_id:
+        raise ValueError(f"mask_token_id and eos_token_id are both {mask_id}; the canvas needs them apart")
     input_ids, prompt_mask = _prompt_tensors(input_ids, attention_mask, eos_id)
+    _check_prompts(input_ids, prompt_mask, model, config.gen_length)
     unmask_policy = create("policies", policy)
     if isinstance(stop, (list, tuple)) and not (len(stop) == 2 and isinstance(stop[1], dict)):
         stop = ("any", {"stops": stop})
@@ -139,6 +142,7 @@ def decode(
                     x[:, plan.start:plan.end], position_ids=state.position_ids[:, plan.start:plan.end],
                     attention_mask=plan.attention_mask, past_key_values=plan.past_key_values,
                 )  # (B, end - start, V)
+                _check_logits(logits, (batch, plan.end - plan.start), max(mask_id, eos_id), global_step)
                 cache_manager.update(plan, state)
                 nfe += row_active.long()
 
@@ -154,7 +158,8 @@ def decode(
                 )
 
                 # The policy chooses; the engine checks it and applies the progress floor.
-                commit, tokens = _checked_commit(unmask_policy.select(view), view, config.progress_floor)
+                commit, tokens = _checked_commit(unmask_policy.select(view), view, config.progress_floor,
+                                                 logits.shape[-1])
                 x = torch.where(commit, tokens, x)
                 commit_step[commit[:, gen_start:]] = global_step
 
@@ -190,9 +195,40 @@ def decode(
 
 def _token_id(configured: int | None, model: Any, name: str) -> int:
     value = configured if configured is not None else getattr(model, name, None)
-    if not isinstance(value, int):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ValueError(f"{name} is not set: give it in the config or as the model's attribute {name}")
     return value
+
+
+def _check_prompts(input_ids: torch.Tensor, prompt_mask: torch.Tensor, model: Any, gen_length: int) -> None:
+    """Refuse prompts the model cannot read: empty ones, ids outside its vocabulary, too long a canvas."""
+    lengths = prompt_mask.sum(1)
+    if (lengths == 0).any():
+        raise ValueError(f"input_ids: prompt(s) {(lengths == 0).nonzero().flatten().tolist()} are empty; "
+                         "a prompt needs at least one token")
+    ids = input_ids[prompt_mask.bool()]
+    if (ids < 0).any():
+        raise ValueError(f"input_ids: token id {int(ids.min())} is negative")
+    vocab = getattr(model, "vocab_size", None)
+    if isinstance(vocab, int) and (ids >= vocab).any():
+        raise ValueError(f"input_ids: token id {int(ids.max())} is outside the model's vocabulary of {vocab}")
+    positions = getattr(model, "max_positions", None)
+    if isinstance(positions, int) and int(lengths.max()) + gen_length > positions:
+        raise ValueError(f"input_ids: the longest prompt ({int(lengths.max())} tokens) plus gen_length={gen_length} "
+                         f"exceeds the model's {positions} positions")
+
+
+def _check_logits(logits: Any, expected: tuple[int, int], largest_id: int, step: int) -> None:
+    """A model must return one finite score per fed column and vocabulary entry, or decoding cannot go on."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or tuple(logits.shape[:2]) != expected:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"step {step}: the model returned logits {got}; expected (batch, fed columns, vocab) "
+                         f"with batch and fed columns {expected}")
+    if logits.shape[-1] <= largest_id:
+        raise ValueError(f"step {step}: the model returned {logits.shape[-1]} vocabulary entries, fewer than the "
+                         f"mask and EOS ids need ({largest_id + 1})")
+    if not torch.isfinite(logits).all():
+        raise ValueError(f"step {step}: the model returned NaN or infinite logits")
 
 
 def _prompt_tensors(
@@ -235,11 +271,20 @@ def _block_logits(logits: torch.Tensor, start: int, block_start: int, block_end:
     return logits[:, block_start - start:block_end - start]
 
 
-def _checked_commit(decision: Any, view: StepView, progress_floor: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _checked_commit(
+    decision: Any, view: StepView, progress_floor: bool, vocab_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     commit, tokens = (decision.mask, decision.tokens) if isinstance(decision, Commit) else (decision, view.x0)
     if not isinstance(commit, torch.Tensor) or commit.dtype != torch.bool or commit.shape != view.x.shape:
         got = f"{commit.dtype} {tuple(commit.shape)}" if isinstance(commit, torch.Tensor) else type(commit).__name__
         raise TypeError(f"a policy must return a bool tensor of shape {tuple(view.x.shape)}, got {got}")
+    if isinstance(decision, Commit):
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tokens.shape != view.x.shape:
+            got = f"{tokens.dtype} {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            raise TypeError(f"Commit.tokens must be a long tensor of shape {tuple(view.x.shape)}, got {got}")
+        chosen = tokens[commit]
+        if ((chosen < 0) | (chosen >= vocab_size)).any():
+            raise ValueError(f"Commit.tokens holds ids outside the vocabulary [0, {vocab_size})")
     candidates = view.candidates
     if (commit & ~candidates).any():
         raise ValueError("the policy committed positions that are not masked positions of the current block")
@@ -249,7 +294,8 @@ def _checked_commit(decision: Any, view: StepView, progress_floor: bool) -> tupl
     if stalled.any():
         if not progress_floor:
             raise RuntimeError(f"the policy committed nothing for active rows {stalled.nonzero().flatten().tolist()}")
-        best = view.candidate_confidence.argmax(1)  # (B,)
+        # Among the candidates even where every confidence is -inf, so the floor never picks another column.
+        best = torch.where(candidates, view.candidate_confidence.clamp(min=-1.0), float("-inf")).argmax(1)  # (B,)
         commit = commit.clone()
         commit[stalled, best[stalled]] = True
         tokens = torch.where(commit & ~decision.mask, view.x0, tokens) if isinstance(decision, Commit) else tokens

@@ -37,6 +37,12 @@ KINDS: dict[str, tuple[str, str | None]] = {
     "models": ("unmask_register_models", None),
 }
 
+# What an object passed instead of a spec must have, per kind.
+REQUIRED_METHODS: dict[str, tuple[str, ...]] = {
+    "policies": ("select",), "stops": ("check",), "caches": ("reset", "plan", "update"),
+    "filters": ("fit", "predict_proba"),
+}
+
 BUILTIN_PLUGINS = ("unmask.strategies", "unmask.caches", "unmask.filters", "unmask.contrib.reference")
 
 
@@ -150,7 +156,14 @@ class Registry:
                 return self.create(kind, (combinator, {_first_param(self.get(kind, combinator)): parts}))
             spec = parse_spec(spec)
         if not isinstance(spec, tuple):
+            needed = REQUIRED_METHODS.get(kind)
+            if needed and not all(callable(getattr(spec, method, None)) for method in needed):
+                raise SpecError(f"{kind[:-1] if kind != 'policies' else 'policy'} must be a spec string such as "
+                                f"'{next(iter(self.names(kind)), 'name')}' or an object with "
+                                f"{', '.join(needed)}(), got {spec!r}")
             return spec
+        if len(spec) != 2 or not isinstance(spec[0], str) or not isinstance(spec[1], dict):
+            raise SpecError(f"a {kind} spec tuple must be (name, params dict), got {spec!r}")
         name, params = spec
         entry = self.get(kind, name)
         accepted = entry.parameters()

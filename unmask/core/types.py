@@ -19,13 +19,19 @@ __all__ = [
 
 
 def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None and value <= 0:
-        raise ValueError(f"{attribute.name} must be a positive integer, got {value}")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ValueError(f"{attribute.name} must be a positive integer, got {value!r}")
 
 
 def _non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value}")
+    # "not >= 0" also refuses NaN, which compares false with everything.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+        raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
+
+
+def _optional_id(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ValueError(f"{attribute.name} must be a token id (an integer >= 0) or None, got {value!r}")
 
 
 def tensor_field(**kwargs: Any) -> Any:
@@ -40,12 +46,15 @@ class DecodeConfig:
     block_length: int | None = field(default=None, validator=_positive)  # None: one block
     steps: int | None = field(default=None, validator=_positive)  # None: gen_length (one token per step)
     temperature: float = field(default=0.0, validator=_non_negative)
-    seed: int = 0
-    mask_token_id: int | None = None  # None: taken from the model
-    eos_token_id: int | None = None  # None: taken from the model; fills the canvas after the answer
+    seed: int = field(default=0, validator=attrs.validators.instance_of(int))
+    mask_token_id: int | None = field(default=None, validator=_optional_id)  # None: taken from the model
+    eos_token_id: int | None = field(default=None, validator=_optional_id)  # None: from the model; pads the answer
     progress_floor: bool = True  # an active row that commits nothing commits its most confident position
 
     def __attrs_post_init__(self) -> None:
+        if self.steps is not None and self.steps > self.gen_length:
+            raise ValueError(f"steps={self.steps} must be at most gen_length={self.gen_length} "
+                             "(a step commits at least one token)")
         if self.gen_length % self.num_block_tokens:
             raise ValueError(
                 f"gen_length={self.gen_length} must be a multiple of block_length={self.block_length}"

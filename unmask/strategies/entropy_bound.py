@@ -8,7 +8,9 @@ from unmask.strategies._select import block_values
 
 
 def _non_negative(instance: object, attribute: object, value: float) -> None:
-    if value < 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{attribute.name} must be a number, got {value!r}")
+    if not value >= 0:  # also refuses NaN
         raise ValueError(f"{attribute.name} must be >= 0, got {value}")
 
 

@@ -8,7 +8,9 @@ from unmask.strategies._select import top_k_mask
 
 
 def _probability(instance: object, attribute: object, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{attribute.name} must be a number, got {value!r}")
+    if not 0.0 <= value <= 1.0:  # also refuses NaN
         raise ValueError(f"{attribute.name} must lie in [0, 1], got {value}")
 
 
