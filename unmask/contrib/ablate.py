@@ -23,21 +23,23 @@ import itertools
 import json
 import platform
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from attrs import frozen
 
 from unmask._files import write_text_atomically
-from unmask.contrib.bench import _is_oracle, cell_metrics, run_cell, speedups
-from unmask.core.spec import parse_spec
+from unmask.contrib.bench import cell_metrics, check_policy, run_cell, speedups
 from unmask.core.types import DecodeConfig
 
 __all__ = ["GridError", "Cell", "Grid", "load_grid", "ablate", "read_rows"]
 
 FIELDS = {"model", "tasks", "n", "seed", "gen_lengths", "block_length", "policies", "stops", "caches", "baseline",
           "cells", "batch_size", "name"}
+CELL_FIELDS = {"policy", "stop", "cache", "gen_length"}
+BASELINE_FIELDS = {"policy", "stop", "cache"}
 
 
 class GridError(ValueError):
@@ -87,16 +89,18 @@ def load_grid(source: str | Path | Mapping[str, Any]) -> Grid:
         except tomllib.TOMLDecodeError as error:
             raise GridError(f"{path}: not valid TOML: {error}") from error
         name = str(raw.get("name", path.stem))
-    unknown = sorted(set(raw) - FIELDS)
-    if unknown:
-        raise GridError(f"grid: unknown field(s) {', '.join(unknown)}; fields: {', '.join(sorted(FIELDS))}")
+    _check_keys(raw, FIELDS, "grid")
     tasks = tuple(_list(raw, "tasks", None))
     for field_name in ("n", "seed", "block_length", "batch_size"):
         value = raw.get(field_name, {"n": 50, "seed": 0, "block_length": 32, "batch_size": 32}[field_name])
-        if not isinstance(value, int) or value < (0 if field_name == "seed" else 1):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if field_name == "seed" else 1):
             raise GridError(f"grid: field {field_name!r} must be a {'non-negative' if field_name == 'seed' else 'positive'}"
                             f" integer, got {value!r}")
     if "cells" in raw:
+        if not isinstance(raw["cells"], list) or not all(isinstance(c, Mapping) for c in raw["cells"]):
+            raise GridError("grid: field 'cells' must be a list of tables ([[cells]])")
+        for index, cell in enumerate(raw["cells"]):
+            _check_keys(cell, CELL_FIELDS, f"grid: cells[{index}]")
         combos = [(c.get("policy", "topk"), str(c.get("stop", "none")), str(c.get("cache", "none")),
                    c.get("gen_length", 128)) for c in raw["cells"]]
         if not combos:
@@ -105,12 +109,21 @@ def load_grid(source: str | Path | Mapping[str, Any]) -> Grid:
         combos = list(itertools.product(_list(raw, "policies", ["topk"]), _list(raw, "stops", ["none"]),
                                         _list(raw, "caches", ["none"]), _list(raw, "gen_lengths", [128])))
     cells = tuple(Cell(task, str(p), str(s), str(c), g) for task in tasks for p, s, c, g in combos)
+    if not isinstance(raw.get("baseline", {}), Mapping):
+        raise GridError("grid: field 'baseline' must be a table of policy, stop and cache")
+    _check_keys(raw.get("baseline", {}), BASELINE_FIELDS, "grid: baseline")
     baseline = {"policy": "topk", "stop": "none", "cache": "none", **raw.get("baseline", {})}
     grid = Grid(name=name, model=str(raw.get("model", "reference")), tasks=tasks, n=raw.get("n", 50),
                 seed=raw.get("seed", 0), block_length=raw.get("block_length", 32),
                 batch_size=raw.get("batch_size", 32), baseline=baseline, cells=cells)
     _check_cells(grid)
     return grid
+
+
+def _check_keys(raw: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise GridError(f"{where}: unknown field(s) {', '.join(unknown)}; fields: {', '.join(sorted(allowed))}")
 
 
 def _list(raw: Mapping[str, Any], field_name: str, default: list[Any] | None) -> list[Any]:
@@ -133,7 +146,7 @@ def _check_cells(grid: Grid) -> None:
     for cell in grid.cells:
         _check_field(cell, "task", lambda: get_task(cell.task))
         _check_field(cell, "gen_length", lambda: DecodeConfig(gen_length=cell.gen_length, block_length=grid.block_length))
-        _check_field(cell, "policy", lambda: _check_policy(cell.policy))
+        _check_field(cell, "policy", lambda: check_policy(cell.policy))
         _check_field(cell, "stop", lambda: cell.stop == "none" or create("stops", cell.stop))
         _check_field(cell, "cache", lambda: create("caches", cell.cache))
     if not any(grid.is_baseline(cell) for cell in grid.cells):
@@ -155,37 +168,55 @@ def _check_field(cell: Cell, field_name: str, check: Any) -> None:
         raise GridError(f"cell [{cell.key}]: field {field_name!r}: {error}") from error
 
 
-def _check_policy(spec: str) -> None:
-    from unmask.core.plugins import create, registry
-
-    if _is_oracle(spec):  # built per batch against the vanilla output; check the name and parameters only
-        registry().get("policies", parse_spec(spec)[0])
-        return
-    create("policies", spec)
-
-
 def ablate(
     grid: str | Path | Mapping[str, Any] | Grid, out: str | Path, *, progress: bool = True,
     loaded: tuple[Any, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every cell of ``grid`` not yet in ``out`` (JSONL), baseline cells first; return the grid's rows.
 
-    ``loaded`` is ``(model, tokenizer)`` when the caller already loaded the grid's model.
+    ``loaded`` is ``(model, tokenizer)`` when the caller already loaded the grid's model. Rows are keyed by
+    the cell and every setting that changes its numbers (n, seed, block and batch size, the weights' hash).
     """
+    grid = grid if isinstance(grid, Grid) else load_grid(grid)
+    out = Path(out)
+    with _exclusive(out):
+        return _run_grid(grid, out, progress, loaded)
+
+
+@contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold a lock beside ``out`` so that a second writer fails at once instead of losing rows."""
+    import fcntl
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = out.with_name(f".{out.name}.lock")
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise GridError(f"--out {out}: another unmask ablate is writing it; wait for it or name another file") from None
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)
+
+
+def _run_grid(grid: Grid, out: Path, progress: bool, loaded: tuple[Any, Any] | None) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
     from unmask.contrib.tasks import samples
     from unmask.contrib.transformers import weights_hash
 
-    grid = grid if isinstance(grid, Grid) else load_grid(grid)
-    out = Path(out)
-    rows = read_rows(out)
-    done = {row["cell"] for row in rows}
     model, tokenizer = loaded if loaded is not None else _load(grid.model)
     _check_caches_serve(grid, model)  # before any decoding
+    # Everything besides the cell that changes a row's numbers: a row made otherwise is not reused.
+    settings = {"n": grid.n, "seed": grid.seed, "block_length": grid.block_length, "batch_size": grid.batch_size,
+                "model_sha256": weights_hash(model)}
+    rows = read_rows(out)
+    current = [row for row in rows if all(row.get(key) == value for key, value in settings.items())]
+    done = {row["cell"] for row in current}
     todo = sorted((c for c in grid.cells if c.key not in done), key=lambda c: not grid.is_baseline(c))
-    context = {"grid": grid.name, "model": grid.model, "model_sha256": weights_hash(model), "seed": grid.seed,
-               "block_length": grid.block_length, "versions": _versions(), "machine": machine()}
+    context = {"grid": grid.name, "model": grid.model, **settings, "versions": _versions(), "machine": machine()}
     sets = {task: samples(task, grid.n, grid.seed) for task in grid.tasks}
     bar = tqdm(total=len(todo) * grid.n, desc=f"ablate {grid.name}", unit="sample", file=sys.stderr,
                disable=not progress)
@@ -201,14 +232,15 @@ def ablate(
                "baseline": grid.is_baseline(cell), **cell_metrics(run, config),
                "nfe_p50": float(nfe.quantile(0.5)), "nfe_p90": float(nfe.quantile(0.9)),
                "components": run.components, "first_sample": run.first, **context}
-        base = row if row["baseline"] else next((r for r in rows if r["baseline"] and r["task"] == cell.task
+        base = row if row["baseline"] else next((r for r in current if r["baseline"] and r["task"] == cell.task
                                                   and r["gen_length"] == cell.gen_length), None)
         row.update(speedups(row, base) if base else {"nfe_speedup": None, "wall_speedup": None})
         rows.append(row)
+        current.append(row)
         write_text_atomically(out, "".join(json.dumps(row) + "\n" for row in rows))
     bar.close()
     keys = {cell.key for cell in grid.cells}
-    return [row for row in rows if row["cell"] in keys]
+    return [row for row in current if row["cell"] in keys]
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:

@@ -46,6 +46,7 @@ def bench(
     """
     from tqdm import tqdm
 
+    check_components(policies, stops, caches)
     sets = {task: samples(task, n, seed) for task in tasks}
     combinations = list(itertools.product(policies, stops, caches))
     total = len(combinations) * sum(len(items) for items in sets.values())
@@ -178,6 +179,30 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def check_policy(spec: Any) -> None:
+    """Build ``spec`` once so that a bad one fails before any decoding (the oracle: its name only, since it is
+    built per batch against the vanilla output)."""
+    from unmask.core.plugins import create, registry
+
+    if _is_oracle(spec):
+        registry().get("policies", parse_spec(spec)[0])
+    else:
+        create("policies", spec)
+
+
+def check_components(policies: Sequence[Any], stops: Sequence[Any], caches: Sequence[Any]) -> None:
+    """Every policy, stop and cache builds (a bad spec fails before the model loads or decoding starts)."""
+    from unmask.core.plugins import create
+
+    for policy in policies:
+        check_policy(policy)
+    for stop in stops:
+        if stop not in (None, "none"):
+            create("stops", stop)
+    for cache in caches:
+        create("caches", cache)
 
 
 def _is_oracle(policy: Any) -> bool:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from unmask.core.plugins import KINDS, registry
 
@@ -18,36 +19,103 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, ImportError, OSError) as error:
-        print(f"unmask {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, TypeError, ImportError, OSError, RuntimeError) as error:
+        print(f"unmask {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments get one line naming the argument (and a pointer to --help), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+def _one_line(error: object) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def task_list(text: str) -> list[str]:
+    from unmask.contrib.tasks import TASKS
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("must name at least one task (comma-separated)")
+    unknown = [name for name in names if name not in TASKS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown task(s) {', '.join(unknown)}; tasks: {', '.join(TASKS)}")
+    return names
+
+
+def torch_device(text: str) -> str:
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (cpu, cuda, cuda:N, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available here (torch {torch.__version__}); "
+                                         "use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available here; use --device cpu")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{text!r}: unmask runs on cpu, cuda or mps")
+    return text
+
+
+def _prompt(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the prompt is empty")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="unmask", description="Decode diffusion language models with pluggable unmask policies."
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     listing = commands.add_parser("list", help="list registered components by kind, with their providers")
     listing.add_argument("--json", action="store_true", help="print JSON: kind -> name -> provider, version, summary")
     listing.set_defaults(run=run_list)
 
     generate = commands.add_parser("generate", help="decode an answer to a prompt")
-    generate.add_argument("prompt", help="the prompt text (the tokenizer's chat template is applied if it has one)")
+    generate.add_argument("prompt", type=_prompt, help="the prompt text (the tokenizer's chat template is applied "
+                          "if it has one)")
     add_model_arguments(generate)
     add_decode_arguments(generate)
     generate.add_argument("--json", action="store_true", help="print the answer with NFE, timing and components")
     generate.set_defaults(run=run_generate)
 
     bench = commands.add_parser("bench", help="decode task samples with every combination of components and score")
-    bench.add_argument("--tasks", default=None, help="comma-separated tasks (default: the bundled model's task mix)")
-    bench.add_argument("--n", type=int, default=50, help="samples per task (default: 50)")
+    bench.add_argument("--tasks", type=task_list, default=None, help="comma-separated tasks (default: the bundled model's task mix)")
+    bench.add_argument("--n", type=positive_int, default=50, help="samples per task (default: 50)")
     bench.add_argument("--seed", type=int, default=0, help="first reasoning-gym seed of the sample set (default: 0)")
     bench.add_argument("--policy", action="append", help="repeat for several (default: topk)")
     bench.add_argument("--stop", action="append", help="repeat for several; 'none' for no stop (default: none)")
     bench.add_argument("--cache", action="append", help="repeat for several (default: none)")
-    bench.add_argument("--batch-size", type=int, default=32, help="rows decoded together (default: 32)")
+    bench.add_argument("--batch-size", type=positive_int, default=32, help="rows decoded together (default: 32)")
     bench.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     add_model_arguments(bench)
     add_decode_arguments(bench, components=False, seed_flag="--decode-seed")
@@ -57,9 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="new directory for the model (or an earlier train-model output)")
     train.add_argument("--overwrite", action="store_true", help="write into a non-empty directory that "
                        "train-model did not write (entries of the same name are replaced)")
-    train.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the recorded recipe)")
+    train.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default: the recorded recipe)")
     train.add_argument("--seed", type=int, default=0, help="seed of initialisation and batches (default: 0)")
-    train.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    train.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default: 2)")
     train.set_defaults(run=run_train_model)
 
     ablate = commands.add_parser("ablate", help="run an ablation grid (TOML), resumable; write a report and plots")
@@ -68,17 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "in it are skipped")
     ablate.add_argument("--report", default=None, help="write a Markdown report here")
     ablate.add_argument("--plots", default=None, help="write plots to this directory (needs unmask[plots])")
+    ablate.add_argument("--verbose", action="store_true", help="show transformers' weight-loading progress")
     ablate.set_defaults(run=run_ablate)
 
     collect = commands.add_parser("collect", help="record Learn2PD traces: oracle decodes labelled 'already final'")
-    collect.add_argument("--tasks", default=None, help="comma-separated tasks (default: the bundled model's task mix)")
-    collect.add_argument("--n", type=int, default=500, help="prompts per task (default: 500)")
+    collect.add_argument("--tasks", type=task_list, default=None, help="comma-separated tasks (default: the bundled model's task mix)")
+    collect.add_argument("--n", type=positive_int, default=500, help="prompts per task (default: 500)")
     collect.add_argument("--seed", type=int, default=None, help="first reasoning-gym seed; must not be an evaluation "
                          "seed (default: unmask.filters.traces.FILTER_SEED)")
     collect.add_argument("--out", required=True, help="traces directory (rerunning resumes it)")
-    collect.add_argument("--gen-length", type=int, default=128, help="canvas length (default: 128)")
-    collect.add_argument("--block-length", type=int, default=32, help="block length (default: 32)")
-    collect.add_argument("--batch-size", type=int, default=32, help="prompts per shard (default: 32)")
+    collect.add_argument("--gen-length", type=positive_int, default=128, help="canvas length (default: 128)")
+    collect.add_argument("--block-length", type=positive_int, default=32, help="block length (default: 32)")
+    collect.add_argument("--batch-size", type=positive_int, default=32, help="prompts per shard (default: 32)")
     add_model_arguments(collect)
     collect.set_defaults(run=run_collect)
 
@@ -89,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "for mlp, position_stats otherwise)")
     train_filter.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                               help="an estimator parameter, e.g. --param max_iter=500 (repeatable)")
-    train_filter.add_argument("--tau", type=float, default=0.96, help="threshold for the reported precision/recall")
+    train_filter.add_argument("--tau", type=finite_float, default=0.96, help="threshold for the reported precision/recall")
     train_filter.add_argument("--out", required=True, help="new directory for the filter (or an earlier "
                               "train-filter output)")
     train_filter.add_argument("--overwrite", action="store_true", help="write into a non-empty directory that "
@@ -107,7 +176,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="a registered model name or a checkpoint directory "
                         "(transformers layout); default: the bundled reference model")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own model code")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--verbose", action="store_true", help="show transformers' weight-loading progress")
+    parser.add_argument("--device", type=torch_device, default="cpu", help="torch device (default: cpu)")
 
 
 def add_decode_arguments(
@@ -117,10 +187,10 @@ def add_decode_arguments(
         parser.add_argument("--policy", default="topk", help=f"unmask policy: {COMPONENT_HELP} (default: topk)")
         parser.add_argument("--stop", default=None, help=f"stop criterion, e.g. eotp: {COMPONENT_HELP}")
         parser.add_argument("--cache", default="none", help="KV-cache manager (default: none)")
-    parser.add_argument("--gen-length", type=int, default=64, help="tokens to generate (default: 64)")
-    parser.add_argument("--block-length", type=int, default=32, help="semi-autoregressive block (default: 32)")
-    parser.add_argument("--steps", type=int, default=None, help="schedule steps (default: gen length)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--gen-length", type=positive_int, default=64, help="tokens to generate (default: 64)")
+    parser.add_argument("--block-length", type=positive_int, default=32, help="semi-autoregressive block (default: 32)")
+    parser.add_argument("--steps", type=positive_int, default=None, help="schedule steps (default: gen length)")
+    parser.add_argument("--temperature", type=finite_float, default=0.0, help="0 = greedy (default)")
     parser.add_argument(seed_flag, type=int, default=0, dest="decode_seed",
                         help="seed of the sampling stream (default: 0)")
 
@@ -142,10 +212,19 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet(args: argparse.Namespace) -> None:
+    """transformers' weight-loading bar only with --verbose: stderr is for progress and errors that matter."""
+    from transformers.utils import logging
+
+    if not getattr(args, "verbose", False):
+        logging.disable_progress_bar()
+
+
 def _load_model(args: argparse.Namespace) -> tuple[Any, Any, str]:
     from unmask.contrib.reference import load_reference_model
     from unmask.contrib.transformers import load
 
+    _quiet(args)
     if args.model is None:
         return (*load_reference_model(device=args.device), "bundled reference model")
     return (*load(args.model, trust_remote_code=args.trust_remote_code, device=args.device), args.model)
@@ -178,18 +257,17 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from unmask.contrib.bench import bench, format_table
-    from unmask.contrib.tasks import DEFAULT_TASKS, get_task
+    from unmask.contrib.bench import bench, check_components, format_table
+    from unmask.contrib.tasks import DEFAULT_TASKS
 
-    tasks = args.tasks.split(",") if args.tasks else list(DEFAULT_TASKS)
-    for task in tasks:
-        get_task(task)  # unknown names fail before the model loads
+    tasks = args.tasks or list(DEFAULT_TASKS)
+    policies, caches = args.policy or ["topk"], args.cache or ["none"]
+    stops = [None if s == "none" else s for s in args.stop or ["none"]]
+    check_components(policies, stops, caches)
+    config = _decode_config(args)  # both fail before the model loads
     model, tokenizer, model_name = _load_model(args)
-    rows = bench(
-        model, tokenizer, tasks=tasks, n=args.n, seed=args.seed, policies=args.policy or ["topk"],
-        stops=[None if s == "none" else s for s in args.stop or ["none"]], caches=args.cache or ["none"],
-        config=_decode_config(args), batch_size=args.batch_size,
-    )
+    rows = bench(model, tokenizer, tasks=tasks, n=args.n, seed=args.seed, policies=policies, stops=stops,
+                 caches=caches, config=config, batch_size=args.batch_size)
     if args.json:
         print(json.dumps([{**row, "model": model_name} for row in rows], indent=2))
     else:
@@ -218,6 +296,7 @@ def run_ablate(args: argparse.Namespace) -> int:
     from unmask.contrib.transformers import load
 
     grid = load_grid(args.grid)  # every cell is checked before the model loads
+    _quiet(args)
     out = Path(args.out) if args.out else Path(args.grid).with_suffix(".jsonl")
     model, tokenizer = load(grid.model)
     rows = ablate(grid, out, loaded=(model, tokenizer))
@@ -241,12 +320,10 @@ def run_ablate(args: argparse.Namespace) -> int:
 
 
 def run_collect(args: argparse.Namespace) -> int:
-    from unmask.contrib.tasks import DEFAULT_TASKS, get_task
+    from unmask.contrib.tasks import DEFAULT_TASKS
     from unmask.filters.traces import FILTER_SEED, collect
 
-    tasks = args.tasks.split(",") if args.tasks else list(DEFAULT_TASKS)
-    for task in tasks:
-        get_task(task)
+    tasks = args.tasks or list(DEFAULT_TASKS)
     model, tokenizer, _ = _load_model(args)
     manifest = collect(
         model, tokenizer, args.out, tasks=tasks, n=args.n, seed=FILTER_SEED if args.seed is None else args.seed,

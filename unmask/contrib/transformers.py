@@ -100,6 +100,7 @@ def load(
     Mask and EOS ids come from the tokenizer, else the config. ``shift_logits`` defaults to the config's
     ``shift_logits`` attribute, else to whether the model type keeps the AR shift (Dream, Qwen2).
     """
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
     from unmask.core.plugins import registry
@@ -123,7 +124,10 @@ def load(
             )
         loader = AutoModelForCausalLM
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    model = loader.from_pretrained(source, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32)
+    try:
+        model = loader.from_pretrained(source, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32)
+    except (SafetensorError, OSError, RuntimeError) as error:  # truncated or corrupt weights, shapes that do not fit the config
+        raise ValueError(f"--model {source}: the weights do not load ({type(error).__name__}: {error})") from error
     model = model.to(device).eval()
     mask_id = _first_id(tokenizer.mask_token_id, getattr(config, "mask_token_id", None))
     if mask_id is None:

@@ -65,7 +65,10 @@ class MLPFilter(BaseEstimator):
     def load_weights(self, directory: Path, state: dict[str, Any]) -> MLPFilter:
         self.width_, self.n_features_in_ = state["width"], state["n_features"]
         self.network_ = _network(self.width_ * self.n_features_in_, self.hidden, self.width_)
-        self.network_.load_state_dict(load_file(directory / "weights.safetensors"))
+        weights = load_file(directory / "weights.safetensors")
+        if not all(torch.isfinite(tensor).all() for tensor in weights.values()):
+            raise ValueError(f"{directory / 'weights.safetensors'} holds NaN or infinite weights")
+        self.network_.load_state_dict(weights)
         self.network_.eval()
         return self
 

@@ -60,6 +60,8 @@ def save_filter(trained: TrainedFilter, path: str | Path, *, overwrite: bool = F
 @lru_cache(maxsize=16)
 def load_filter(path: str | Path) -> TrainedFilter:
     """Read a filter saved by :func:`save_filter`, checking its header against what is installed."""
+    from safetensors import SafetensorError
+
     from unmask.core.plugins import create, registry
     from unmask.filters.features import block_stats, features
 
@@ -67,11 +69,21 @@ def load_filter(path: str | Path) -> TrainedFilter:
     header_path = path / "filter.json"
     if not header_path.is_file():
         raise FileNotFoundError(f"{path} is not a saved filter (no filter.json); train one with unmask train-filter")
-    header = json.loads(header_path.read_text())
-    if header.get("format") != FORMAT:
-        raise ValueError(f"{header_path}: format {header.get('format')!r}, expected {FORMAT!r}")
-    kind = header["kind"]
-    estimator = create("filters", (kind, header["params"])).load_weights(path, header["state"])
+    try:
+        header = json.loads(header_path.read_text())
+    except ValueError as error:
+        raise ValueError(f"{header_path}: not valid JSON: {error}") from error
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        found = header.get("format") if isinstance(header, dict) else header
+        raise ValueError(f"{header_path}: format {found!r}, expected {FORMAT!r}")
+    missing = [key for key in ("kind", "params", "state", "features", "block_length") if key not in header]
+    if missing:
+        raise ValueError(f"{header_path}: missing field(s) {', '.join(missing)}")
+    estimator = create("filters", (header["kind"], header["params"]))
+    try:
+        estimator = estimator.load_weights(path, header["state"])
+    except (SafetensorError, RuntimeError, KeyError, TypeError, OSError) as error:
+        raise ValueError(f"{path}: the weights do not load ({type(error).__name__}: {error})") from error
     if header["features"] not in registry().names("features"):
         raise ValueError(f"{header_path}: feature set {header['features']!r} is not registered")
     import torch
