@@ -1,0 +1,66 @@
+"""Procedural tasks with exact scorers: sample sets are ``(task, n, seed)``, item ``i`` made from seed ``seed + i``.
+
+Two families: the list and puzzle tasks of :mod:`unmask.contrib.tasks.lists` (several of them accept many
+answers, so parallel decoding can lose on them) and reasoning-gym's arithmetic in
+:mod:`unmask.contrib.tasks.gym`. Evaluation sets use seeds below ``TRAIN_SEED`` (1,000,000); the bundled
+model was trained only on items from ``TRAIN_SEED`` upward.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from attrs import field, frozen
+
+from unmask.contrib.tasks.gym import GYM_TASKS, GymTask
+from unmask.contrib.tasks.lists import LIST_TASKS, ListTask
+
+__all__ = ["TASKS", "DEFAULT_TASKS", "SUITE", "TRAIN_SEED", "Task", "Sample", "samples", "score", "get_task",
+           "valid_answer"]
+
+TRAIN_SEED = 1_000_000
+
+Task = ListTask | GymTask
+TASKS: dict[str, Task] = {**LIST_TASKS, **GYM_TASKS}
+# The parallelism testbed: list operations with one or many valid answers, a puzzle, and arithmetic.
+SUITE = ("copy", "reverse", "sort", "shuffle", "insert_random", "remove_random", "replace_random", "latin_square",
+         "chain_sum", "basic_arithmetic")
+# The bundled model's mix.
+DEFAULT_TASKS = ("chain_sum", "basic_arithmetic", "number_sorting", "spell_backward")
+
+
+@frozen(kw_only=True)
+class Sample:
+    task: str
+    seed: int  # the item's seed
+    prompt: str
+    answer: str  # one valid answer (the only one for single-answer tasks)
+    entry: dict[str, Any] = field(eq=False, repr=False)  # what the scorer needs
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def samples(task: str, n: int, seed: int) -> list[Sample]:
+    """Items ``seed .. seed + n - 1`` of ``task``."""
+    if n <= 0:
+        raise ValueError(f"n must be a positive number of samples, got {n}")
+    spec = get_task(task)
+    made = spec.make_many(n, seed) if isinstance(spec, GymTask) else [spec.make(seed + i) for i in range(n)]
+    return [Sample(task=task, seed=seed + i, prompt=prompt, answer=answer, entry=entry)
+            for i, (prompt, answer, entry) in enumerate(made)]
+
+
+def score(sample: Sample, answer: str) -> bool:
+    """Whether ``answer`` is a valid answer to ``sample`` (every valid one scores, nothing else)."""
+    return get_task(sample.task).score(sample.entry, answer)
+
+
+def valid_answer(sample: Sample, rng: random.Random) -> str:
+    """A valid answer drawn uniformly among all of them (training targets for multi-answer tasks)."""
+    spec = get_task(sample.task)
+    return " ".join(spec.target(sample.entry, rng)) if isinstance(spec, ListTask) else sample.answer
