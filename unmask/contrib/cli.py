@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "train-model did not write (entries of the same name are replaced)")
     train.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default: the recorded recipe)")
     train.add_argument("--seed", type=int, default=0, help="seed of initialisation and batches (default: 0)")
+    train.add_argument("--resume", action="store_true", help="continue from OUT.checkpoint (written every few "
+                       "minutes)")
     train.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default: 2)")
     train.set_defaults(run=run_train_model)
 
@@ -278,12 +280,12 @@ def run_bench(args: argparse.Namespace) -> int:
 def run_train_model(args: argparse.Namespace) -> int:
     import attrs
 
-    from unmask.contrib.reference import TrainingConfig, train_reference_model
+    from unmask.contrib.train.model import TrainingConfig, train_reference_model
 
     config = TrainingConfig(seed=args.seed, threads=args.threads)
     if args.steps is not None:
         config = attrs.evolve(config, steps=args.steps)
-    print(train_reference_model(args.out, config, overwrite=args.overwrite))
+    print(train_reference_model(args.out, config, overwrite=args.overwrite, resume=args.resume))
     return 0
 
 

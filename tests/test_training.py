@@ -1,0 +1,57 @@
+"""Reference-model training: a few steps write a loadable model; a checkpoint resumes; outputs are guarded."""
+
+import json
+
+import attrs
+import pytest
+
+import unmask
+import unmask.contrib.train.model as training
+from unmask.contrib.tasks import samples
+from unmask.contrib.train.model import TrainingConfig, build_tokenizer, checkpoint_directory, train_reference_model
+
+TINY = TrainingConfig(steps=6, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, batch_size=8,
+                      arithmetic_items=50, warmup_steps=2, threads=1)
+
+
+def test_one_token_per_item_symbol_and_digit():
+    tokenizer = build_tokenizer(["shuffle: ada ben cal", "latin square: A B C", "A B C / B C A / C A B", "12 + 7 ="])
+    assert tokenizer.convert_ids_to_tokens(tokenizer("shuffle: cal ada")["input_ids"]) == ["▁shuffle", ":", "▁cal", "▁ada"]
+    assert len(tokenizer("A B C / B C A")["input_ids"]) == 7
+    assert tokenizer.convert_ids_to_tokens(tokenizer("12")["input_ids"]) == ["▁", "1", "2"]
+    assert tokenizer.decode(tokenizer("A B C / B C A")["input_ids"]) == "A B C / B C A"
+
+
+def test_training_resumes_from_its_checkpoint_and_writes_a_loadable_model(tmp_path, monkeypatch):
+    out = tmp_path / "model"
+    with pytest.raises(ValueError, match="no checkpoint"):
+        train_reference_model(out, TINY, progress=False, resume=True)
+    # checkpoint_minutes=0: a checkpoint after every step; stop the run by failing at step 4.
+    config = attrs.evolve(TINY, checkpoint_minutes=0)
+    real_loss, calls = training._loss, []
+
+    def dying_loss(*args, **kwargs):
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_loss", dying_loss)
+    with pytest.raises(KeyboardInterrupt):
+        train_reference_model(out, config, progress=False)
+    monkeypatch.setattr(training, "_loss", real_loss)
+    progress = json.loads((checkpoint_directory(out) / "progress.json").read_text())
+    assert progress["step"] == 4 and not out.exists()
+    with pytest.raises(ValueError, match="pass --resume"):
+        train_reference_model(out, config, progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        train_reference_model(out, attrs.evolve(config, hidden_size=48), progress=False, resume=True)
+    train_reference_model(out, config, progress=False, resume=True)
+    assert not checkpoint_directory(out).exists()
+    log = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    assert log[0]["step"] == 0 and log[-1]["step"] == config.steps - 1
+    model, tokenizer = unmask.load(str(out))
+    sample = samples("shuffle", 1, 0)[0]
+    result = unmask.decode(model, [tokenizer(sample.prompt)["input_ids"]], gen_length=16)
+    assert result.tokens.shape == (1, 16)
+    assert "unmask train-model" in (out / "README.md").read_text()

@@ -1,0 +1,1 @@
+"""Training: the bundled reference model (:mod:`unmask.contrib.train.model`)."""

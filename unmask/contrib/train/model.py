@@ -1,0 +1,285 @@
+"""Train the bundled reference dLLM: a small bidirectional Llama, LLaDA's SFT objective, the task suite.
+
+Prompts are never masked; the answer, padded with end-of-text to the canvas length, is masked with ratio
+t ~ U(eps, 1) per row and the cross-entropy on masked positions is weighted by 1/t (Nie et al. 2025, arXiv
+2502.09992, SFT). Multi-answer tasks draw their target uniformly among the valid answers for every row, so
+the model learns the answers' distribution, not one of them. One list item, symbol or digit is one token.
+
+Training checkpoints every few minutes into ``OUT.checkpoint/`` (safetensors and JSON, no pickle);
+``resume=True`` continues from there, and the folder is removed once the model is written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from attrs import asdict, field, frozen
+
+from unmask._files import check_output_directory, staged_directory
+
+__all__ = ["TrainingConfig", "build_tokenizer", "build_model", "train_reference_model", "EOS", "MASK"]
+
+EOS, MASK, UNKNOWN = "<|endoftext|>", "[MASK]", "[UNK]"
+
+
+def _suite() -> tuple[str, ...]:
+    from unmask.contrib.tasks import SUITE
+
+    return SUITE
+
+
+@frozen(kw_only=True)
+class TrainingConfig:
+    tasks: tuple[str, ...] = field(factory=_suite, converter=tuple)
+    # The tasks whose answers depend most on each position (sorting, puzzles, arithmetic) are drawn more often.
+    task_weights: tuple[float, ...] = (0.6, 1.0, 1.2, 1.0, 1.0, 1.0, 1.0, 1.6, 1.0, 1.2)
+    arithmetic_items: int = 20_000  # reasoning-gym items per arithmetic task (list tasks are drawn per row)
+    # A share of steps pads answers to the batch's longest plus 1-8 end-of-text tokens (the loss lands on
+    # answers, and EoTP's shortened canvases look familiar); the rest pad to one of gen_lengths.
+    tight_fraction: float = 0.5
+    gen_lengths: tuple[int, ...] = (32, 64, 128)
+    gen_length_weights: tuple[float, ...] = (0.3, 0.5, 0.2)
+    hidden_size: int = 128
+    num_layers: int = 4
+    # Many narrow heads and a short RoPE wavelength: with bidirectional attention RoPE is the model's only
+    # sense of order, and theta 10,000 with few heads learned lengths but not copying.
+    num_heads: int = 8
+    rope_theta: float = 100.0
+    intermediate_size: int = 384
+    steps: int = 2000
+    batch_size: int = 128  # rows per step on canvases up to 64 tokens (fewer on longer ones)
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    bf16: bool = True  # autocast on the CPU: about 25% faster here
+    weight_decay: float = 0.01
+    min_mask_ratio: float = 0.05  # LLaDA's eps; 1e-3 made the 1/t weights too noisy for a small model
+    seed: int = 0
+    threads: int = 2
+    checkpoint_minutes: float = 4.0
+
+
+def build_tokenizer(texts: Sequence[str]) -> Any:
+    """A word-level tokenizer: one word, list item, symbol, punctuation mark or digit per token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel(unk_token=UNKNOWN))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Metaspace(), pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.Split(pattern=":", behavior="isolated"),
+    ])
+    backend.decoder = decoders.Metaspace()
+    backend.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=[EOS, MASK, UNKNOWN],
+                                                                 show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS, mask_token=MASK, pad_token=EOS,
+                                   unk_token=UNKNOWN)
+
+
+def build_model(tokenizer: Any, config: TrainingConfig) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model_config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_heads, max_position_embeddings=512, is_causal=False,
+        rope_parameters={"rope_type": "default", "rope_theta": config.rope_theta},
+        tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
+        mask_token_id=tokenizer.mask_token_id, bos_token_id=None,
+    )
+    torch.manual_seed(config.seed)
+    return LlamaForCausalLM(model_config)
+
+
+class _Examples:
+    """Training rows (prompt ids, target ids): list tasks made per row from seeds at TRAIN_SEED and up, with
+    a fresh valid answer each time; arithmetic from a pool of reasoning-gym items."""
+
+    def __init__(self, config: TrainingConfig) -> None:
+        from unmask.contrib.tasks import TRAIN_SEED, get_task, samples
+        from unmask.contrib.tasks.gym import GymTask
+        from unmask.contrib.tasks.lists import ITEMS, SYMBOLS
+
+        self.config = config
+        self.pools = {task: samples(task, config.arithmetic_items, TRAIN_SEED) for task in config.tasks
+                      if isinstance(get_task(task), GymTask)}
+        corpus = [text for task in config.tasks for s in samples(task, 2000, TRAIN_SEED)
+                  for text in (s.prompt, s.answer)]
+        self.tokenizer = build_tokenizer(corpus + [" ".join(ITEMS + SYMBOLS + tuple("0123456789"))])
+
+    def draw(self, rng: random.Random, rows: int) -> list[tuple[list[int], list[int]]]:
+        from unmask.contrib.tasks import TRAIN_SEED, samples, valid_answer
+
+        pairs = []
+        for task in rng.choices(self.config.tasks, weights=self.config.task_weights, k=rows):
+            if task in self.pools:
+                sample = self.pools[task][rng.randrange(len(self.pools[task]))]
+            else:
+                sample = samples(task, 1, TRAIN_SEED + rng.randrange(10**9))[0]
+            answer = valid_answer(sample, rng)
+            pairs.append((self.tokenizer(sample.prompt)["input_ids"], self.tokenizer(answer)["input_ids"]))
+        return pairs
+
+
+def _batch(pairs: Sequence[tuple[list[int], list[int]]], eos: int, gen_length: int) -> tuple[torch.Tensor, ...]:
+    """Left-padded prompts followed by answers padded with end-of-text: the decoding canvas's layout."""
+    width = max(len(prompt) for prompt, _ in pairs)
+    rows, masks = [], []
+    for prompt, answer in pairs:
+        padding = width - len(prompt)
+        rows.append([eos] * padding + prompt + answer + [eos] * (gen_length - len(answer)))
+        masks.append([0] * padding + [1] * (len(prompt) + gen_length))
+    input_ids, attention_mask = torch.tensor(rows), torch.tensor(masks)
+    return input_ids, attention_mask, (attention_mask.cumsum(-1) - 1).clamp(min=0), width
+
+
+def _loss(model: Any, pairs: Sequence[tuple[list[int], list[int]]], config: TrainingConfig, mask_id: int,
+          eos: int, gen_length: int, generator: torch.Generator) -> torch.Tensor:
+    input_ids, attention_mask, position_ids, start = _batch(pairs, eos, gen_length)
+    answers = input_ids[:, start:]
+    ratio = config.min_mask_ratio + (1 - config.min_mask_ratio) * torch.rand(len(pairs), 1, generator=generator)
+    masked = torch.rand(answers.shape, generator=generator) < ratio  # (B, gen_length)
+    noisy = input_ids.clone()
+    noisy[:, start:] = answers.masked_fill(masked, mask_id)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+        logits = model(input_ids=noisy, attention_mask=attention_mask, position_ids=position_ids).logits[:, start:]
+    losses = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), answers, reduction="none")  # (B, G)
+    return (losses * masked / ratio).sum() / answers.numel()
+
+
+def _schedule(config: TrainingConfig) -> Any:
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        done = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+    return factor
+
+
+def checkpoint_directory(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".checkpoint")
+
+
+def _save_checkpoint(directory: Path, model: Any, optimizer: Any, generator: torch.Generator,
+                     progress: dict[str, Any]) -> None:
+    """Weights, optimizer moments and the noise generator as safetensors; step, data RNG and log as JSON."""
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{name}": value.detach().contiguous() for name, value in model.state_dict().items()}
+    for index, state in enumerate(optimizer.state_dict()["state"].values()):
+        tensors.update({f"optimizer.{index}.{key}": value.contiguous() for key, value in state.items()})
+    tensors["generator"] = generator.get_state()
+    with staged_directory(directory, command="train-model checkpoint") as staging:
+        save_file(tensors, staging / "state.safetensors")
+        (staging / "progress.json").write_text(json.dumps(progress))
+
+
+def _load_checkpoint(directory: Path, model: Any, optimizer: Any, generator: torch.Generator,
+                     config: TrainingConfig) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    progress = json.loads((directory / "progress.json").read_text())
+    if progress["config"] != json.loads(json.dumps(asdict(config))):
+        changed = sorted(k for k, v in asdict(config).items() if progress["config"].get(k) != json.loads(json.dumps(v)))
+        raise ValueError(f"--resume: {directory} was trained with other settings ({', '.join(changed)} differ)")
+    tensors = load_file(directory / "state.safetensors")
+    model.load_state_dict({name[6:]: value for name, value in tensors.items() if name.startswith("model.")})
+    state = optimizer.state_dict()
+    for index, parameter in enumerate(state["param_groups"][0]["params"]):
+        state["state"][parameter] = {key: tensors[f"optimizer.{index}.{key}"]
+                                     for key in ("step", "exp_avg", "exp_avg_sq")}
+    optimizer.load_state_dict(state)
+    generator.set_state(tensors["generator"])
+    return progress
+
+
+def train_reference_model(out: str | Path, config: TrainingConfig = TrainingConfig(), *, progress: bool = True,
+                          overwrite: bool = False, resume: bool = False) -> Path:
+    """Train the reference model and write it (weights, tokenizer, card, loss log) to ``out``."""
+    from tqdm import tqdm
+
+    from unmask.contrib.reference import write_model_card
+
+    check_output_directory(out, command="train-model", overwrite=overwrite)  # before the hour of training
+    if len(config.task_weights) != len(config.tasks):
+        raise ValueError(f"task_weights has {len(config.task_weights)} entries for {len(config.tasks)} tasks")
+    checkpoint = checkpoint_directory(out)
+    if resume and not (checkpoint / "progress.json").is_file():
+        raise ValueError(f"--resume: no checkpoint at {checkpoint}")
+    if not resume and checkpoint.exists():
+        raise ValueError(f"{checkpoint} holds an unfinished run: pass --resume to continue it, or remove it")
+    torch.set_num_threads(config.threads)
+    examples = _Examples(config)
+    tokenizer = examples.tokenizer
+    model = build_model(tokenizer, config)
+    # Eager attention trains ~1.3x faster than SDPA at these sizes on the CPU; it is not saved with the
+    # weights, so the loaded model uses transformers' default again.
+    model.set_attn_implementation("eager")
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
+                                  betas=(0.9, 0.98))
+    generator = torch.Generator().manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    state: dict[str, Any] = {"config": json.loads(json.dumps(asdict(config))), "step": 0, "log": [],
+                             "running": None, "elapsed_s": 0.0}
+    if resume:
+        state = _load_checkpoint(checkpoint, model, optimizer, generator, config)
+        rng.setstate(_as_tuples(state["rng"]))
+    for group in optimizer.param_groups:  # what LambdaLR needs to start at a later step
+        group.setdefault("initial_lr", group["lr"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config), last_epoch=state["step"] - 1)
+    started, saved = time.time() - state["elapsed_s"], time.time()
+    bar = tqdm(range(state["step"], config.steps), desc="training", disable=not progress, mininterval=5,
+               initial=state["step"], total=config.steps)
+    for step in bar:
+        tight = rng.random() < config.tight_fraction
+        drawn = 0 if tight else rng.choices(config.gen_lengths, weights=config.gen_length_weights)[0]
+        rows = config.batch_size if drawn <= 64 else max(8, config.batch_size * 64 // drawn)
+        pairs = examples.draw(rng, rows)
+        longest = max(len(answer) for _, answer in pairs)
+        gen_length = longest + rng.randint(1, 8) if tight else max(drawn, longest + 1)
+        loss = _loss(model, pairs, config, tokenizer.mask_token_id, tokenizer.eos_token_id, gen_length, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        running = state["running"]
+        state["running"] = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 50 == 0 or step == config.steps - 1:
+            state["log"].append({"step": step, "loss": round(state["running"], 5), "lr": scheduler.get_last_lr()[0],
+                                 "elapsed_s": round(time.time() - started, 1)})
+            bar.set_postfix(loss=f"{state['running']:.4f}")
+        if time.time() - saved > 60 * config.checkpoint_minutes and step < config.steps - 1:
+            state.update(step=step + 1, rng=rng.getstate(), elapsed_s=time.time() - started)
+            _save_checkpoint(checkpoint, model, optimizer, generator, state)
+            saved = time.time()
+    model.eval()
+
+    with staged_directory(out, command="train-model", overwrite=overwrite) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "training_log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in state["log"]))
+        record = {
+            "config": asdict(config), "parameters": sum(p.numel() for p in model.parameters()),
+            "final_loss": state["log"][-1]["loss"], "train_minutes": round((time.time() - started) / 60, 1),
+            "machine": {"cpu": platform.processor() or platform.machine(), "threads": config.threads},
+            "torch": torch.__version__,
+        }
+        (staging / "training.json").write_text(json.dumps(record, indent=2))
+        write_model_card(staging)
+    shutil.rmtree(checkpoint, ignore_errors=True)  # this run's own checkpoints
+    return Path(out)
+
+
+def _as_tuples(value: Any) -> Any:
+    """JSON turned random.getstate()'s tuples into lists; setstate needs them back."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
