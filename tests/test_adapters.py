@@ -186,3 +186,34 @@ def test_generate_cli_reports_bad_input(tmp_path, capsys):
 def test_adapter_is_a_denoiser_model(saved):
     model, _ = load(saved[0])
     assert isinstance(model, TransformersDenoiser) and isinstance(model, unmask.DenoiserModel)
+
+
+# The fields of Dream-7B-Instruct's config.json that decide how it is loaded and decoded.
+DREAM_7B_CONFIG = {"architectures": ["DreamModel"], "model_type": "Dream", "mask_token_id": 151666,
+                   "eos_token_id": 151643, "pad_token_id": 151643, "bos_token_id": 151643,
+                   "auto_map": {"AutoConfig": "configuration_dream.DreamConfig", "AutoModel": "modeling_dream.DreamModel"}}
+
+
+@pytest.mark.parametrize("config, shifted", [
+    (DREAM_7B_CONFIG, True),
+    ({**DREAM_7B_CONFIG, "model_type": "dream"}, True),
+    ({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"}, True),
+    ({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}, False),
+    ({**DREAM_7B_CONFIG, "shift_logits": False}, False),
+])
+def test_next_token_shift_is_detected_in_any_case(config, shifted):
+    from transformers import PretrainedConfig
+
+    from unmask.contrib.transformers import keeps_next_token_shift
+
+    assert keeps_next_token_shift(config) is shifted
+    assert keeps_next_token_shift(PretrainedConfig(**config)) is shifted
+
+
+def test_dtype_and_shift_options_reach_the_model():
+    model, _ = load("reference", dtype="bfloat16", shift_logits=True)
+    assert next(model.model.parameters()).dtype == torch.bfloat16 and model.shift_logits
+    with pytest.raises(ValueError, match="dtype must be auto or one of float32"):
+        load("reference", dtype="int8")
+    assert main(["generate", "copy: ada ben", "--dtype", "bfloat16", "--no-shift-logits", "--gen-length", "8",
+                 "--block-length", "8"]) == 0

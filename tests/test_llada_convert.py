@@ -140,3 +140,14 @@ def test_convert_cli(tmp_path, capsys):
     assert (tmp_path / "out" / "model.safetensors.index.json").exists()
     model, _ = unmask.load(tmp_path / "out")
     assert model.mask_token_id == 1
+
+
+@pytest.mark.parametrize("option, value", [
+    ("scale_logits", True), ("input_emb_norm", True), ("layer_norm_type", "default"), ("include_bias", True),
+    ("include_qkv_bias", True), ("multi_query_attention", True), ("attention_layer_norm", True),
+    ("block_group_size", 2), ("block_type", "sequential"),
+])
+def test_options_a_llama_cannot_reproduce_are_refused(option, value):
+    with pytest.raises(ValueError, match=f"{option}=.*would change the logits"):
+        llama_config_from_llada({**LLADA_CONFIG, option: value})
+    llama_config_from_llada({**LLADA_CONFIG, "layer_norm_type": "rms", "block_type": "llama", "block_group_size": 1})

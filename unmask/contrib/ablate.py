@@ -12,6 +12,7 @@ A grid is a TOML file or a dict::
     stops = ["none", "eotp"]
     caches = ["none"]
     baseline = { policy = "topk", stop = "none", cache = "none" }   # speedups are against it
+    dtype = "float32"                      # auto, float32, bfloat16 or float16; device = "cuda:0" etc.
 
 or explicit ``[[cells]]`` tables (``policy``, ``stop``, ``cache``, ``gen_length``) instead of the product.
 Rows are appended as each cell finishes (the file is rewritten atomically); a rerun skips finished cells.
@@ -37,7 +38,7 @@ from unmask.core.types import DecodeConfig
 __all__ = ["GridError", "Cell", "Grid", "load_grid", "ablate", "read_rows"]
 
 FIELDS = {"model", "tasks", "n", "seed", "gen_lengths", "block_length", "policies", "stops", "caches", "baseline",
-          "cells", "batch_size", "name"}
+          "cells", "batch_size", "name", "dtype", "device"}
 CELL_FIELDS = {"policy", "stop", "cache", "gen_length"}
 BASELINE_FIELDS = {"policy", "stop", "cache"}
 
@@ -70,6 +71,8 @@ class Grid:
     batch_size: int
     baseline: dict[str, str]
     cells: tuple[Cell, ...]
+    dtype: str = "float32"
+    device: str = "cpu"
 
     def is_baseline(self, cell: Cell) -> bool:
         return (cell.policy, cell.stop, cell.cache) == (self.baseline["policy"], self.baseline["stop"],
@@ -115,9 +118,19 @@ def load_grid(source: str | Path | Mapping[str, Any]) -> Grid:
     baseline = {"policy": "topk", "stop": "none", "cache": "none", **raw.get("baseline", {})}
     grid = Grid(name=name, model=str(raw.get("model", "reference")), tasks=tasks, n=raw.get("n", 50),
                 seed=raw.get("seed", 0), block_length=raw.get("block_length", 32),
-                batch_size=raw.get("batch_size", 32), baseline=baseline, cells=cells)
+                batch_size=raw.get("batch_size", 32), baseline=baseline, cells=cells,
+                dtype=_choice(raw, "dtype", ("auto", "float32", "bfloat16", "float16"), "float32"),
+                device=_choice(raw, "device", None, "cpu"))
     _check_cells(grid)
     return grid
+
+
+def _choice(raw: Mapping[str, Any], field_name: str, allowed: tuple[str, ...] | None, default: str) -> str:
+    value = raw.get(field_name, default)
+    if not isinstance(value, str) or (allowed is not None and value not in allowed):
+        rule = f"one of {', '.join(allowed)}" if allowed else "a string such as 'cpu' or 'cuda:0'"
+        raise GridError(f"grid: field {field_name!r} must be {rule}, got {value!r}")
+    return value
 
 
 def _check_keys(raw: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -207,11 +220,11 @@ def _run_grid(grid: Grid, out: Path, progress: bool, loaded: tuple[Any, Any] | N
     from unmask.contrib.tasks import samples
     from unmask.contrib.transformers import weights_hash
 
-    model, tokenizer = loaded if loaded is not None else _load(grid.model)
+    model, tokenizer = loaded if loaded is not None else _load(grid)
     _check_caches_serve(grid, model)  # before any decoding
     # Everything besides the cell that changes a row's numbers: a row made otherwise is not reused.
     settings = {"n": grid.n, "seed": grid.seed, "block_length": grid.block_length, "batch_size": grid.batch_size,
-                "model_sha256": weights_hash(model)}
+                "dtype": grid.dtype, "model_sha256": weights_hash(model)}
     rows = read_rows(out)
     current = [row for row in rows if all(row.get(key) == value for key, value in settings.items())]
     done = {row["cell"] for row in current}
@@ -250,10 +263,10 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _load(model: str) -> tuple[Any, Any]:
+def _load(grid: Grid) -> tuple[Any, Any]:
     from unmask.contrib.transformers import load
 
-    return load(model)
+    return load(grid.model, dtype=grid.dtype, device=grid.device)
 
 
 def _versions() -> dict[str, str]:

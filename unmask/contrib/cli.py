@@ -11,6 +11,7 @@ from typing import Any, NoReturn, Sequence
 
 from unmask.core.plugins import KINDS, registry
 
+LIST_WIDTH = 100
 COMPONENT_HELP = "a registered name with optional parameters, e.g. 'threshold:tau=0.9'; 'a + b' combines"
 
 
@@ -180,6 +181,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own model code")
     parser.add_argument("--verbose", action="store_true", help="show transformers' weight-loading progress")
     parser.add_argument("--device", type=torch_device, default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="float32",
+                        help="weights' dtype; auto keeps the checkpoint's (default: float32)")
+    parser.add_argument("--shift-logits", action=argparse.BooleanOptionalAction, default=None,
+                        help="the model predicts position i+1 at column i, like Dream (default: from its config)")
 
 
 def add_decode_arguments(
@@ -210,7 +215,9 @@ def run_list(args: argparse.Namespace) -> int:
         print(f"{kind}:")
         for name, info in entries.items() or [("(none)", {"provider": "", "version": "", "summary": ""})]:
             provider = f"{info['provider']} {info['version']}".strip()
-            print(f"  {name:<16} {provider:<18} {info['summary']}")
+            line = f"  {name:<16} {provider:<18} {info['summary']}"
+            # One line of at most LIST_WIDTH columns; --json has the whole summary.
+            print(line if len(line) <= LIST_WIDTH else line[:LIST_WIDTH - 3].rstrip() + "...")
     return 0
 
 
@@ -223,13 +230,13 @@ def _quiet(args: argparse.Namespace) -> None:
 
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, Any, str]:
-    from unmask.contrib.reference import load_reference_model
     from unmask.contrib.transformers import load
 
     _quiet(args)
-    if args.model is None:
-        return (*load_reference_model(device=args.device), "bundled reference model")
-    return (*load(args.model, trust_remote_code=args.trust_remote_code, device=args.device), args.model)
+    model = "reference" if args.model is None else args.model
+    loaded = load(model, trust_remote_code=args.trust_remote_code, device=args.device, dtype=args.dtype,
+                  shift_logits=args.shift_logits)
+    return (*loaded, "bundled reference model" if args.model is None else args.model)
 
 
 def _decode_config(args: argparse.Namespace) -> Any:
@@ -300,7 +307,7 @@ def run_ablate(args: argparse.Namespace) -> int:
     grid = load_grid(args.grid)  # every cell is checked before the model loads
     _quiet(args)
     out = Path(args.out) if args.out else Path(args.grid).with_suffix(".jsonl")
-    model, tokenizer = load(grid.model)
+    model, tokenizer = load(grid.model, dtype=grid.dtype, device=grid.device)
     rows = ablate(grid, out, loaded=(model, tokenizer))
     command = " ".join(["unmask ablate", args.grid] + [f"--{k} {v}" for k, v in
                                                         (("out", args.out), ("report", args.report),

@@ -19,7 +19,7 @@ import torch
 from unmask._files import check_output_directory, staged_directory
 
 __all__ = ["LAYER_KEYS", "TOP_KEYS", "convert_llada_key", "convert_llada_state_dict", "llama_config_from_llada",
-           "convert_llada_checkpoint"]
+           "convert_llada_checkpoint", "unmapped_llada_options"]
 
 # LLaDA block module -> Llama decoder-layer module.
 LAYER_KEYS = {
@@ -57,9 +57,28 @@ def convert_llada_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, tor
     return {convert_llada_key(key): value for key, value in state.items()}
 
 
+def unmapped_llada_options(llada: Mapping[str, Any]) -> list[str]:
+    """The options of a LLaDA config that a Llama model cannot reproduce (its logits would differ)."""
+    unmapped = [f"{key}={llada[key]!r}" for key in ("scale_logits", "input_emb_norm", "include_bias",
+                                                     "include_qkv_bias", "multi_query_attention",
+                                                     "attention_layer_norm") if llada.get(key)]
+    if llada.get("layer_norm_type", "rms") != "rms":
+        unmapped.append(f"layer_norm_type={llada['layer_norm_type']!r} (only 'rms')")
+    if (llada.get("block_group_size") or 1) > 1:
+        unmapped.append(f"block_group_size={llada['block_group_size']!r} (only 1)")
+    if llada.get("block_type", "llama") != "llama":
+        unmapped.append(f"block_type={llada['block_type']!r} (only 'llama': separate q/k/v and gated MLP)")
+    return unmapped
+
+
 def llama_config_from_llada(llada: Mapping[str, Any]) -> Any:
-    """A ``LlamaConfig`` (``is_causal=False``) from LLaDA's ``config.json`` fields."""
+    """A ``LlamaConfig`` (``is_causal=False``) from LLaDA's ``config.json`` fields; refuses options it cannot map."""
     from transformers import LlamaConfig
+
+    unmapped = unmapped_llada_options(llada)
+    if unmapped:
+        raise ValueError(f"this LLaDA config has options a Llama model cannot reproduce: {', '.join(unmapped)}; "
+                         "converting would change the logits")
 
     vocab = llada.get("embedding_size") or llada["vocab_size"]
     return LlamaConfig(
@@ -72,7 +91,7 @@ def llama_config_from_llada(llada: Mapping[str, Any]) -> Any:
         max_position_embeddings=llada.get("max_sequence_length", 4096),
         rms_norm_eps=llada.get("rms_norm_eps", 1e-5),
         rope_parameters={"rope_type": "default", "rope_theta": llada.get("rope_theta", 10000.0)},
-        attention_bias=bool(llada.get("include_bias", False) or llada.get("include_qkv_bias", False)),
+        attention_bias=False,
         tie_word_embeddings=bool(llada.get("weight_tying", False)),
         is_causal=False,
         mask_token_id=llada.get("mask_token_id", 126336),  # LLaDA-8B's ids where the config omits them
@@ -96,7 +115,7 @@ def convert_llada_checkpoint(source: str | Path, target: str | Path) -> Path:
     shards = sorted(source.glob("*.safetensors"))
     if not shards:
         raise FileNotFoundError(f"no .safetensors files in {source}")
-    llada_config = json.loads((source / "config.json").read_text())
+    llama_config = llama_config_from_llada(json.loads((source / "config.json").read_text()))  # before any shard
     with staged_directory(target, command="convert-llada", inputs=[source]) as staging:
         weight_map: dict[str, str] = {}
         for shard in shards:
@@ -106,7 +125,7 @@ def convert_llada_checkpoint(source: str | Path, target: str | Path) -> Path:
             weight_map.update(dict.fromkeys(tensors, shard.name))
         index = {"metadata": {}, "weight_map": dict(sorted(weight_map.items()))}
         (staging / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-        llama_config_from_llada(llada_config).save_pretrained(staging)
+        llama_config.save_pretrained(staging)
         for extra in source.iterdir():
             if extra.is_file() and extra.suffix not in (".safetensors", ".py", ".bin") and extra.name not in (
                 "config.json", "model.safetensors.index.json"

@@ -17,7 +17,30 @@ __all__ = ["TransformersDenoiser", "CacheNotSupportedError", "load", "encode_pro
            "weights_hash"]
 
 # Model types adapted from autoregressive checkpoints that keep the next-token shift (Dream: Qwen2.5).
+# Compared in lower case: Dream-7B's config says "Dream".
 SHIFTED_MODEL_TYPES = frozenset({"dream", "qwen2"})
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def keeps_next_token_shift(config: Any) -> bool:
+    """Whether a checkpoint predicts position i + 1 at column i: its ``shift_logits`` if set, else its model
+    type or architecture (Dream, Qwen2), in any case."""
+    get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+    if get("shift_logits") is not None:
+        return bool(get("shift_logits"))
+    names = [str(get("model_type") or "")] + [str(a) for a in get("architectures") or []]
+    return any(name.lower() in SHIFTED_MODEL_TYPES or name.lower().startswith("dream") for name in names)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype:
+    """``auto`` (the checkpoint's own), a name in DTYPES, a torch dtype; None is float32."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be auto or one of {', '.join(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
 
 
 class CacheNotSupportedError(ValueError):
@@ -91,14 +114,16 @@ def load(
     *,
     trust_remote_code: bool = False,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: str | torch.dtype | None = None,
     shift_logits: bool | None = None,
+    device_map: Any = None,
 ) -> tuple[TransformersDenoiser, Any]:
     """Load a dLLM as ``(model, tokenizer)``: a registered model name (``reference``: the bundled model),
     a local checkpoint directory or a Hub id.
 
-    Mask and EOS ids come from the tokenizer, else the config. ``shift_logits`` defaults to the config's
-    ``shift_logits`` attribute, else to whether the model type keeps the AR shift (Dream, Qwen2).
+    Mask and EOS ids come from the tokenizer, else the config. ``shift_logits`` defaults to
+    :func:`keeps_next_token_shift`. ``dtype``: ``auto``, ``float32`` (the default), ``bfloat16`` or
+    ``float16``; ``device_map`` is passed to transformers (then ``device`` is not applied).
     """
     from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
@@ -107,8 +132,14 @@ def load(
 
     source = str(name_or_path)
     # Registered names win over folders of the same name in the working directory (give those as ./name).
+    torch_dtype = resolve_dtype(dtype)
     if isinstance(name_or_path, str) and source in registry().names("models"):
-        return registry().get("models", source).factory(device=device)
+        adapter, tokenizer = registry().get("models", source).factory(device=device)
+        if isinstance(torch_dtype, torch.dtype):
+            adapter.model.to(torch_dtype)
+        if shift_logits is not None:
+            adapter.shift_logits = shift_logits
+        return adapter, tokenizer
     config = _load_config(AutoConfig, source, trust_remote_code)
     remote = bool(getattr(config, "auto_map", None))
     architectures = getattr(config, "architectures", None) or []
@@ -125,10 +156,11 @@ def load(
         loader = AutoModelForCausalLM
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     try:
-        model = loader.from_pretrained(source, trust_remote_code=trust_remote_code, dtype=dtype or torch.float32)
+        model = loader.from_pretrained(source, trust_remote_code=trust_remote_code, dtype=torch_dtype,
+                                       device_map=device_map)
     except (SafetensorError, OSError, RuntimeError) as error:  # truncated or corrupt weights, shapes that do not fit the config
         raise ValueError(f"--model {source}: the weights do not load ({type(error).__name__}: {error})") from error
-    model = model.to(device).eval()
+    model = (model if device_map is not None else model.to(device)).eval()
     mask_id = _first_id(tokenizer.mask_token_id, getattr(config, "mask_token_id", None))
     if mask_id is None:
         raise ValueError(f"the model at {source} has no mask token: the tokenizer has no mask_token "
@@ -138,7 +170,7 @@ def load(
         raise ValueError(f"the model at {source} has no EOS token: the tokenizer has no eos_token "
                          "and the config no eos_token_id")
     if shift_logits is None:
-        shift_logits = bool(getattr(config, "shift_logits", config.model_type in SHIFTED_MODEL_TYPES))
+        shift_logits = keeps_next_token_shift(config)
     adapter = TransformersDenoiser(
         model=model, mask_token_id=mask_id, eos_token_id=eos_id, shift_logits=shift_logits, remote_code=remote
     )
