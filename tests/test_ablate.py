@@ -10,7 +10,7 @@ from unmask.contrib.cli import main
 from unmask.contrib.report import aup_rows, pareto_front
 
 GRID = {
-    "name": "small", "tasks": ["chain_sum", "number_sorting"], "n": 3, "seed": 0, "gen_lengths": [32],
+    "name": "small", "tasks": ["chain_sum", "sort"], "n": 3, "seed": 0, "gen_lengths": [32],
     "block_length": 16, "policies": ["topk", "threshold:tau=0.9", "oracle"], "stops": ["none", "eotp"],
     "caches": ["none"], "batch_size": 3,
 }

@@ -117,7 +117,7 @@ def test_a_registered_model_name_wins_over_a_folder_of_that_name(tmp_path, monke
 @pytest.fixture(scope="module")
 def traces(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("traces") / "t"
-    assert main(["collect", "--tasks", "chain_sum", "--n", "4", "--out", str(out), "--gen-length", "32",
+    assert main(["collect", "--tasks", "shuffle", "--n", "4", "--out", str(out), "--gen-length", "32",
                  "--block-length", "32", "--batch-size", "4"]) == 0
     return out
 

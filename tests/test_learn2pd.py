@@ -14,7 +14,7 @@ from unmask.filters.traces import FILTER_SEED, Traces, collect
 from unmask.filters.train import split_by_prompt, train_filter
 from unmask.strategies.learn2pd import Learn2PDPolicy
 
-SETTINGS = dict(tasks=["chain_sum", "number_sorting"], n=6, gen_length=32, block_length=16, batch_size=3)
+SETTINGS = dict(tasks=["shuffle", "sort"], n=6, gen_length=32, block_length=16, batch_size=3)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_mlp_filter_refuses_another_block_length(reference, traces_dir, tmp_path
 
 
 def test_cli_collect_and_train_filter(tmp_path, capsys):
-    assert main(["collect", "--tasks", "number_sorting", "--n", "2", "--gen-length", "32", "--block-length", "16",
+    assert main(["collect", "--tasks", "shuffle", "--n", "2", "--gen-length", "32", "--block-length", "16",
                  "--out", str(tmp_path / "t")]) == 0
     assert "records from 2 prompts" in capsys.readouterr().out
     assert main(["train-filter", "--traces", str(tmp_path / "t"), "--kind", "gbdt", "--param", "max_iter=5",
@@ -108,7 +108,7 @@ def test_cli_collect_and_train_filter(tmp_path, capsys):
 
 def test_shipped_filters_decode_the_bundled_model_with_fewer_forwards(reference):
     model, tokenizer = reference
-    prompts = [s.prompt for s in samples("number_sorting", 8, seed=0)]
+    prompts = [s.prompt for s in samples("sort", 8, seed=0)]
     vanilla, base = decode_text(model, tokenizer, prompts, gen_length=64, block_length=32)
     for name in ("mlp", "gbdt"):
         answers, result = decode_text(model, tokenizer, prompts, gen_length=64, block_length=32,

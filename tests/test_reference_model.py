@@ -27,15 +27,15 @@ def test_files_load_offline(monkeypatch):
 
 
 def test_vanilla_decoding_answers_held_out_samples(reference):
-    # The shipped model scores 54.9% over the mix (200 samples per task, card); this guards against a
-    # broken load or prompt path, which scores 0.
+    # The shipped model scores 98.2% over the suite with vanilla decoding (200 samples per task, card);
+    # this guards against a broken load or prompt path.
     model, tokenizer = reference
     correct = 0
     for task in DEFAULT_TASKS:
         items = samples(task, 6, seed=500)
         answers, _ = decode_text(model, tokenizer, [s.prompt for s in items], gen_length=64, block_length=32)
         correct += sum(score(s, a) for s, a in zip(items, answers))
-    assert correct >= 8
+    assert correct >= 50  # of 60
 
 
 def test_generate_prints_the_decoded_answer(reference, capsys):
@@ -48,7 +48,7 @@ def test_generate_prints_the_decoded_answer(reference, capsys):
 
 def test_bench_rows(reference):
     model, tokenizer = reference
-    rows = bench(model, tokenizer, tasks=["chain_sum", "number_sorting"], n=4, seed=0,
+    rows = bench(model, tokenizer, tasks=["chain_sum", "sort"], n=4, seed=0,
                  policies=["topk", "oracle"], stops=[None, "eotp"], progress=False)
     assert len(rows) == 2 * 2 * 3  # (policy, stop) x (two tasks + mean)
     keys = {"policy", "stop", "cache", "task", "n", "accuracy", "nfe_mean", "tokens_per_forward", "wall_s",
@@ -71,7 +71,7 @@ def test_bench_cli_json(capsys):
 
 def test_batched_and_cached_decodes_agree_with_refresh(reference):
     model, tokenizer = reference
-    prompts = [s.prompt for s in samples("number_sorting", 3, seed=9)]
+    prompts = [s.prompt for s in samples("shuffle", 3, seed=9)]
     plain, _ = decode_text(model, tokenizer, prompts, gen_length=64, block_length=32, policy="threshold:tau=0.9")
     cached, _ = decode_text(model, tokenizer, prompts, gen_length=64, block_length=32, policy="threshold:tau=0.9",
                             cache="dual:refresh_every=1")

@@ -26,8 +26,8 @@ TASKS: dict[str, Task] = {**LIST_TASKS, **GYM_TASKS}
 # The parallelism testbed: list operations with one or many valid answers, a puzzle, and arithmetic.
 SUITE = ("copy", "reverse", "sort", "shuffle", "insert_random", "remove_random", "replace_random", "latin_square",
          "chain_sum", "basic_arithmetic")
-# The bundled model's mix.
-DEFAULT_TASKS = ("chain_sum", "basic_arithmetic", "number_sorting", "spell_backward")
+# The bundled model's mix: the default of bench, collect and ablate.
+DEFAULT_TASKS = SUITE
 
 
 @frozen(kw_only=True)
