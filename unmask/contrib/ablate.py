@@ -33,6 +33,7 @@ from attrs import frozen
 
 from unmask._files import write_text_atomically
 from unmask.contrib.bench import cell_metrics, check_policy, run_cell, speedups
+from unmask.contrib.transformers import DTYPES
 from unmask.core.types import DecodeConfig
 
 __all__ = ["GridError", "Cell", "Grid", "load_grid", "ablate", "read_rows"]
@@ -119,7 +120,7 @@ def load_grid(source: str | Path | Mapping[str, Any]) -> Grid:
     grid = Grid(name=name, model=str(raw.get("model", "reference")), tasks=tasks, n=raw.get("n", 50),
                 seed=raw.get("seed", 0), block_length=raw.get("block_length", 32),
                 batch_size=raw.get("batch_size", 32), baseline=baseline, cells=cells,
-                dtype=_choice(raw, "dtype", ("auto", "float32", "bfloat16", "float16"), "float32"),
+                dtype=_choice(raw, "dtype", ("auto", *DTYPES), "float32"),
                 device=_choice(raw, "device", None, "cpu"))
     _check_cells(grid)
     return grid
