@@ -42,9 +42,9 @@ class TrainingConfig:
     # The tasks whose answers depend most on each position (sorting, puzzles, arithmetic) are drawn more often.
     task_weights: tuple[float, ...] = (0.6, 1.0, 1.2, 1.0, 1.0, 1.0, 1.0, 1.6, 1.0, 1.2)
     arithmetic_items: int = 20_000  # reasoning-gym items per arithmetic task (list tasks are drawn per row)
-    # Most steps pad answers to the batch's longest plus 1-8 end-of-text tokens: the loss lands on answers
-    # (three times the steps per second of 64-token canvases), and EoTP's shortened canvases look familiar;
-    # the rest pad to one of gen_lengths, so the benchmarks' canvases are familiar too.
+    # Most steps give each row a canvas of its own answer plus 1-8 end-of-text tokens: the loss lands on
+    # answers (three times the steps per second of 64-token canvases), and the canvases EoTP cuts down to
+    # the answer's end look familiar; the rest pad to one of gen_lengths, the benchmarks' canvases.
     tight_fraction: float = 0.8
     gen_lengths: tuple[int, ...] = (32, 64, 128)
     gen_length_weights: tuple[float, ...] = (0.3, 0.5, 0.2)
@@ -129,30 +129,32 @@ class _Examples:
         return pairs
 
 
-def _batch(pairs: Sequence[tuple[list[int], list[int]]], eos: int, gen_length: int) -> tuple[torch.Tensor, ...]:
-    """Left-padded prompts followed by answers padded with end-of-text: the decoding canvas's layout."""
-    width = max(len(prompt) for prompt, _ in pairs)
+def _batch(pairs: Sequence[tuple[list[int], list[int]]], eos: int,
+           gen_lengths: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    """Left-padded prompts followed by answers padded with end-of-text to each row's canvas length: the
+    decoding canvas's layout. Columns past a row's canvas are hidden from it, as after an EoTP cut."""
+    width, canvas = max(len(prompt) for prompt, _ in pairs), max(gen_lengths)
     rows, masks = [], []
-    for prompt, answer in pairs:
+    for (prompt, answer), length in zip(pairs, gen_lengths):
         padding = width - len(prompt)
-        rows.append([eos] * padding + prompt + answer + [eos] * (gen_length - len(answer)))
-        masks.append([0] * padding + [1] * (len(prompt) + gen_length))
+        rows.append([eos] * padding + prompt + answer + [eos] * (canvas - len(answer)))
+        masks.append([0] * padding + [1] * (len(prompt) + length) + [0] * (canvas - length))
     input_ids, attention_mask = torch.tensor(rows), torch.tensor(masks)
     return input_ids, attention_mask, (attention_mask.cumsum(-1) - 1).clamp(min=0), width
 
 
 def _loss(model: Any, pairs: Sequence[tuple[list[int], list[int]]], config: TrainingConfig, mask_id: int,
-          eos: int, gen_length: int, generator: torch.Generator) -> torch.Tensor:
-    input_ids, attention_mask, position_ids, start = _batch(pairs, eos, gen_length)
-    answers = input_ids[:, start:]
+          eos: int, gen_lengths: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+    input_ids, attention_mask, position_ids, start = _batch(pairs, eos, gen_lengths)
+    answers, inside = input_ids[:, start:], attention_mask[:, start:].bool()
     ratio = config.min_mask_ratio + (1 - config.min_mask_ratio) * torch.rand(len(pairs), 1, generator=generator)
-    masked = torch.rand(answers.shape, generator=generator) < ratio  # (B, gen_length)
+    masked = (torch.rand(answers.shape, generator=generator) < ratio) & inside  # (B, canvas)
     noisy = input_ids.clone()
     noisy[:, start:] = answers.masked_fill(masked, mask_id)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
         logits = model(input_ids=noisy, attention_mask=attention_mask, position_ids=position_ids).logits[:, start:]
     losses = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), answers, reduction="none")  # (B, G)
-    return (losses * masked / ratio).sum() / answers.numel()
+    return (losses * masked / ratio).sum() / inside.sum()
 
 
 def _schedule(config: TrainingConfig) -> Any:
@@ -246,8 +248,11 @@ def train_reference_model(out: str | Path, config: TrainingConfig = TrainingConf
         rows = config.batch_size if drawn <= 64 else max(8, config.batch_size * 64 // drawn)
         pairs = examples.draw(rng, rows)
         longest = max(len(answer) for _, answer in pairs)
-        gen_length = longest + rng.randint(1, 8) if tight else max(drawn, longest + 1)
-        loss = _loss(model, pairs, config, tokenizer.mask_token_id, tokenizer.eos_token_id, gen_length, generator)
+        if tight:  # each row its own canvas: its answer and 1-8 end-of-text tokens
+            gen_lengths = [len(answer) + rng.randint(1, 8) for _, answer in pairs]
+        else:
+            gen_lengths = [max(drawn, longest + 1)] * len(pairs)
+        loss = _loss(model, pairs, config, tokenizer.mask_token_id, tokenizer.eos_token_id, gen_lengths, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
