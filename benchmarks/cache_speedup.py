@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from unmask._files import write_text_atomically
-from unmask.contrib.bench import bench
-from unmask.contrib.reference import load_reference_model
+from unmask.contrib.eval.bench import bench
+from unmask.contrib.models.reference import load_reference_model
 from unmask.contrib.tasks import DEFAULT_TASKS
 from unmask.core.types import DecodeConfig
 

@@ -33,3 +33,12 @@ def prompts() -> list[list[int]]:
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def kv_models() -> list:
+    """Denoisers that take KV caches, for the cache contract: a random Llama and a Qwen2 that shifts its
+    logits (Dream-style)."""
+    from unmask.contrib.models.tiny import tiny_denoiser
+
+    return [tiny_denoiser("llama"), tiny_denoiser("qwen2")]

@@ -4,10 +4,10 @@
 import pytest
 
 import unmask
-from unmask.contrib import ablate as ablate_module
-from unmask.contrib.ablate import GridError, load_grid, read_rows
+from unmask.contrib.eval import runner
+from unmask.contrib.eval.ablate import GridError, load_grid, read_rows
 from unmask.contrib.cli import main
-from unmask.contrib.report import aup_rows, pareto_front
+from unmask.contrib.eval.report import aup_rows, pareto_front
 
 GRID = {
     "name": "small", "tasks": ["chain_sum", "sort"], "n": 3, "seed": 0, "gen_lengths": [32],
@@ -25,7 +25,7 @@ def test_a_killed_grid_resumes_to_the_rows_of_an_uninterrupted_run(tmp_path, mon
     whole = unmask.ablate(GRID, tmp_path / "whole.jsonl", progress=False)
     assert len(whole) == 12 and sum(row["baseline"] for row in whole) == 2
 
-    real_run_cell, calls = ablate_module.run_cell, []
+    real_run_cell, calls = runner.run_cell, []
 
     def dying_run_cell(*args, **kwargs):
         if len(calls) == 5:
@@ -33,11 +33,11 @@ def test_a_killed_grid_resumes_to_the_rows_of_an_uninterrupted_run(tmp_path, mon
         calls.append(1)
         return real_run_cell(*args, **kwargs)
 
-    monkeypatch.setattr(ablate_module, "run_cell", dying_run_cell)
+    monkeypatch.setattr(runner, "run_cell", dying_run_cell)
     with pytest.raises(KeyboardInterrupt):
         unmask.ablate(GRID, tmp_path / "resumed.jsonl", progress=False)
     assert len(read_rows(tmp_path / "resumed.jsonl")) == 5
-    monkeypatch.setattr(ablate_module, "run_cell", real_run_cell)
+    monkeypatch.setattr(runner, "run_cell", real_run_cell)
     resumed = unmask.ablate(GRID, tmp_path / "resumed.jsonl", progress=False)
     key = lambda row: row["cell"]  # noqa: E731
     assert deterministic(sorted(resumed, key=key)) == deterministic(sorted(whole, key=key))

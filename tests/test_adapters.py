@@ -9,9 +9,9 @@ from safetensors.torch import save_file
 
 import unmask
 from unmask.contrib.cli import main
-from unmask.contrib.transformers import CacheNotSupportedError, TransformersDenoiser, decode_text, load
+from unmask.contrib.models.transformers import CacheNotSupportedError, TransformersDenoiser, decode_text, load
 from unmask.testing import build_component
-from unmask.testing.tiny import ARCHITECTURES, save_tiny, tiny_model, tiny_tokenizer
+from unmask.contrib.models.tiny import ARCHITECTURES, save_tiny, tiny_model, tiny_tokenizer
 
 
 @pytest.fixture(scope="module", params=ARCHITECTURES)
@@ -204,7 +204,7 @@ DREAM_7B_CONFIG = {"architectures": ["DreamModel"], "model_type": "Dream", "mask
 def test_next_token_shift_is_detected_in_any_case(config, shifted):
     from transformers import PretrainedConfig
 
-    from unmask.contrib.transformers import keeps_next_token_shift
+    from unmask.contrib.models.transformers import keeps_next_token_shift
 
     assert keeps_next_token_shift(config) is shifted
     assert keeps_next_token_shift(PretrainedConfig(**config)) is shifted

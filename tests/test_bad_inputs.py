@@ -15,12 +15,11 @@ import pytest
 import torch
 
 import unmask
-from unmask.contrib.ablate import GridError
 from unmask.contrib.cli import main
-from unmask.contrib.reference import REFERENCE_MODEL_DIR
+from unmask.contrib.eval.ablate import GridError
+from unmask.contrib.models.reference import FILTERS_DIR, REFERENCE_MODEL_DIR
 from unmask.core.spec import SpecError
 from unmask.core.types import Commit, DecodeConfig
-from unmask.strategies.learn2pd import SHIPPED_FILTERS
 from unmask.testing import FakeDenoiser
 
 GENERATE = ["generate", "3 + 5 ="]
@@ -57,7 +56,7 @@ def crafted_skops(path: Path, marker: Path) -> Path:
 
 
 def copy_filter(name: str, target: Path) -> Path:
-    shutil.copytree(SHIPPED_FILTERS / name, target)
+    shutil.copytree(FILTERS_DIR / name, target)
     return target
 
 
@@ -170,10 +169,10 @@ GRID = {"name": "g", "tasks": ["chain_sum"], "n": 2, "seed": 0, "gen_lengths": [
 
 
 def test_ablate_decodes_again_when_n_seed_or_weights_change(tmp_path, monkeypatch):
-    from unmask.contrib import ablate as ablate_module
+    from unmask.contrib.eval import runner
 
-    real, calls = ablate_module.run_cell, []
-    monkeypatch.setattr(ablate_module, "run_cell", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real, calls = runner.run_cell, []
+    monkeypatch.setattr(runner, "run_cell", lambda *a, **k: calls.append(1) or real(*a, **k))
     out = tmp_path / "rows.jsonl"
     model, tokenizer = unmask.load("reference")
     unmask.ablate(GRID, out, progress=False, loaded=(model, tokenizer))
@@ -265,8 +264,8 @@ fake = FakeDenoiser()
     (lambda: unmask.decode(fake, [[1, 2]], policy="threshold:tau=abc"), SpecError, "tau must be a number"),
     (lambda: unmask.decode(fake, [[1, 2]], policy="threshold:tau=true"), SpecError, "tau must be a number"),
     (lambda: unmask.decode(fake, [[1, 2]], policy="threshold:tau=nan"), SpecError, r"tau must lie in \[0, 1\]"),
-    (lambda: unmask.decode(fake, [[1, 2]], policy="entropy_bound:bound=nan"), SpecError, "bound must be >= 0"),
-    (lambda: unmask.decode(fake, [[1, 2]], policy="learn2pd:filter=42"), SpecError, "filter must be a shipped"),
+    (lambda: unmask.decode(fake, [[1, 2]], policy="entropy_bound:bound=nan"), SpecError, "bound must be a finite number >= 0"),
+    (lambda: unmask.decode(fake, [[1, 2]], policy="learn2pd:filter=42"), SpecError, "filter must be a trained filter"),
     (lambda: unmask.decode(fake, [[1, 2]], policy="nope"), ValueError, "nope"),
     (lambda: unmask.decode(fake, [[1, 30]]), ValueError, "token id 30 is outside the model's vocabulary of 24"),
     (lambda: unmask.decode(fake, [[1, -2]]), ValueError, "token id -2 is negative"),
@@ -279,7 +278,7 @@ fake = FakeDenoiser()
     (lambda: DecodeConfig(gen_length=16.0), ValueError, "gen_length must be a positive integer"),
     (lambda: DecodeConfig(gen_length=True), ValueError, "gen_length must be a positive integer"),
     (lambda: DecodeConfig(block_length=0), ValueError, "block_length must be a positive integer"),
-    (lambda: DecodeConfig(seed="1"), TypeError, "seed"),
+    (lambda: DecodeConfig(seed="1"), ValueError, "seed must be an integer >= 0"),
     (lambda: unmask.decode(fake, torch.tensor([[1.0, 2.0]])), ValueError, "input_ids must be a 2-D integer tensor"),
     (lambda: unmask.decode(fake, torch.tensor([[1, 2]]), attention_mask=torch.tensor([[1, 2]])), ValueError,
      "attention_mask must hold only 0 and 1"),
@@ -359,7 +358,7 @@ CLI_CASES = [
     (GENERATE + ["--policy", "threshold:tau=abc"], "tau must be a number"),
     (GENERATE + ["--policy", "threshold:tau=true"], "tau must be a number"),
     (GENERATE + ["--policy", "threshold:tau=nan"], "tau must lie in [0, 1]"),
-    (GENERATE + ["--policy", "entropy_bound:bound=nan"], "bound must be >= 0"),
+    (GENERATE + ["--policy", "entropy_bound:bound=nan"], "bound must be a finite number >= 0"),
     (GENERATE + ["--policy", "topk:k=0"], "k"),
     (GENERATE + ["--stop", "nope"], "nope"),
     (GENERATE + ["--cache", "nope"], "nope"),
@@ -426,7 +425,7 @@ GRID_CASES = [
 
 @pytest.mark.parametrize("text, expected", GRID_CASES)
 def test_grid_files_are_checked_before_the_model_loads(text, expected, tmp_path, capsys, monkeypatch):
-    from unmask.contrib import transformers
+    from unmask.contrib.models import transformers
 
     monkeypatch.setattr(transformers, "load", lambda *a, **k: pytest.fail("the model loaded"))
     grid = tmp_path / "grid.toml"

@@ -1,5 +1,6 @@
 import json
 
+import unmask
 from unmask.contrib.cli import main
 
 
@@ -15,4 +16,4 @@ def test_list_json_has_every_kind(capsys):
 def test_list_prints_a_table(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    assert "policies:" in out and "threshold" in out and "unmask 0.1.0" in out
+    assert "policies:" in out and "threshold" in out and f"unmask {unmask.__version__}" in out

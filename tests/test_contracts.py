@@ -21,8 +21,8 @@ def test_stop_contract(name):
 
 
 @pytest.mark.parametrize("name", REGISTRY.names("caches"))
-def test_cache_contract(name):
-    check_cache_manager(name)
+def test_cache_contract(name, kv_models):
+    check_cache_manager(name, models=kv_models)
 
 
 def test_combined_specs_pass_the_contract():

@@ -13,7 +13,7 @@ from sklearn.base import clone
 
 from unmask.core.plugins import registry
 from unmask.filters import GBDTFilter, MLPFilter, TrainedFilter, block_stats, features, load_filter, save_filter
-from unmask.filters.train import filter_metrics
+from unmask.contrib.train.filters import filter_metrics
 
 
 def synthetic(seed: int, records: int = 48, width: int = 8):

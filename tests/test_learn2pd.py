@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from unmask.contrib.cli import main
-from unmask.contrib.reference import load_reference_model
+from unmask.contrib.models.reference import load_reference_model
 from unmask.contrib.tasks import samples
-from unmask.contrib.transformers import decode_text
+from unmask.contrib.models.transformers import decode_text
 from unmask.filters import load_filter
-from unmask.filters.traces import FILTER_SEED, Traces, collect
-from unmask.filters.train import split_by_prompt, train_filter
+from unmask.contrib.train.traces import FILTER_SEED, Traces, collect
+from unmask.contrib.train.filters import split_by_prompt, train_filter
 from unmask.strategies.learn2pd import Learn2PDPolicy
 
 SETTINGS = dict(tasks=["shuffle", "sort"], n=6, gen_length=32, block_length=16, batch_size=3)

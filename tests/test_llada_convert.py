@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 import unmask
-from unmask.contrib.llada import convert_llada_checkpoint, convert_llada_key, llama_config_from_llada
-from unmask.contrib.transformers import decode_text, load
-from unmask.testing.tiny import tiny_tokenizer
+from unmask.contrib.models.llada import convert_llada_checkpoint, convert_llada_key, llama_config_from_llada
+from unmask.contrib.models.transformers import decode_text, load
+from unmask.contrib.models.tiny import tiny_tokenizer
 
 LLADA_CONFIG = {
     "d_model": 32, "n_heads": 4, "n_kv_heads": 2, "n_layers": 2, "mlp_hidden_size": 48, "vocab_size": 47,
@@ -101,7 +101,7 @@ def test_converted_logits_equal_a_direct_llada_forward():
 
     state = llada_state_dict(LLADA_CONFIG)
     model = LlamaForCausalLM(llama_config_from_llada(LLADA_CONFIG)).eval()
-    model.load_state_dict(unmask.contrib.llada.convert_llada_state_dict(state))
+    model.load_state_dict(unmask.contrib.models.llada.convert_llada_state_dict(state))
     input_ids = torch.randint(0, 47, (2, 11), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = llada_forward(state, LLADA_CONFIG, input_ids)

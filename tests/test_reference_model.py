@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from unmask.contrib.bench import bench
+from unmask.contrib.eval.bench import bench
 from unmask.contrib.cli import main
-from unmask.contrib.reference import REFERENCE_MODEL_DIR, load_reference_model
+from unmask.contrib.models.reference import REFERENCE_MODEL_DIR, load_reference_model
 from unmask.contrib.tasks import DEFAULT_TASKS, samples, score
-from unmask.contrib.transformers import decode_text
+from unmask.contrib.models.transformers import decode_text
 
 
 @pytest.fixture(scope="module")

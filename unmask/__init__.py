@@ -1,6 +1,10 @@
 """unmask: pluggable decoding for diffusion language models."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+from unmask import _moved  # noqa: E402
+
+_moved.install()
 
 from unmask.core.engine import decode, linear_schedule, pad_prompts  # noqa: E402
 from unmask.core.plugins import (  # noqa: E402
@@ -13,15 +17,14 @@ from unmask.core.types import (  # noqa: E402
 )
 
 
-
 def __getattr__(name: str):
     # transformers is imported only when a checkpoint is loaded.
     if name == "load":
-        from unmask.contrib.transformers import load
+        from unmask.contrib.models.transformers import load
 
         return load
     if name == "ablate":
-        from unmask.contrib.ablate import ablate
+        from unmask.contrib.eval.ablate import ablate
 
         return ablate
     raise AttributeError(f"module 'unmask' has no attribute {name!r}")

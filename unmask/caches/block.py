@@ -17,26 +17,17 @@ import torch
 from attrs import define, field
 
 from unmask.core.types import CanvasState, ForwardPlan
+from unmask.core.validators import integer, one_of, optional
 
 __all__ = ["PrefixCache", "DualCache"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _refresh_every(instance: object, attribute: Any, value: int) -> None:
-    if not isinstance(value, int) or value < 0:
-        raise ValueError(f"{attribute.name} must be an integer >= 0 (0: only at block starts), got {value!r}")
-
-
-def _dtype(instance: object, attribute: Any, value: str | None) -> None:
-    if value is not None and value not in _DTYPES:
-        raise ValueError(f"{attribute.name} must be one of {', '.join(_DTYPES)} or none, got {value!r}")
-
-
 @define
 class _BlockCacheManager:
-    refresh_every: int = field(default=0, validator=_refresh_every)
-    dtype: str | None = field(default=None, validator=_dtype)
+    refresh_every: int = field(default=0, validator=integer(minimum=0))  # 0: only at block starts
+    dtype: str | None = field(default=None, validator=optional(one_of(*_DTYPES)))
     _cache: Any = field(default=None, init=False, repr=False, eq=False)
     _stored_width: int = field(default=0, init=False, repr=False, eq=False)
     _block_start: int = field(default=-1, init=False, repr=False, eq=False)
@@ -61,9 +52,6 @@ class _BlockCacheManager:
             self._stored_width, self._block_start = width, state.block_start
             return ForwardPlan(start=0, end=width, attention_mask=state.attention_mask, past_key_values=self._cache)
         return self._partial_plan(state, state.block_start - state.lookbehind, width)
-
-    def update(self, plan: ForwardPlan, state: CanvasState) -> None:
-        pass
 
     def _partial_plan(self, state: CanvasState, start: int, width: int) -> ForwardPlan:
         raise NotImplementedError

@@ -19,6 +19,3 @@ class NoCache:
 
     def plan(self, state: CanvasState) -> ForwardPlan:
         return ForwardPlan(start=0, end=state.input_ids.shape[1], attention_mask=state.attention_mask)
-
-    def update(self, plan: ForwardPlan, state: CanvasState) -> None:
-        pass

@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=run_train_model)
 
     ablate = commands.add_parser("ablate", help="run an ablation grid (TOML), resumable; write a report and plots")
-    ablate.add_argument("grid", help="grid TOML file (see unmask.contrib.ablate for its fields)")
+    ablate.add_argument("grid", help="grid TOML file (see unmask.contrib.eval.ablate for its fields)")
     ablate.add_argument("--out", default=None, help="results JSONL (default: GRID with .jsonl); finished cells "
                         "in it are skipped")
     ablate.add_argument("--report", default=None, help="write a Markdown report here")
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--tasks", type=task_list, default=None, help="comma-separated tasks (default: the bundled model's task mix)")
     collect.add_argument("--n", type=positive_int, default=500, help="prompts per task (default: 500)")
     collect.add_argument("--seed", type=int, default=None, help="first reasoning-gym seed; must not be an evaluation "
-                         "seed (default: unmask.filters.traces.FILTER_SEED)")
+                         "seed (default: unmask.contrib.train.traces.FILTER_SEED)")
     collect.add_argument("--out", required=True, help="traces directory (rerunning resumes it)")
     collect.add_argument("--gen-length", type=positive_int, default=128, help="canvas length (default: 128)")
     collect.add_argument("--block-length", type=positive_int, default=32, help="block length (default: 32)")
@@ -230,7 +230,7 @@ def _quiet(args: argparse.Namespace) -> None:
 
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, Any, str]:
-    from unmask.contrib.transformers import load
+    from unmask.contrib.models.transformers import load
 
     _quiet(args)
     model = "reference" if args.model is None else args.model
@@ -249,7 +249,7 @@ def _decode_config(args: argparse.Namespace) -> Any:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from unmask.contrib.transformers import decode_text
+    from unmask.contrib.models.transformers import decode_text
 
     model, tokenizer, model_name = _load_model(args)
     answer, result = decode_text(
@@ -266,19 +266,17 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from unmask.contrib.bench import bench, check_components, format_table
+    from unmask.contrib.eval.bench import bench, bench_grid, format_table
     from unmask.contrib.tasks import DEFAULT_TASKS
 
-    tasks = args.tasks or list(DEFAULT_TASKS)
-    policies, caches = args.policy or ["topk"], args.cache or ["none"]
-    stops = [None if s == "none" else s for s in args.stop or ["none"]]
-    check_components(policies, stops, caches)
-    config = _decode_config(args)  # both fail before the model loads
+    settings = dict(tasks=args.tasks or list(DEFAULT_TASKS), n=args.n, seed=args.seed, policies=args.policy or ["topk"],
+                    stops=args.stop or ["none"], caches=args.cache or ["none"], config=_decode_config(args),
+                    batch_size=args.batch_size)
+    bench_grid(**settings)  # every component and setting is checked before the model loads
     model, tokenizer, model_name = _load_model(args)
-    rows = bench(model, tokenizer, tasks=tasks, n=args.n, seed=args.seed, policies=policies, stops=stops,
-                 caches=caches, config=config, batch_size=args.batch_size)
+    rows = bench(model, tokenizer, **settings, model_name=model_name)
     if args.json:
-        print(json.dumps([{**row, "model": model_name} for row in rows], indent=2))
+        print(json.dumps(rows, indent=2))
     else:
         print(format_table(rows))
     return 0
@@ -300,9 +298,9 @@ def run_ablate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from unmask._files import write_text_atomically
-    from unmask.contrib.ablate import ablate, load_grid
-    from unmask.contrib.report import markdown_report, plot_commit_order, plot_pareto
-    from unmask.contrib.transformers import load
+    from unmask.contrib.eval.ablate import ablate, load_grid
+    from unmask.contrib.eval.report import markdown_report, plot_commit_order, plot_pareto
+    from unmask.contrib.models.transformers import load
 
     grid = load_grid(args.grid)  # every cell is checked before the model loads
     _quiet(args)
@@ -330,7 +328,7 @@ def run_ablate(args: argparse.Namespace) -> int:
 
 def run_collect(args: argparse.Namespace) -> int:
     from unmask.contrib.tasks import DEFAULT_TASKS
-    from unmask.filters.traces import FILTER_SEED, collect
+    from unmask.contrib.train.traces import FILTER_SEED, collect
 
     tasks = args.tasks or list(DEFAULT_TASKS)
     model, tokenizer, _ = _load_model(args)
@@ -348,7 +346,7 @@ def run_collect(args: argparse.Namespace) -> int:
 
 def run_train_filter(args: argparse.Namespace) -> int:
     from unmask.core.spec import parse_spec
-    from unmask.filters.train import train_filter
+    from unmask.contrib.train.filters import train_filter
 
     params = {}
     for item in args.param:
@@ -363,7 +361,7 @@ def run_train_filter(args: argparse.Namespace) -> int:
 
 
 def run_convert_llada(args: argparse.Namespace) -> int:
-    from unmask.contrib.llada import convert_llada_checkpoint
+    from unmask.contrib.models.llada import convert_llada_checkpoint
 
     print(convert_llada_checkpoint(args.source, args.target))
     return 0

@@ -13,8 +13,10 @@ import attrs
 import torch
 
 from unmask.core.plugins import create, describe, plugin_manager
+from unmask.core.spec import Spec
 from unmask.core.types import (
-    CanvasState, Commit, DecodeConfig, DecodeResult, StepObserver, StepView, StopDecision,
+    CacheManager, CanvasState, Commit, DecodeConfig, DecodeResult, DenoiserModel, StepObserver, StepView,
+    StopCriterion, StopDecision, UnmaskPolicy,
 )
 
 __all__ = ["decode", "linear_schedule", "pad_prompts"]
@@ -41,7 +43,7 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[to
     return input_ids, attention_mask
 
 
-def score(
+def _predict(
     logits: torch.Tensor, temperature: float, generator: torch.Generator, mask_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, S, V) logits -> predicted tokens and their softmax probability, both (B, S)."""
@@ -63,22 +65,23 @@ def score(
 
 
 def decode(
-    model: Any,
+    model: DenoiserModel,
     input_ids: torch.Tensor | Sequence[Sequence[int]],
     *,
     attention_mask: torch.Tensor | None = None,
     config: DecodeConfig | None = None,
-    policy: Any = "topk",
-    stop: Any = None,
-    cache: Any = "none",
+    policy: UnmaskPolicy | Spec = "topk",
+    stop: StopCriterion | Spec | Sequence[StopCriterion | Spec] | None = "none",
+    cache: CacheManager | Spec = "none",
     on_step: StepObserver | None = None,
     **settings: Any,
 ) -> DecodeResult:
     """Fill ``gen_length`` masked positions after each prompt, block by block.
 
     ``input_ids`` is a left-padded (B, P) tensor with its ``attention_mask``, or a list of token lists.
-    ``policy``, ``stop`` and ``cache`` are components or specs (``"threshold:tau=0.9"``); ``settings``
-    are :class:`DecodeConfig` fields when no ``config`` is given.
+    ``policy``, ``stop`` and ``cache`` are components or specs (``"threshold:tau=0.9"``, ``("topk", {"k": 2})``);
+    a list of stops is their ``any`` and ``None`` is ``"none"``. ``settings`` are :class:`DecodeConfig`
+    fields when no ``config`` is given.
     """
     if config is None:
         config = DecodeConfig(**settings)
@@ -93,7 +96,7 @@ def decode(
     unmask_policy = create("policies", policy)
     if isinstance(stop, (list, tuple)) and not (len(stop) == 2 and isinstance(stop[1], dict)):
         stop = ("any", {"stops": stop})
-    stop_criterion = None if stop is None else create("stops", stop)
+    stop_criterion = create("stops", "none" if stop is None else stop)
     cache_manager = create("caches", cache)
     observers = plugin_manager().hook.unmask_on_step
     notify = bool(observers.get_hookimpls())
@@ -102,13 +105,16 @@ def decode(
     device = input_ids.device
     batch, gen_start = input_ids.shape
     width = gen_start + config.gen_length
-    x = torch.cat([input_ids, input_ids.new_full((batch, config.gen_length), mask_id)], dim=1)  # (B, L)
+    canvas = _Canvas(
+        x=torch.cat([input_ids, input_ids.new_full((batch, config.gen_length), mask_id)], dim=1),
+        row_end=torch.full((batch,), width, device=device),
+        commit_step=torch.full((batch, config.gen_length), -1, dtype=torch.long, device=device),
+        gen_start=gen_start, mask_id=mask_id, eos_id=eos_id,
+    )
     real = torch.cat([prompt_mask, prompt_mask.new_ones((batch, config.gen_length))], dim=1)  # (B, L)
-    row_end = torch.full((batch,), width, device=device)  # exclusive; EoTP moves it left
     columns = torch.arange(width, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     nfe = torch.zeros(batch, dtype=torch.long, device=device)
-    commit_step = torch.full((batch, config.gen_length), -1, dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     cache_manager.reset(model)
     global_step = 0
@@ -120,18 +126,19 @@ def decode(
             block_end = block_start + config.num_block_tokens
             window = (columns >= block_start) & (columns < block_end)
             window = window[None, :].expand(batch, width)
-            schedule = linear_schedule((x[:, block_start:block_end] == mask_id).sum(1), config.steps_per_block)
+            schedule = linear_schedule((canvas.x[:, block_start:block_end] == mask_id).sum(1), config.steps_per_block)
             step = 0
             while True:
                 # Which rows still decode this block.
+                x = canvas.x
                 masked = x == mask_id
                 row_active = ~done & (masked & window).any(1)
                 if not row_active.any():
                     break
 
                 # Forward what the cache plans; columns past a row's end are hidden from it.
-                visible = int(row_end.max())
-                attention = real[:, :visible] * (columns[None, :visible] < row_end[:, None])
+                visible = int(canvas.row_end.max())
+                attention = real[:, :visible] * (columns[None, :visible] < canvas.row_end[:, None])
                 state = CanvasState(
                     input_ids=x[:, :visible], attention_mask=attention,
                     position_ids=(attention.cumsum(-1) - 1).clamp(min=0),
@@ -143,11 +150,10 @@ def decode(
                     attention_mask=plan.attention_mask, past_key_values=plan.past_key_values,
                 )  # (B, end - start, V)
                 _check_logits(logits, (batch, plan.end - plan.start), max(mask_id, eos_id), global_step)
-                cache_manager.update(plan, state)
                 nfe += row_active.long()
 
                 # Score the fed span: x0 and its probability at masked positions.
-                x0, confidence = _on_canvas(x, masked, plan.start, *score(logits, config.temperature, generator, mask_id))
+                x0, confidence = _on_canvas(x, masked, plan.start, *_predict(logits, config.temperature, generator, mask_id))
                 view = StepView(
                     x=x, x0=x0, confidence=confidence, masked=masked, window=window, row_active=row_active,
                     # Past the schedule's last step (a policy that committed less), one token per step.
@@ -160,17 +166,16 @@ def decode(
                 # The policy chooses; the engine checks it and applies the progress floor.
                 commit, tokens = _checked_commit(unmask_policy.select(view), view, config.progress_floor,
                                                  logits.shape[-1])
-                x = torch.where(commit, tokens, x)
-                commit_step[commit[:, gen_start:]] = global_step
+                canvas.commit(commit, tokens, global_step)
 
                 # Stop criteria: finished rows, and EoTP's cut after the answer's end.
-                view = attrs.evolve(view, x=x, committed=commit)
-                decision = StopDecision(done=done) if stop_criterion is None else stop_criterion.check(view)
+                view = attrs.evolve(view, x=canvas.x, committed=commit)
+                decision = stop_criterion.check(view)
                 if decision.end is not None and (decision.end >= 0).any():
-                    x, row_end = _cut(x, row_end, decision.end, commit_step, global_step, gen_start, mask_id, eos_id)
+                    canvas.cut(decision.end, global_step)
                 newly_done = decision.done & ~done
                 if newly_done.any():
-                    x = _finalise(x, x0, newly_done, gen_start, commit_step, global_step, mask_id, eos_id)
+                    canvas.finalise(x0, newly_done, global_step)
                     done |= newly_done
                 if on_step is not None:
                     on_step(view)
@@ -179,16 +184,16 @@ def decode(
                 step += 1
                 global_step += 1
 
-    tokens = x[:, gen_start:]
+    tokens = canvas.x[:, gen_start:]
     is_eos = tokens == eos_id
     answer_lengths = torch.where(is_eos.any(1), is_eos.long().argmax(1), torch.full_like(nfe, config.gen_length))
     components = {
         "policy": describe("policies", unmask_policy),
-        "stop": None if stop_criterion is None else describe("stops", stop_criterion),
+        "stop": describe("stops", stop_criterion),
         "cache": describe("caches", cache_manager),
     }
     return DecodeResult(
-        tokens=tokens, answer_lengths=answer_lengths, nfe=nfe, commit_step=commit_step,
+        tokens=tokens, answer_lengths=answer_lengths, nfe=nfe, commit_step=canvas.commit_step,
         wall_s=time.perf_counter() - started, config=config, components=components,
     )
 
@@ -302,25 +307,38 @@ def _checked_commit(
     return commit, tokens
 
 
-def _cut(x, row_end, end, commit_step, global_step, gen_start, mask_id, eos_id):
-    """Fill each cut row with EOS after ``end`` and hide those columns from later forwards."""
-    columns = torch.arange(x.shape[1], device=x.device)[None, :]
-    cut = (end[:, None] >= 0) & (columns > end[:, None]) & (columns < row_end[:, None])
-    if ((x != mask_id) & (x != eos_id) & cut).any():
-        raise ValueError("a stop criterion cut the canvas before an already committed token")
-    # The end position itself holds EOS too (EoTP predicted it there).
-    at_end = (end[:, None] >= gen_start) & (columns == end[:, None]) & (x == mask_id)
-    x = x.masked_fill(cut | at_end, eos_id)
-    commit_step[cut[:, gen_start:]] = -1
-    commit_step[at_end[:, gen_start:]] = global_step
-    row_end = torch.where(end >= 0, torch.minimum(row_end, end + 1), row_end)
-    return x, row_end
+@attrs.define
+class _Canvas:
+    """The decode's changing state: the canvas, where each row's canvas ends, when each position was committed."""
 
+    x: torch.Tensor  # (B, L): prompts, then the answer canvas
+    row_end: torch.Tensor  # (B,) exclusive; EoTP moves it left, and later columns are hidden from the row
+    commit_step: torch.Tensor  # (B, gen_length): the global step that committed each position, -1 before
+    gen_start: int
+    mask_id: int
+    eos_id: int
 
-def _finalise(x, x0, rows, gen_start, commit_step, global_step, mask_id, eos_id):
-    """Rows a stop criterion finished keep their latest predictions where masks remain (EOS if none)."""
-    remaining = (x == mask_id) & rows[:, None]
-    remaining[:, :gen_start] = False
-    fill = torch.where(x0 == mask_id, torch.full_like(x0, eos_id), x0)
-    commit_step[remaining[:, gen_start:]] = global_step
-    return torch.where(remaining, fill, x)
+    def commit(self, mask: torch.Tensor, tokens: torch.Tensor, step: int) -> None:
+        self.x = torch.where(mask, tokens, self.x)
+        self.commit_step[mask[:, self.gen_start:]] = step
+
+    def cut(self, end: torch.Tensor, step: int) -> None:
+        """Fill each row with EOS from ``end`` (B,; -1: no cut) on and hide the columns after it."""
+        columns = torch.arange(self.x.shape[1], device=self.x.device)[None, :]
+        cut = (end[:, None] >= 0) & (columns > end[:, None]) & (columns < self.row_end[:, None])
+        if ((self.x != self.mask_id) & (self.x != self.eos_id) & cut).any():
+            raise ValueError("a stop criterion cut the canvas before an already committed token")
+        # The end position itself holds EOS too (EoTP predicted it there).
+        at_end = (end[:, None] >= self.gen_start) & (columns == end[:, None]) & (self.x == self.mask_id)
+        self.x = self.x.masked_fill(cut | at_end, self.eos_id)
+        self.commit_step[cut[:, self.gen_start:]] = -1
+        self.commit_step[at_end[:, self.gen_start:]] = step
+        self.row_end = torch.where(end >= 0, torch.minimum(self.row_end, end + 1), self.row_end)
+
+    def finalise(self, x0: torch.Tensor, rows: torch.Tensor, step: int) -> None:
+        """Rows a stop criterion finished keep their latest predictions where masks remain (EOS if none)."""
+        remaining = (self.x == self.mask_id) & rows[:, None]
+        remaining[:, :self.gen_start] = False
+        fill = torch.where(x0 == self.mask_id, torch.full_like(x0, self.eos_id), x0)
+        self.commit_step[remaining[:, self.gen_start:]] = step
+        self.x = torch.where(remaining, fill, self.x)

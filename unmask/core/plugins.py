@@ -1,12 +1,12 @@
 """The plug-in manager (pluggy) and the registry of named components.
 
-Every component kind has one registration hook, handed a :class:`Registrar`. Built-ins register through
-the same hooks as third-party packages, which declare ``[project.entry-points.unmask]``.
+Every component kind has one registration hook, handed a :class:`Registrar`. Built-ins register exactly
+as third-party packages do: modules with hook implementations, named in ``[project.entry-points.unmask]``
+of their distribution's pyproject.toml.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import Any, Callable
 
@@ -33,17 +33,16 @@ KINDS: dict[str, tuple[str, str | None]] = {
     "stops": ("unmask_register_stops", "any"),
     "caches": ("unmask_register_caches", None),
     "filters": ("unmask_register_filters", None),
+    "trained_filters": ("unmask_register_trained_filters", None),
     "features": ("unmask_register_features", None),
     "models": ("unmask_register_models", None),
 }
 
 # What an object passed instead of a spec must have, per kind.
 REQUIRED_METHODS: dict[str, tuple[str, ...]] = {
-    "policies": ("select",), "stops": ("check",), "caches": ("reset", "plan", "update"),
+    "policies": ("select",), "stops": ("check",), "caches": ("reset", "plan"),
     "filters": ("fit", "predict_proba"),
 }
-
-BUILTIN_PLUGINS = ("unmask.strategies", "unmask.caches", "unmask.filters", "unmask.contrib.reference")
 
 
 class Hooks:
@@ -64,6 +63,11 @@ class Hooks:
     @hookspec
     def unmask_register_filters(self, registry: Registrar) -> None:
         """Add Learn2PD filters: ``registry.add(name, estimator_class)``, scikit-learn style estimators."""
+
+    @hookspec
+    def unmask_register_trained_filters(self, registry: Registrar) -> None:
+        """Add trained Learn2PD filters by name: ``registry.add(name, loader)``; the loader takes no
+        arguments and returns a ``TrainedFilter`` (``learn2pd:filter=NAME``)."""
 
     @hookspec
     def unmask_register_features(self, registry: Registrar) -> None:
@@ -220,13 +224,11 @@ _registry: Registry | None = None
 
 
 def plugin_manager() -> pluggy.PluginManager:
-    """The process-wide plug-in manager: built-ins, then installed entry points of group ``unmask``."""
+    """The process-wide plug-in manager: every installed entry point of group ``unmask``, built-ins included."""
     global _manager
     if _manager is None:
         manager = pluggy.PluginManager(PROJECT)
         manager.add_hookspecs(Hooks)
-        for module in BUILTIN_PLUGINS:
-            manager.register(importlib.import_module(module), name=module)
         manager.load_setuptools_entrypoints(PROJECT)
         _manager = manager
     return _manager
@@ -270,14 +272,10 @@ def describe(kind: str, component: Any) -> dict[str, Any]:
 
 
 def _provenance(manager: pluggy.PluginManager) -> Callable[[object], tuple[str, str]]:
-    from unmask import __version__
-
     distributions = {id(plugin): dist for plugin, dist in manager.list_plugin_distinfo()}
 
     def provider_of(plugin: object) -> tuple[str, str]:
         name = manager.get_name(plugin) or repr(plugin)
-        if name in BUILTIN_PLUGINS:
-            return PROJECT, __version__
         dist = distributions.get(id(plugin))
         if dist is not None:
             return dist.project_name, dist.version

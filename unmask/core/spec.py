@@ -6,9 +6,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
-__all__ = ["SpecError", "parse_spec", "split_combined", "format_spec"]
+__all__ = ["Spec", "SpecError", "parse_spec", "split_combined", "format_spec"]
+
+# A component by name: ``"threshold:tau=0.9"``, ``"topk + threshold"`` or ``("threshold", {"tau": 0.9})``.
+Spec: TypeAlias = str | tuple[str, dict[str, Any]]
 
 
 class SpecError(ValueError):

@@ -12,26 +12,15 @@ import attrs
 import torch
 from attrs import field, frozen
 
+from unmask.core.validators import integer, number, optional
+
 __all__ = [
     "Commit", "DecodeConfig", "DecodeResult", "StepView", "StopDecision", "CanvasState", "ForwardPlan",
     "UnmaskPolicy", "StopCriterion", "CacheManager", "DenoiserModel",
 ]
 
 
-def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-        raise ValueError(f"{attribute.name} must be a positive integer, got {value!r}")
-
-
-def _non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    # "not >= 0" also refuses NaN, which compares false with everything.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
-        raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
-
-
-def _optional_id(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise ValueError(f"{attribute.name} must be a token id (an integer >= 0) or None, got {value!r}")
+TOKEN_ID = "a token id (an integer >= 0) or None"
 
 
 def tensor_field(**kwargs: Any) -> Any:
@@ -42,13 +31,13 @@ def tensor_field(**kwargs: Any) -> Any:
 class DecodeConfig:
     """How to decode: LLaDA's semi-autoregressive schedule (gen length split into blocks, steps split evenly)."""
 
-    gen_length: int = field(default=128, validator=_positive)
-    block_length: int | None = field(default=None, validator=_positive)  # None: one block
-    steps: int | None = field(default=None, validator=_positive)  # None: gen_length (one token per step)
-    temperature: float = field(default=0.0, validator=_non_negative)
-    seed: int = field(default=0, validator=attrs.validators.instance_of(int))
-    mask_token_id: int | None = field(default=None, validator=_optional_id)  # None: taken from the model
-    eos_token_id: int | None = field(default=None, validator=_optional_id)  # None: from the model; pads the answer
+    gen_length: int = field(default=128, validator=integer(minimum=1))
+    block_length: int | None = field(default=None, validator=optional(integer(minimum=1)))  # None: one block
+    steps: int | None = field(default=None, validator=optional(integer(minimum=1)))  # None: gen_length (one token per step)
+    temperature: float = field(default=0.0, validator=number(minimum=0))
+    seed: int = field(default=0, validator=integer(minimum=0))
+    mask_token_id: int | None = field(default=None, validator=optional(integer(minimum=0, what=TOKEN_ID)))  # None: taken from the model
+    eos_token_id: int | None = field(default=None, validator=optional(integer(minimum=0, what=TOKEN_ID)))  # None: from the model; pads the answer
     progress_floor: bool = True  # an active row that commits nothing commits its most confident position
 
     def __attrs_post_init__(self) -> None:
@@ -198,24 +187,32 @@ class StopCriterion(Protocol):
 
 @runtime_checkable
 class CacheManager(Protocol):
-    """Decides what each forward sees (``plan``) and what it keeps afterwards (``update``)."""
+    """Decides what each forward sees: ``plan`` gives the columns to feed and the keys/values to attend to
+    (a transformers ``Cache`` that the forward itself fills or overwrites)."""
 
     def reset(self, model: Any = None) -> None:
         """Forget what a previous decode kept; raise ``ValueError`` if ``model`` cannot be served."""
 
     def plan(self, state: CanvasState) -> ForwardPlan: ...
 
-    def update(self, plan: ForwardPlan, state: CanvasState) -> None: ...
-
 
 @runtime_checkable
 class DenoiserModel(Protocol):
     """A model that predicts every position of a (partly masked) canvas at once."""
 
-    mask_token_id: int
-    eos_token_id: int
-    vocab_size: int
-    shift_logits: bool  # Dream-style: the logits at i predict position i + 1
+    # Read-only properties here, so that plain attributes and properties both satisfy the protocol.
+    @property
+    def mask_token_id(self) -> int: ...
+
+    @property
+    def eos_token_id(self) -> int: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def shift_logits(self) -> bool:
+        """Dream-style: the logits at i predict position i + 1."""
 
     def __call__(
         self,

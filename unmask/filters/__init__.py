@@ -1,11 +1,13 @@
-"""Learn2PD: traces of oracle decodes, feature sets, learned filters (MLP, gradient boosting), training.
+"""Learn2PD's filters: feature sets, the estimators (MLP, gradient boosting) and their safe store.
 
-Built-in filters and feature sets register through the same hooks as any plug-in.
+Built-in filters and feature sets register through the same hooks as any plug-in. Traces and training
+live in :mod:`unmask.contrib.train`.
 """
 
 from __future__ import annotations
 
 from unmask.core.plugins import Registrar, hookimpl
+from unmask.filters._arrays import FilterEstimator
 from unmask.filters.features import BlockConfidence, BlockStats, PositionStats, block_stats, features, view_stats
 from unmask.filters.gbdt import GBDTFilter
 from unmask.filters.mlp import MLPFilter
@@ -13,7 +15,7 @@ from unmask.filters.store import TrainedFilter, load_filter, save_filter
 
 __all__ = [
     "BlockStats", "block_stats", "view_stats", "features", "BlockConfidence", "PositionStats",
-    "MLPFilter", "GBDTFilter", "TrainedFilter", "save_filter", "load_filter",
+    "FilterEstimator", "MLPFilter", "GBDTFilter", "TrainedFilter", "save_filter", "load_filter",
 ]
 
 

@@ -1,11 +1,33 @@
-"""Input checks shared by the filters: features (N, W, F), labels and masks (N, W)."""
+"""What the filter estimators share: scikit-learn's parameter convention, and input checks for features
+(N, W, F), labels and masks (N, W)."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
 import torch
+
+
+class FilterEstimator:
+    """scikit-learn's estimator convention without importing scikit-learn: ``__init__`` stores its keyword
+    arguments unchanged, ``get_params``/``set_params`` read and write them, fitted state ends in ``_``."""
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        names = [name for name in inspect.signature(type(self).__init__).parameters if name != "self"]
+        return {name: getattr(self, name) for name in names}
+
+    def set_params(self, **params: Any) -> FilterEstimator:
+        unknown = sorted(set(params) - set(self.get_params()))
+        if unknown:
+            raise ValueError(f"{type(self).__name__} has no parameter {', '.join(unknown)}")
+        for name, value in params.items():
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
 
 
 def _numpy(value: Any) -> np.ndarray:

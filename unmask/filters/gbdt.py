@@ -4,18 +4,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import skops.io
-from sklearn.base import BaseEstimator
-from sklearn.ensemble import HistGradientBoostingClassifier
 
-from unmask.filters._arrays import as_features, as_labels, as_mask
+from unmask.filters._arrays import FilterEstimator, as_features, as_labels, as_mask
+
+# scikit-learn and skops are imported where a model is fitted, saved or loaded, not with the registry.
 
 # The exact types a saved model may hold beyond skops' own safe defaults (scikit-learn estimators, numpy
 # arrays, plain containers); any other type in the file is refused before anything is constructed.
 TRUSTED_TYPES = frozenset({"sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"})
 
 
-class GBDTFilter(BaseEstimator):
+class GBDTFilter(FilterEstimator):
     """Gradient-boosted trees over per-position features: is this position's prediction already final?
 
     scikit-learn's ``HistGradientBoostingClassifier`` on one row per block position (F features), so one
@@ -38,6 +37,8 @@ class GBDTFilter(BaseEstimator):
         if len(np.unique(targets)) < 2:
             raise ValueError("y has a single class at the selected positions; a filter needs both final and "
                              "not-yet-final examples")
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
         self.model_ = HistGradientBoostingClassifier(
             max_iter=self.max_iter, learning_rate=self.learning_rate, max_leaf_nodes=self.max_leaf_nodes,
             early_stopping=False, random_state=self.random_state,
@@ -54,10 +55,15 @@ class GBDTFilter(BaseEstimator):
         return self.model_.predict_proba(features.reshape(-1, n_features))[:, 1].reshape(count, width)
 
     def save_weights(self, directory: Path) -> dict[str, Any]:
+        import skops.io
+
         skops.io.dump(self.model_, directory / "model.skops")
         return {"n_features": self.n_features_in_}
 
     def load_weights(self, directory: Path, state: dict[str, Any]) -> GBDTFilter:
+        import skops.io
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
         path = directory / "model.skops"
         try:
             untrusted = skops.io.get_untrusted_types(file=path)

@@ -6,12 +6,10 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from sklearn.base import BaseEstimator
-
-from unmask.filters._arrays import as_features, as_labels, as_mask
+from unmask.filters._arrays import FilterEstimator, as_features, as_labels, as_mask
 
 
-class MLPFilter(BaseEstimator):
+class MLPFilter(FilterEstimator):
     """Learn2PD's filter: a 2-layer MLP from a block's features to one "already final" logit per position.
 
     Bao et al. 2025 (arXiv 2509.25188): the block's confidence vector (W = 32) → 32 (ReLU) → 32, binary

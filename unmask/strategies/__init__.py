@@ -6,14 +6,14 @@ from unmask.core.plugins import Registrar, hookimpl
 from unmask.strategies.entropy_bound import EntropyBoundPolicy
 from unmask.strategies.learn2pd import Learn2PDPolicy, example_learn2pd
 from unmask.strategies.oracle import OraclePolicy, example_oracle
-from unmask.strategies.stops import AnyStop, EoTPStop, MaxNFEStop
+from unmask.strategies.stops import AnyStop, EoTPStop, MaxNFEStop, NoStop
 from unmask.strategies.threshold import ThresholdPolicy
 from unmask.strategies.topk import RandomPolicy, TopKPolicy
 from unmask.strategies.union import UnionPolicy
 
 __all__ = [
     "TopKPolicy", "RandomPolicy", "ThresholdPolicy", "EntropyBoundPolicy", "OraclePolicy", "UnionPolicy", "Learn2PDPolicy",
-    "EoTPStop", "MaxNFEStop", "AnyStop",
+    "NoStop", "EoTPStop", "MaxNFEStop", "AnyStop",
 ]
 
 
@@ -30,6 +30,7 @@ def unmask_register_policies(registry: Registrar) -> None:
 
 @hookimpl
 def unmask_register_stops(registry: Registrar) -> None:
+    registry.add("none", NoStop)
     registry.add("eotp", EoTPStop)
     registry.add("max_nfe", MaxNFEStop, example=lambda **_: MaxNFEStop(n=3))
     registry.add("any", AnyStop, example=lambda **_: AnyStop(stops=["eotp", "max_nfe:n=3"]))

@@ -23,7 +23,3 @@ def block_values(view_like_shape: torch.Size, values: torch.Tensor, block_start:
     full[:, block_start:block_start + values.shape[1]] = values
     return full
 
-
-def positive_or_none(instance: object, attribute: object, value: int | None) -> None:
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-        raise ValueError(f"{attribute.name} must be a positive integer or None, got {value!r}")

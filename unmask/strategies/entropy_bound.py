@@ -4,14 +4,8 @@ import torch
 from attrs import field, frozen
 
 from unmask.core.types import StepView
+from unmask.core.validators import number
 from unmask.strategies._select import block_values
-
-
-def _non_negative(instance: object, attribute: object, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{attribute.name} must be a number, got {value!r}")
-    if not value >= 0:  # also refuses NaN
-        raise ValueError(f"{attribute.name} must be >= 0, got {value}")
 
 
 def block_entropy(view: StepView) -> torch.Tensor:
@@ -29,7 +23,7 @@ class EntropyBoundPolicy:
     The EB-sampler (Ben-Hamu et al. 2025, arXiv 2505.24857); at least one position per step.
     """
 
-    bound: float = field(default=0.1, validator=_non_negative)
+    bound: float = field(default=0.1, validator=number(minimum=0))
 
     def select(self, view: StepView) -> torch.Tensor:
         entropy = block_values(view.x.shape, block_entropy(view), view.block_start, float("inf"))

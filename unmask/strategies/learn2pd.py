@@ -8,28 +8,25 @@ import torch
 from attrs import field, frozen
 
 from unmask.core.types import StepView
+from unmask.core.validators import number
 from unmask.strategies._select import top_k_mask
-from unmask.strategies.threshold import _probability
-
-# Filters shipped for the bundled reference model: learn2pd:filter=mlp (the default) or filter=gbdt.
-SHIPPED_FILTERS = Path(__file__).parents[1] / "contrib" / "reference_model" / "filters"
-
 
 def _resolve(value: Any) -> Any:
+    from unmask.core.plugins import registry
     from unmask.filters.store import TrainedFilter, load_filter
 
     if isinstance(value, TrainedFilter):
         return value
     if not isinstance(value, (str, Path)):
-        raise TypeError(f"filter must be a shipped filter name, a directory or a TrainedFilter, got {type(value).__name__}")
-    # Shipped names win over folders of the same name in the working directory (give those as ./name).
-    shipped = sorted(p.name for p in SHIPPED_FILTERS.iterdir() if p.is_dir()) if SHIPPED_FILTERS.exists() else []
-    if isinstance(value, str) and value in shipped:
-        return load_filter((SHIPPED_FILTERS / value).resolve())
+        raise TypeError(f"filter must be a trained filter's name, a directory or a TrainedFilter, got {type(value).__name__}")
+    # Registered names win over folders of the same name in the working directory (give those as ./name).
+    named = registry().names("trained_filters")
+    if isinstance(value, str) and value in named:
+        return registry().get("trained_filters", value).factory()
     path = Path(value)
     if not path.is_dir():
-        raise ValueError(f"filter={str(value)!r} is neither a saved filter directory nor a shipped filter "
-                         f"({', '.join(shipped) or 'none shipped'}); train one with unmask train-filter")
+        raise ValueError(f"filter={str(value)!r} is neither a saved filter directory nor a registered trained filter "
+                         f"({', '.join(named) or 'none registered'}); train one with unmask train-filter")
     return load_filter(path.resolve())
 
 
@@ -40,12 +37,12 @@ class Learn2PDPolicy:
     engine's progress floor.
 
     Learn2PD (Bao et al. 2025, arXiv 2509.25188): a filter trained on oracle decodes predicts which
-    predictions already equal the final output. ``filter`` is a saved filter directory, or ``mlp`` /
-    ``gbdt`` for the ones shipped with the bundled model.
+    predictions already equal the final output. ``filter`` is a saved filter directory or the name of a
+    registered trained filter (``mlp``, ``gbdt``: those of the bundled model).
     """
 
     filter: Any = field(default="mlp", eq=False)
-    tau: float = field(default=0.96, validator=_probability)
+    tau: float = field(default=0.96, validator=number(minimum=0, maximum=1))
     topk: bool = True
     trained: Any = field(init=False, eq=False, repr=False)
 

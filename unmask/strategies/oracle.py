@@ -4,6 +4,7 @@ import torch
 from attrs import field, frozen
 
 from unmask.core.types import Commit, StepView
+from unmask.core.validators import optional
 from unmask.strategies._select import top_k_mask
 
 
@@ -17,12 +18,17 @@ class OraclePolicy:
     """Commit exactly the masked positions of the block whose prediction equals the reference output.
 
     Learn2PD's "extremely greedy parallel" oracle (arXiv 2509.25188). A row with no match commits its most
-    confident position with the reference token, so the output always equals the reference.
+    confident position with the reference token, so the output always equals the reference. The reference
+    is the vanilla output (``topk``, one token per step) of the same prompts: give it as ``reference``, or
+    leave it out and let the experiment runner (``unmask bench``, ``ablate``, ``collect``) decode it.
     """
 
-    reference: torch.Tensor = field(validator=_token_matrix, eq=False)  # (B, gen_length)
+    reference: torch.Tensor | None = field(default=None, validator=optional(_token_matrix), eq=False)  # (B, gen)
 
     def select(self, view: StepView) -> Commit:
+        if self.reference is None:
+            raise ValueError("the oracle needs reference=(rows, gen_length) tokens, the vanilla output of the same "
+                             "prompts; unmask bench, ablate and collect decode it for you")
         batch, width = view.x.shape
         span = width - view.gen_start
         if self.reference.shape[0] != batch or self.reference.shape[1] < span:

@@ -9,13 +9,18 @@ from attrs import field, frozen
 
 from unmask.core.plugins import create
 from unmask.core.types import StepView, StopDecision
+from unmask.core.validators import integer, one_of
 
-_SCOPES = ("predicted", "block")
 
+@frozen(kw_only=True)
+class NoStop:
+    """Never finish a row early and never cut: every row decodes its whole canvas (the default stop).
 
-def _scope(instance: object, attribute: object, value: str) -> None:
-    if value not in _SCOPES:
-        raise ValueError(f"{attribute.name} must be one of {', '.join(_SCOPES)}, got {value!r}")
+    Source: unmask (LLaDA's and Fast-dLLM's loops decode the full canvas, padding included).
+    """
+
+    def check(self, view: StepView) -> StopDecision:
+        return StopDecision(done=torch.zeros_like(view.row_active))
 
 
 @frozen(kw_only=True)
@@ -27,7 +32,7 @@ class EoTPStop:
     predicted EOS are searched: every position predicted this step, or the current block only.
     """
 
-    scope: str = field(default="predicted", validator=_scope)
+    scope: str = field(default="predicted", validator=one_of("predicted", "block"))
 
     def check(self, view: StepView) -> StopDecision:
         eos, columns = view.eos_token_id, torch.arange(view.x.shape[1], device=view.x.device)
@@ -52,11 +57,6 @@ class EoTPStop:
         return StopDecision(done=torch.zeros_like(view.row_active), end=end)
 
 
-def _positive(instance: object, attribute: object, value: int) -> None:
-    if not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{attribute.name} must be a positive integer, got {value!r}")
-
-
 @frozen(kw_only=True)
 class MaxNFEStop:
     """Finish a row after ``n`` forwards; its remaining masks take their latest predictions (a budget cap).
@@ -64,7 +64,7 @@ class MaxNFEStop:
     Source: unmask (an NFE budget, as used to compare decoders at equal compute).
     """
 
-    n: int = field(validator=_positive)
+    n: int = field(validator=integer(minimum=1))
 
     def check(self, view: StepView) -> StopDecision:
         return StopDecision(done=view.nfe >= self.n)

@@ -6,7 +6,8 @@ import torch
 from attrs import field, frozen
 
 from unmask.core.types import StepView
-from unmask.strategies._select import positive_or_none, top_k_mask
+from unmask.core.validators import integer, optional
+from unmask.strategies._select import top_k_mask
 
 
 @frozen(kw_only=True)
@@ -16,7 +17,7 @@ class TopKPolicy:
     LLaDA's low-confidence remasking (Nie et al. 2025, arXiv 2502.09992; ML-GSAI/LLaDA generate.py).
     """
 
-    k: int | None = field(default=None, validator=positive_or_none)
+    k: int | None = field(default=None, validator=optional(integer(minimum=1)))
 
     def select(self, view: StepView) -> torch.Tensor:
         k = view.schedule_k if self.k is None else torch.full_like(view.schedule_k, self.k)
@@ -30,7 +31,7 @@ class RandomPolicy:
     LLaDA's random remasking (arXiv 2502.09992); draws from the decode's seeded generator.
     """
 
-    k: int | None = field(default=None, validator=positive_or_none)
+    k: int | None = field(default=None, validator=optional(integer(minimum=1)))
     stochastic: ClassVar[bool] = True  # draws from the decode's shared random stream
 
     def select(self, view: StepView) -> torch.Tensor:

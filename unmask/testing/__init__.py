@@ -2,7 +2,7 @@
 
 from unmask.testing.checks import build_component, check_cache_manager, check_stop_criterion, check_unmask_policy
 from unmask.testing.fake_model import FakeDenoiser
-from unmask.testing.strategies import after_commit, committed_views, decode_configs, step_views
+from unmask.testing.generators import after_commit, committed_views, decode_configs, step_views
 
 __all__ = [
     "FakeDenoiser", "check_unmask_policy", "check_stop_criterion", "check_cache_manager", "build_component",

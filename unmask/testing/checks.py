@@ -17,7 +17,7 @@ from unmask.core.plugins import registry
 from unmask.core.spec import parse_spec
 from unmask.core.types import Commit, DecodeConfig, StepView, StopDecision
 from unmask.testing.fake_model import FakeDenoiser
-from unmask.testing.strategies import committed_views, step_views
+from unmask.testing.generators import committed_views, step_views
 
 __all__ = ["check_unmask_policy", "check_stop_criterion", "check_cache_manager", "build_component"]
 
@@ -98,18 +98,22 @@ def check_stop_criterion(stop: Any, *, max_examples: int = 40) -> None:
     _check_decodes(components, stochastic=False)
 
 
-def check_cache_manager(cache: Any) -> None:
+def check_cache_manager(cache: Any, *, models: Sequence[Any]) -> None:
     """Plans feed a span that covers the block with a matching attention mask; decodes with the cache
-    keep committed tokens, progress, are deterministic and leave no mask."""
+    keep committed tokens, progress, are deterministic and leave no mask.
+
+    ``models`` are denoisers that take KV caches, for example
+    ``[tiny_denoiser("llama"), tiny_denoiser("qwen2")]`` from :mod:`unmask.contrib.models.tiny` (a
+    random Llama, and a Qwen2 that shifts its logits as Dream does).
+    """
 
     def components(rows: Sequence[int], gen: int, vocab: int, mask_id: int) -> dict[str, Any]:
         made = build_component("caches", cache, rows=rows, gen_length=gen, vocab_size=vocab, mask_token_id=mask_id)
         return {"cache": _PlanWatch(made), "policy": "threshold:tau=0.5", "stop": "eotp"}
 
-    from unmask.testing.tiny import tiny_denoiser
-
-    # Tiny transformers models: they take KV caches; qwen2 also shifts its logits (Dream-style).
-    _check_decodes(components, stochastic=False, models=(tiny_denoiser("llama"), tiny_denoiser("qwen2")))
+    if not models:
+        raise ValueError("models must name at least one denoiser that takes KV caches")
+    _check_decodes(components, stochastic=False, models=models)
 
 
 def _check_decodes(
@@ -233,6 +237,3 @@ class _PlanWatch:
         assert plan.attention_mask.shape[0] == state.input_ids.shape[0], "plan attention mask has wrong rows"
         assert plan.attention_mask.shape[1] >= plan.end - plan.start, "plan attention mask misses the fed columns"
         return plan
-
-    def update(self, plan: Any, state: Any) -> None:
-        self.inner.update(plan, state)

@@ -1,9 +1,9 @@
 """The example plug-in, seen from outside: registered through its entry point, contract-checked, decoding."""
 
 import unmask
-from unmask.contrib.reference import load_reference_model
+from unmask.contrib.models.reference import load_reference_model
 from unmask.contrib.tasks import samples, score
-from unmask.contrib.transformers import decode_text
+from unmask.contrib.models.transformers import decode_text
 from unmask.testing import check_stop_criterion, check_unmask_policy
 
 

@@ -209,7 +209,7 @@ def train_reference_model(out: str | Path, config: TrainingConfig = TrainingConf
     """Train the reference model and write it (weights, tokenizer, card, loss log) to ``out``."""
     from tqdm import tqdm
 
-    from unmask.contrib.reference import write_model_card
+    from unmask.contrib.models.reference import write_model_card
 
     check_output_directory(out, command="train-model", overwrite=overwrite)  # before the hour of training
     if len(config.task_weights) != len(config.tasks):

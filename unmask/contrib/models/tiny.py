@@ -60,7 +60,7 @@ def tiny_model(architecture: str, tokenizer: Any, *, seed: int = 0) -> Any:
 
 def tiny_denoiser(architecture: str = "llama", *, seed: int = 0) -> Any:
     """A tiny model wrapped as a ``DenoiserModel`` that takes KV caches (``llama`` or ``qwen2``)."""
-    from unmask.contrib.transformers import SHIFTED_MODEL_TYPES, TransformersDenoiser
+    from unmask.contrib.models.transformers import SHIFTED_MODEL_TYPES, TransformersDenoiser
 
     tokenizer = tiny_tokenizer()
     model = tiny_model(architecture, tokenizer, seed=seed)

@@ -6,30 +6,53 @@ position was committed at which step).
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
 from unmask._files import write_atomically
-from unmask.contrib.bench import aup, mean_row, speedups
+from unmask.contrib.eval.runner import mean_row, speedups
 from unmask.core.spec import parse_spec
 
-__all__ = ["markdown_report", "mean_rows", "aup_rows", "pareto_front", "plot_pareto", "plot_commit_order"]
+__all__ = ["markdown_report", "mean_rows", "aup", "aup_rows", "pareto_front", "plot_pareto", "plot_commit_order"]
 
 COLUMNS = ("task", "policy", "stop", "cache", "gen_length", "accuracy", "nfe_mean", "nfe_p50", "nfe_p90",
            "tokens_per_forward", "tokens_per_s", "wall_s", "nfe_speedup", "wall_speedup")
 
 
 def mean_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One ``task="mean"`` row per (policy, stop, cache, gen length): accuracy averaged over tasks."""
+    """One ``task="mean"`` row per (policy, stop, cache, gen length): accuracy averaged over tasks; speedups
+    against the baseline's mean row of the same gen length."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         groups[(row["policy"], row["stop"], row["cache"], row["gen_length"])].append(row)
-    means = [{**mean_row(group), "baseline": all(r.get("baseline") for r in group)} for group in groups.values()]
+    means = [mean_row(group) for group in groups.values()]
     for mean in means:
-        base = next((m for m in means if m["baseline"] and m["gen_length"] == mean["gen_length"]), None)
-        mean.update(speedups(mean, base) if base else {"nfe_speedup": None, "wall_speedup": None})
+        mean.update(speedups(mean, next((m for m in means if m["baseline"] and m["gen_length"] == mean["gen_length"]),
+                                        None)))
     return means
+
+
+def aup(points: Sequence[tuple[float, float]], *, window: float = 5.0) -> float:
+    """Accuracy under parallelism (d3LLM) of (tokens per forward, accuracy %) points.
+
+    Points more than ``window`` accuracy points below the best are dropped; the rest, sorted by tokens per
+    forward, are integrated with the trapezoid rule, accuracy weighted by min(exp(-3 (1 - a / a_max)), 1),
+    starting with the rectangle TPF_1 * acc_1.
+    """
+    if not points:
+        raise ValueError("aup needs at least one (tokens_per_forward, accuracy) point")
+    best = max(accuracy for _, accuracy in points)
+    kept = sorted((tpf, acc) for tpf, acc in points if acc >= best - window)
+
+    def weighted(accuracy: float) -> float:
+        return accuracy * min(math.exp(-3 * (1 - accuracy / best)), 1.0) if best > 0 else 0.0
+
+    area = kept[0][0] * kept[0][1]
+    for (tpf0, acc0), (tpf1, acc1) in zip(kept, kept[1:]):
+        area += 0.5 * (tpf1 - tpf0) * (weighted(acc1) + weighted(acc0))
+    return area
 
 
 def aup_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

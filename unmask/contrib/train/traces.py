@@ -36,7 +36,7 @@ def collect(
     from tqdm import tqdm
 
     from unmask.contrib.tasks import TRAIN_SEED, samples
-    from unmask.contrib.transformers import encode_prompts, weights_hash
+    from unmask.contrib.models.transformers import encode_prompts, weights_hash
     from unmask.strategies.oracle import OraclePolicy
 
     if seed < TRAIN_SEED:

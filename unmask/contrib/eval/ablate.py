@@ -3,9 +3,9 @@
 A grid is a TOML file or a dict::
 
     model = "reference"                    # a registered model name (the bundled one), or a model directory
-    tasks = ["chain_sum", "number_sorting"]
+    tasks = ["copy", "shuffle"]
     n = 100                                # samples per task
-    seed = 0                               # first reasoning-gym seed (evaluation seeds are below 1,000,000)
+    seed = 0                               # the first sample's seed (evaluation seeds are below 1,000,000)
     gen_lengths = [128]
     block_length = 32
     policies = ["topk", "threshold:tau=0.9"]
@@ -13,6 +13,7 @@ A grid is a TOML file or a dict::
     caches = ["none"]
     baseline = { policy = "topk", stop = "none", cache = "none" }   # speedups are against it
     dtype = "float32"                      # auto, float32, bfloat16 or float16; device = "cuda:0" etc.
+    temperature = 0.0                      # with steps (default: gen length) and decode_seed: every cell's decode
 
 or explicit ``[[cells]]`` tables (``policy``, ``stop``, ``cache``, ``gen_length``) instead of the product.
 Rows are appended as each cell finishes (the file is rewritten atomically); a rerun skips finished cells.
@@ -22,62 +23,22 @@ from __future__ import annotations
 
 import itertools
 import json
-import platform
-import sys
+import math
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import torch
-from attrs import frozen
 
 from unmask._files import write_text_atomically
-from unmask.contrib.bench import cell_metrics, check_policy, run_cell, speedups
-from unmask.contrib.transformers import DTYPES
-from unmask.core.types import DecodeConfig
+from unmask.contrib.eval.runner import Cell, Grid, GridError, run_grid
+from unmask.contrib.models.transformers import DTYPES
 
 __all__ = ["GridError", "Cell", "Grid", "load_grid", "ablate", "read_rows"]
 
 FIELDS = {"model", "tasks", "n", "seed", "gen_lengths", "block_length", "policies", "stops", "caches", "baseline",
-          "cells", "batch_size", "name", "dtype", "device"}
+          "cells", "batch_size", "name", "dtype", "device", "steps", "temperature", "decode_seed"}
 CELL_FIELDS = {"policy", "stop", "cache", "gen_length"}
 BASELINE_FIELDS = {"policy", "stop", "cache"}
-
-
-class GridError(ValueError):
-    """A grid that cannot run; the message names the cell and the field."""
-
-
-@frozen
-class Cell:
-    task: str
-    policy: str
-    stop: str
-    cache: str
-    gen_length: int
-
-    @property
-    def key(self) -> str:
-        return f"{self.task} | {self.policy} | {self.stop} | {self.cache} | {self.gen_length}"
-
-
-@frozen(kw_only=True)
-class Grid:
-    name: str
-    model: str
-    tasks: tuple[str, ...]
-    n: int
-    seed: int
-    block_length: int
-    batch_size: int
-    baseline: dict[str, str]
-    cells: tuple[Cell, ...]
-    dtype: str = "float32"
-    device: str = "cpu"
-
-    def is_baseline(self, cell: Cell) -> bool:
-        return (cell.policy, cell.stop, cell.cache) == (self.baseline["policy"], self.baseline["stop"],
-                                                        self.baseline["cache"])
 
 
 def load_grid(source: str | Path | Mapping[str, Any]) -> Grid:
@@ -95,11 +56,16 @@ def load_grid(source: str | Path | Mapping[str, Any]) -> Grid:
         name = str(raw.get("name", path.stem))
     _check_keys(raw, FIELDS, "grid")
     tasks = tuple(_list(raw, "tasks", None))
-    for field_name in ("n", "seed", "block_length", "batch_size"):
-        value = raw.get(field_name, {"n": 50, "seed": 0, "block_length": 32, "batch_size": 32}[field_name])
-        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if field_name == "seed" else 1):
-            raise GridError(f"grid: field {field_name!r} must be a {'non-negative' if field_name == 'seed' else 'positive'}"
-                            f" integer, got {value!r}")
+    integers = {"n": (50, 1), "seed": (0, 0), "block_length": (32, 1), "batch_size": (32, 1), "steps": (None, 1),
+                "decode_seed": (0, 0)}  # field: (default, minimum); steps None is one token per step
+    for field_name, (default, minimum) in integers.items():
+        value = raw.get(field_name, default)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+            raise GridError(f"grid: field {field_name!r} must be a {'positive' if minimum else 'non-negative'} "
+                            f"integer, got {value!r}")
+    temperature = raw.get("temperature", 0.0)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
+        raise GridError(f"grid: field 'temperature' must be a finite number >= 0, got {temperature!r}")
     if "cells" in raw:
         if not isinstance(raw["cells"], list) or not all(isinstance(c, Mapping) for c in raw["cells"]):
             raise GridError("grid: field 'cells' must be a list of tables ([[cells]])")
@@ -121,7 +87,8 @@ def load_grid(source: str | Path | Mapping[str, Any]) -> Grid:
                 seed=raw.get("seed", 0), block_length=raw.get("block_length", 32),
                 batch_size=raw.get("batch_size", 32), baseline=baseline, cells=cells,
                 dtype=_choice(raw, "dtype", ("auto", *DTYPES), "float32"),
-                device=_choice(raw, "device", None, "cpu"))
+                device=_choice(raw, "device", None, "cpu"), steps=raw.get("steps"), temperature=temperature,
+                decode_seed=raw.get("decode_seed", 0))
     _check_cells(grid)
     return grid
 
@@ -159,9 +126,9 @@ def _check_cells(grid: Grid) -> None:
 
     for cell in grid.cells:
         _check_field(cell, "task", lambda: get_task(cell.task))
-        _check_field(cell, "gen_length", lambda: DecodeConfig(gen_length=cell.gen_length, block_length=grid.block_length))
-        _check_field(cell, "policy", lambda: check_policy(cell.policy))
-        _check_field(cell, "stop", lambda: cell.stop == "none" or create("stops", cell.stop))
+        _check_field(cell, "gen_length", lambda: grid.config(cell))
+        _check_field(cell, "policy", lambda: create("policies", cell.policy))
+        _check_field(cell, "stop", lambda: create("stops", cell.stop))
         _check_field(cell, "cache", lambda: create("caches", cell.cache))
     if not any(grid.is_baseline(cell) for cell in grid.cells):
         raise GridError(f"grid: field 'baseline' {grid.baseline} matches no cell")
@@ -186,7 +153,8 @@ def ablate(
     grid: str | Path | Mapping[str, Any] | Grid, out: str | Path, *, progress: bool = True,
     loaded: tuple[Any, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every cell of ``grid`` not yet in ``out`` (JSONL), baseline cells first; return the grid's rows.
+    """Run every cell of ``grid`` not yet in ``out`` (JSONL) with :func:`~unmask.contrib.eval.runner.run_grid`,
+    baseline cells first; return the grid's rows.
 
     ``loaded`` is ``(model, tokenizer)`` when the caller already loaded the grid's model. Rows are keyed by
     the cell and every setting that changes its numbers (n, seed, block and batch size, the weights' hash).
@@ -216,45 +184,15 @@ def _exclusive(out: Path) -> Iterator[None]:
 
 
 def _run_grid(grid: Grid, out: Path, progress: bool, loaded: tuple[Any, Any] | None) -> list[dict[str, Any]]:
-    from tqdm import tqdm
-
-    from unmask.contrib.tasks import samples
-    from unmask.contrib.transformers import weights_hash
-
     model, tokenizer = loaded if loaded is not None else _load(grid)
     _check_caches_serve(grid, model)  # before any decoding
-    # Everything besides the cell that changes a row's numbers: a row made otherwise is not reused.
-    settings = {"n": grid.n, "seed": grid.seed, "block_length": grid.block_length, "batch_size": grid.batch_size,
-                "dtype": grid.dtype, "model_sha256": weights_hash(model)}
     rows = read_rows(out)
-    current = [row for row in rows if all(row.get(key) == value for key, value in settings.items())]
-    done = {row["cell"] for row in current}
-    todo = sorted((c for c in grid.cells if c.key not in done), key=lambda c: not grid.is_baseline(c))
-    context = {"grid": grid.name, "model": grid.model, **settings, "versions": _versions(), "machine": machine()}
-    sets = {task: samples(task, grid.n, grid.seed) for task in grid.tasks}
-    bar = tqdm(total=len(todo) * grid.n, desc=f"ablate {grid.name}", unit="sample", file=sys.stderr,
-               disable=not progress)
-    references: dict[Any, torch.Tensor] = {}
-    for cell in todo:
-        bar.set_postfix_str(cell.key, refresh=False)
-        config = DecodeConfig(gen_length=cell.gen_length, block_length=grid.block_length)
-        run = run_cell(model, tokenizer, sets[cell.task], policy=cell.policy,
-                       stop=None if cell.stop == "none" else cell.stop, cache=cell.cache, config=config,
-                       batch_size=grid.batch_size, references=references, on_batch=bar.update)
-        nfe = torch.tensor(run.nfe, dtype=torch.float64)
-        row = {"cell": cell.key, "task": cell.task, "policy": cell.policy, "stop": cell.stop, "cache": cell.cache,
-               "baseline": grid.is_baseline(cell), **cell_metrics(run, config),
-               "nfe_p50": float(nfe.quantile(0.5)), "nfe_p90": float(nfe.quantile(0.9)),
-               "components": run.components, "first_sample": run.first, **context}
-        base = row if row["baseline"] else next((r for r in current if r["baseline"] and r["task"] == cell.task
-                                                  and r["gen_length"] == cell.gen_length), None)
-        row.update(speedups(row, base) if base else {"nfe_speedup": None, "wall_speedup": None})
+
+    def keep(row: dict[str, Any]) -> None:
         rows.append(row)
-        current.append(row)
-        write_text_atomically(out, "".join(json.dumps(row) + "\n" for row in rows))
-    bar.close()
-    keys = {cell.key for cell in grid.cells}
-    return [row for row in current if row["cell"] in keys]
+        write_text_atomically(out, "".join(json.dumps(r) + "\n" for r in rows))
+
+    return run_grid(grid, model, tokenizer, previous=rows, on_row=keep, progress=progress)
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
@@ -265,25 +203,6 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
 
 
 def _load(grid: Grid) -> tuple[Any, Any]:
-    from unmask.contrib.transformers import load
+    from unmask.contrib.models.transformers import load
 
     return load(grid.model, dtype=grid.dtype, device=grid.device)
-
-
-def _versions() -> dict[str, str]:
-    import transformers
-
-    from unmask import __version__
-
-    return {"unmask": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
-
-
-def machine() -> dict[str, Any]:
-    """Where a result was measured: CPU model, torch threads, GPU name if one is used."""
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "threads": torch.get_num_threads(), "gpu": gpu, "python": platform.python_version()}

@@ -12,7 +12,7 @@ import torch
 from unmask._files import check_output_directory
 from unmask.filters.features import features
 from unmask.filters.store import TrainedFilter, save_filter
-from unmask.filters.traces import Traces
+from unmask.contrib.train.traces import Traces
 
 __all__ = ["DEFAULT_FEATURES", "split_by_prompt", "filter_metrics", "train_filter"]
 

@@ -1,6 +1,8 @@
-"""The bundled reference dLLM (registered as the model ``reference``): loading and its model card.
+"""The bundled reference dLLM, a plug-in of its own: the model ``reference`` and the Learn2PD filters
+trained on it (``mlp``, ``gbdt``), with its model card.
 
-``unmask train-model --out DIR`` rebuilds it (:mod:`unmask.contrib.train.model`).
+``unmask train-model --out DIR`` rebuilds the model (:mod:`unmask.contrib.train.model`), ``unmask collect``
+and ``unmask train-filter`` the filters.
 """
 
 from __future__ import annotations
@@ -12,18 +14,19 @@ from typing import Any
 import torch
 
 from unmask._files import write_text_atomically
-from unmask.contrib.tasks import TRAIN_SEED
-from unmask.contrib.train.model import TrainingConfig, build_model, build_tokenizer, train_reference_model
 from unmask.core.plugins import Registrar, hookimpl
 
-__all__ = ["REFERENCE_MODEL_DIR", "TrainingConfig", "build_tokenizer", "build_model", "train_reference_model",
-           "load_reference_model", "write_model_card"]
+__all__ = ["REFERENCE_MODEL_DIR", "FILTERS_DIR", "load_reference_model", "mlp_filter", "gbdt_filter",
+           "write_model_card"]
 
 REFERENCE_MODEL_DIR = Path(__file__).with_name("reference_model")
+FILTERS_DIR = REFERENCE_MODEL_DIR / "filters"
 
 
 def write_model_card(directory: str | Path, evaluation: str = "") -> None:
     """README.md beside the weights: what the model is, how it was trained, what it scores."""
+    from unmask.contrib.tasks import TRAIN_SEED
+
     directory = Path(directory)
     record = json.loads((directory / "training.json").read_text())
     config, model = record["config"], json.loads((directory / "config.json").read_text())
@@ -39,7 +42,7 @@ answers are padded with `<|endoftext|>` to the canvas length.
 
 ## Training
 
-    unmask train-model --out unmask/contrib/reference_model
+    unmask train-model --out unmask/contrib/models/reference_model
 
 {config['steps']} steps of {config['batch_size']} rows (fewer on canvases over 64 tokens), AdamW lr
 {config['learning_rate']}; {config['tight_fraction']:.0%} of the steps on tight canvases (answer + 1-8 end-of-text), the rest on
@@ -57,12 +60,40 @@ def unmask_register_models(registry: Registrar) -> None:
     registry.add("reference", load_reference_model)
 
 
+@hookimpl
+def unmask_register_trained_filters(registry: Registrar) -> None:
+    registry.add("mlp", mlp_filter)
+    registry.add("gbdt", gbdt_filter)
+
+
+def mlp_filter() -> Any:
+    """Learn2PD's filter (the block's confidences -> 32 -> 32), trained on the reference model's oracle decodes.
+
+    Bao et al. 2025, arXiv 2509.25188; its traces and metrics are in the filter's ``filter.json``.
+    """
+    return _shipped_filter("mlp")
+
+
+def gbdt_filter() -> Any:
+    """Gradient-boosted trees over per-position statistics, trained on the reference model's oracle decodes.
+
+    Source: unmask, a Learn2PD filter variant (arXiv 2509.25188); its traces and metrics are in ``filter.json``.
+    """
+    return _shipped_filter("gbdt")
+
+
+def _shipped_filter(name: str) -> Any:
+    from unmask.filters.store import load_filter
+
+    return load_filter(FILTERS_DIR / name)
+
+
 def load_reference_model(device: str | torch.device = "cpu") -> tuple[Any, Any]:
     """The bundled model as ``(model, tokenizer)``, read from the installed package (no network).
 
     Source: unmask, trained with LLaDA's SFT objective (arXiv 2502.09992); see its model card.
     """
-    from unmask.contrib.transformers import load
+    from unmask.contrib.models.transformers import load
 
     if not (REFERENCE_MODEL_DIR / "config.json").exists():
         raise FileNotFoundError(f"the bundled reference model is missing from {REFERENCE_MODEL_DIR}; "
