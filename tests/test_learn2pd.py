@@ -12,6 +12,7 @@ from unmask.contrib.models.transformers import decode_text
 from unmask.filters import load_filter
 from unmask.contrib.train.traces import FILTER_SEED, Traces, collect
 from unmask.contrib.train.filters import split_by_prompt, train_filter
+from unmask.core.types import DecodeConfig
 from unmask.strategies.learn2pd import Learn2PDPolicy
 
 SETTINGS = dict(tasks=["shuffle", "sort"], n=6, gen_length=32, block_length=16, batch_size=3)
@@ -116,3 +117,53 @@ def test_shipped_filters_decode_the_bundled_model_with_fewer_forwards(reference)
         assert result.nfe.float().mean() * 4 < base.nfe.float().mean()
         assert sum(a == b for a, b in zip(answers, vanilla)) >= 6
     assert torch.equal(base.nfe, torch.full_like(base.nfe, 64))
+
+
+def test_collect_takes_the_users_prompts(reference, tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": s.prompt}) + "\n" for s in samples("copy", 3, seed=5)) + "\n")
+    assert main(["collect", "--prompts", str(prompts), "--gen-length", "32", "--block-length", "16",
+                 "--out", str(tmp_path / "t")]) == 0
+    assert "records from 3 prompts" in capsys.readouterr().out
+    traces = Traces(tmp_path / "t")
+    assert traces.manifest["settings"]["tasks"] == ["prompts"] and "prompts_sha256" in traces.manifest["settings"]
+    assert sorted(set(traces.prompt.tolist())) == [0, 1, 2]  # prompts are named by their line
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"prompt": "copy: ada"}\nnot json\n', "prompts.jsonl:2: not valid JSON"),
+    ('{"text": "copy: ada"}\n', 'prompts.jsonl:1: each line must be an object with a non-empty "prompt"'),
+    ("\n", "holds no prompts"),
+])
+def test_collect_refuses_a_bad_prompts_file(tmp_path, capsys, text, message):
+    (tmp_path / "prompts.jsonl").write_text(text)
+    assert main(["collect", "--prompts", str(tmp_path / "prompts.jsonl"), "--out", str(tmp_path / "t")]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "t").exists()
+
+
+def test_learn2pd_warns_once_when_its_filter_was_trained_on_other_weights(reference):
+    from unmask.contrib.models.transformers import weights_hash
+
+    policy = Learn2PDPolicy(filter="mlp")
+    with pytest.warns(UserWarning, match="was trained on model .* not on this one"):
+        policy.warn_if_trained_on_another_model("0" * 64)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        policy.warn_if_trained_on_another_model("0" * 64)  # once per pair
+        policy.warn_if_trained_on_another_model(weights_hash(reference[0]))  # its own model: silent
+
+
+def test_bench_and_ablate_pass_the_chat_choice_to_the_prompts(reference, monkeypatch):
+    from unmask.contrib.eval import runner
+    from unmask.contrib.eval.bench import bench
+
+    seen = []
+    real = runner.encode_prompts
+    monkeypatch.setattr(runner, "encode_prompts", lambda tok, prompts, chat=None: seen.append(chat) or real(
+        tok, prompts, chat=chat))
+    for chat in (None, False):
+        rows = bench(*reference, tasks=["copy"], n=2, seed=0, progress=False, chat=chat,
+                     config=DecodeConfig(gen_length=16, block_length=16))
+        assert rows[0]["chat"] is chat and seen[-1] is chat

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from unmask.core.plugins import KINDS, registry
@@ -17,7 +18,12 @@ COMPONENT_HELP = "a registered name with optional parameters, e.g. 'threshold:ta
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["lm-eval"] and argv[1:2] not in (["-h"], ["--help"]):
+        # lm-eval's arguments pass unchanged (argparse would read its options as ours).
+        args = argparse.Namespace(command="lm-eval", run=run_lm_eval, arguments=argv[1:])
+    else:
+        args = parser.parse_args(argv)
     try:
         return args.run(args)
     except (ValueError, TypeError, ImportError, OSError, RuntimeError) as error:
@@ -118,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--cache", action="append", help="repeat for several (default: none)")
     bench.add_argument("--batch-size", type=positive_int, default=32, help="rows decoded together (default: 32)")
     bench.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    add_chat_argument(bench)
     add_model_arguments(bench)
     add_decode_arguments(bench, components=False, seed_flag="--decode-seed")
     bench.set_defaults(run=run_bench)
@@ -151,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--gen-length", type=positive_int, default=128, help="canvas length (default: 128)")
     collect.add_argument("--block-length", type=positive_int, default=32, help="block length (default: 32)")
     collect.add_argument("--batch-size", type=positive_int, default=32, help="prompts per shard (default: 32)")
+    collect.add_argument("--prompts", type=Path, default=None, help="a JSONL file of {\"prompt\": ...} lines to "
+                         "collect on instead of the tasks' prompts")
+    add_chat_argument(collect)
     add_model_arguments(collect)
     collect.set_defaults(run=run_collect)
 
@@ -172,6 +182,21 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("source", help="directory of the original LLaDA checkpoint (safetensors)")
     convert.add_argument("target", help="new directory for the converted checkpoint")
     convert.set_defaults(run=run_convert_llada)
+
+    export = commands.add_parser("export-tasks", help="write the tasks as lm-eval task configs (unmask_<task>)")
+    export.add_argument("out", help="new directory for the configs and their data (give it to lm-eval as "
+                        "--include_path)")
+    export.add_argument("--tasks", type=task_list, default=None, help="comma-separated tasks (default: the suite)")
+    export.add_argument("--n", type=positive_int, default=200, help="samples per task (default: 200)")
+    export.add_argument("--seed", type=int, default=0, help="first sample seed, as in unmask bench (default: 0)")
+    export.add_argument("--overwrite", action="store_true", help="write into a non-empty directory that "
+                        "export-tasks did not write (entries of the same name are replaced)")
+    export.set_defaults(run=run_export_tasks)
+
+    harness = commands.add_parser("lm-eval", help="run lm-eval's command line with the model 'unmask' registered "
+                                  "(needs unmask[eval])", add_help=False)
+    harness.add_argument("arguments", nargs=argparse.REMAINDER, help="lm-eval's arguments, unchanged")
+    harness.set_defaults(run=run_lm_eval)
     return parser
 
 
@@ -185,6 +210,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weights' dtype; auto keeps the checkpoint's (default: float32)")
     parser.add_argument("--shift-logits", action=argparse.BooleanOptionalAction, default=None,
                         help="the model predicts position i+1 at column i, like Dream (default: from its config)")
+
+
+def add_chat_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                        help="wrap prompts in the tokenizer's chat template (default: if it has one)")
 
 
 def add_decode_arguments(
@@ -249,11 +279,16 @@ def _decode_config(args: argparse.Namespace) -> Any:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from unmask.contrib.models.transformers import decode_text
+    from unmask.contrib.models.transformers import decode_text, weights_hash
+    from unmask.core.plugins import create
+    from unmask.strategies.learn2pd import Learn2PDPolicy
 
     model, tokenizer, model_name = _load_model(args)
+    policy = create("policies", args.policy)
+    if isinstance(policy, Learn2PDPolicy):
+        policy.warn_if_trained_on_another_model(weights_hash(model))
     answer, result = decode_text(
-        model, tokenizer, [args.prompt], config=_decode_config(args), policy=args.policy, stop=args.stop,
+        model, tokenizer, [args.prompt], config=_decode_config(args), policy=policy, stop=args.stop,
         cache=args.cache,
     )
     if args.json:
@@ -271,7 +306,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     settings = dict(tasks=args.tasks or list(DEFAULT_TASKS), n=args.n, seed=args.seed, policies=args.policy or ["topk"],
                     stops=args.stop or ["none"], caches=args.cache or ["none"], config=_decode_config(args),
-                    batch_size=args.batch_size)
+                    batch_size=args.batch_size, chat=args.chat)
     bench_grid(**settings)  # every component and setting is checked before the model loads
     model, tokenizer, model_name = _load_model(args)
     rows = bench(model, tokenizer, **settings, model_name=model_name)
@@ -295,8 +330,6 @@ def run_train_model(args: argparse.Namespace) -> int:
 
 
 def run_ablate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from unmask._files import write_text_atomically
     from unmask.contrib.eval.ablate import ablate, load_grid
     from unmask.contrib.eval.report import markdown_report, plot_commit_order, plot_pareto
@@ -328,13 +361,15 @@ def run_ablate(args: argparse.Namespace) -> int:
 
 def run_collect(args: argparse.Namespace) -> int:
     from unmask.contrib.tasks import DEFAULT_TASKS
-    from unmask.contrib.train.traces import FILTER_SEED, collect
+    from unmask.contrib.train.traces import FILTER_SEED, collect, read_prompts
 
+    prompts = None if args.prompts is None else read_prompts(args.prompts)  # before the model loads
     tasks = args.tasks or list(DEFAULT_TASKS)
     model, tokenizer, _ = _load_model(args)
     manifest = collect(
         model, tokenizer, args.out, tasks=tasks, n=args.n, seed=FILTER_SEED if args.seed is None else args.seed,
-        gen_length=args.gen_length, block_length=args.block_length, batch_size=args.batch_size,
+        gen_length=args.gen_length, block_length=args.block_length, batch_size=args.batch_size, prompts=prompts,
+        chat=args.chat,
     )
     shards = manifest["shards"].values()
     records, prompts = sum(s["records"] for s in shards), sum(s["prompts"] for s in shards)
@@ -358,6 +393,22 @@ def run_train_filter(args: argparse.Namespace) -> int:
     print(json.dumps({"filter": args.out, "kind": args.kind, "features": trained.features,
                       "fit_s": trained.info["fit_s"], **trained.info["metrics"]}, indent=2))
     return 0
+
+
+def run_export_tasks(args: argparse.Namespace) -> int:
+    from unmask.contrib.eval.harness_tasks import export_tasks
+    from unmask.contrib.tasks import SUITE
+
+    print(export_tasks(args.out, tasks=args.tasks or list(SUITE), n=args.n, seed=args.seed, overwrite=args.overwrite))
+    return 0
+
+
+def run_lm_eval(args: argparse.Namespace) -> int:
+    try:
+        from unmask.contrib.eval.harness import run_harness
+    except ImportError as error:
+        raise ImportError(f"unmask lm-eval needs lm-eval ({error}): pip install 'unmask[eval]'") from error
+    return run_harness(args.arguments)
 
 
 def run_convert_llada(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,9 @@ from attrs import field, frozen
 from unmask.core.types import StepView
 from unmask.core.validators import number
 from unmask.strategies._select import top_k_mask
+
+_WARNED: set[tuple[str, str]] = set()  # (filter's model, decoding model) pairs already warned about
+
 
 def _resolve(value: Any) -> Any:
     from unmask.core.plugins import registry
@@ -48,6 +52,16 @@ class Learn2PDPolicy:
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "trained", _resolve(self.filter))
+
+    def warn_if_trained_on_another_model(self, weights_sha256: str) -> None:
+        """Warn once per filter and model when the filter's traces came from other weights: its
+        probabilities describe that model's predictions, not this one's."""
+        trained_on = self.trained.info.get("traces", {}).get("model")
+        if trained_on and trained_on != weights_sha256 and (trained_on, weights_sha256) not in _WARNED:
+            _WARNED.add((trained_on, weights_sha256))
+            warnings.warn(f"learn2pd: filter {self.filter!r} was trained on model {trained_on[:12]}, not on this one "
+                          f"({weights_sha256[:12]}); train one for it with unmask collect and unmask train-filter",
+                          stacklevel=2)
 
     def select(self, view: StepView) -> torch.Tensor:
         from unmask.filters.features import features, view_stats

@@ -14,6 +14,7 @@ A grid is a TOML file or a dict::
     baseline = { policy = "topk", stop = "none", cache = "none" }   # speedups are against it
     dtype = "float32"                      # auto, float32, bfloat16 or float16; device = "cuda:0" etc.
     temperature = 0.0                      # with steps (default: gen length) and decode_seed: every cell's decode
+    chat = true                            # prompts through the chat template (default: if the tokenizer has one)
 
 or explicit ``[[cells]]`` tables (``policy``, ``stop``, ``cache``, ``gen_length``) instead of the product.
 Rows are appended as each cell finishes (the file is rewritten atomically); a rerun skips finished cells.
@@ -36,7 +37,7 @@ from unmask.contrib.models.transformers import DTYPES
 __all__ = ["GridError", "Cell", "Grid", "load_grid", "ablate", "read_rows"]
 
 FIELDS = {"model", "tasks", "n", "seed", "gen_lengths", "block_length", "policies", "stops", "caches", "baseline",
-          "cells", "batch_size", "name", "dtype", "device", "steps", "temperature", "decode_seed"}
+          "cells", "batch_size", "name", "dtype", "device", "steps", "temperature", "decode_seed", "chat"}
 CELL_FIELDS = {"policy", "stop", "cache", "gen_length"}
 BASELINE_FIELDS = {"policy", "stop", "cache"}
 
@@ -66,6 +67,8 @@ def load_grid(source: str | Path | Mapping[str, Any]) -> Grid:
     temperature = raw.get("temperature", 0.0)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
         raise GridError(f"grid: field 'temperature' must be a finite number >= 0, got {temperature!r}")
+    if not isinstance(raw.get("chat", False), bool):
+        raise GridError(f"grid: field 'chat' must be true or false, got {raw['chat']!r}")
     if "cells" in raw:
         if not isinstance(raw["cells"], list) or not all(isinstance(c, Mapping) for c in raw["cells"]):
             raise GridError("grid: field 'cells' must be a list of tables ([[cells]])")
@@ -88,7 +91,7 @@ def load_grid(source: str | Path | Mapping[str, Any]) -> Grid:
                 batch_size=raw.get("batch_size", 32), baseline=baseline, cells=cells,
                 dtype=_choice(raw, "dtype", ("auto", *DTYPES), "float32"),
                 device=_choice(raw, "device", None, "cpu"), steps=raw.get("steps"), temperature=temperature,
-                decode_seed=raw.get("decode_seed", 0))
+                decode_seed=raw.get("decode_seed", 0), chat=raw.get("chat"))
     _check_cells(grid)
     return grid
 

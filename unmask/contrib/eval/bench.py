@@ -29,12 +29,13 @@ def bench(
     batch_size: int = 32,
     progress: bool = True,
     model_name: str = "model",
+    chat: bool | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (policy, stop, cache, task), plus a ``task="mean"`` row per combination."""
     from unmask.contrib.eval.report import mean_rows
 
     grid = bench_grid(tasks=tasks, n=n, seed=seed, policies=policies, stops=stops, caches=caches, config=config,
-                      batch_size=batch_size, model_name=model_name)
+                      batch_size=batch_size, model_name=model_name, chat=chat)
     rows = run_grid(grid, model, tokenizer, progress=progress)
     means = {(m["policy"], m["stop"], m["cache"]): m for m in mean_rows(rows)}
     ordered = []
@@ -44,7 +45,8 @@ def bench(
 
 
 def bench_grid(*, tasks: Sequence[str], n: int, seed: int, policies: Sequence[Any], stops: Sequence[Any],
-               caches: Sequence[Any], config: DecodeConfig, batch_size: int, model_name: str = "model") -> Grid:
+               caches: Sequence[Any], config: DecodeConfig, batch_size: int, model_name: str = "model",
+               chat: bool | None = None) -> Grid:
     """The grid ``bench`` runs: components as spec strings, the first combination as the baseline."""
     policies, stops, caches = ([_spec_text(s) for s in specs] for specs in (policies, stops, caches))
     check_components(policies, stops, caches)
@@ -53,7 +55,7 @@ def bench_grid(*, tasks: Sequence[str], n: int, seed: int, policies: Sequence[An
     baseline = dict(zip(("policy", "stop", "cache"), combinations[0]))
     return Grid(name="bench", model=model_name, tasks=tuple(tasks), n=n, seed=seed,
                 block_length=config.num_block_tokens, batch_size=batch_size, baseline=baseline, cells=cells,
-                steps=config.steps, temperature=config.temperature, decode_seed=config.seed)
+                steps=config.steps, temperature=config.temperature, decode_seed=config.seed, chat=chat)
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:

@@ -26,6 +26,7 @@ from unmask.contrib.tasks import samples, score
 from unmask.core.engine import decode, pad_prompts
 from unmask.core.plugins import create
 from unmask.core.types import DecodeConfig
+from unmask.strategies.learn2pd import Learn2PDPolicy
 from unmask.strategies.oracle import OraclePolicy
 
 __all__ = ["GridError", "Cell", "Grid", "run_grid", "run_cell", "CellRun", "cell_metrics", "mean_row", "speedups",
@@ -65,6 +66,7 @@ class Grid:
     steps: int | None = None  # None: one token per step on average (steps = gen length)
     temperature: float = 0.0
     decode_seed: int = 0
+    chat: bool | None = None  # prompts through the tokenizer's chat template; None: if it has one
 
     def is_baseline(self, cell: Cell) -> bool:
         return (cell.policy, cell.stop, cell.cache) == (self.baseline["policy"], self.baseline["stop"],
@@ -78,7 +80,7 @@ class Grid:
         """Everything besides the cell that changes a row's numbers (with the weights' hash)."""
         return {"n": self.n, "seed": self.seed, "block_length": self.block_length, "batch_size": self.batch_size,
                 "dtype": self.dtype, "steps": self.steps, "temperature": self.temperature,
-                "decode_seed": self.decode_seed}
+                "decode_seed": self.decode_seed, "chat": self.chat}
 
 
 def run_grid(
@@ -93,6 +95,10 @@ def run_grid(
 
     check_components([c.policy for c in grid.cells], [c.stop for c in grid.cells], [c.cache for c in grid.cells])
     settings = {**grid.settings(), "model_sha256": weights_hash(model)}
+    for spec in dict.fromkeys(cell.policy for cell in grid.cells):
+        component = create("policies", spec)
+        if isinstance(component, Learn2PDPolicy):
+            component.warn_if_trained_on_another_model(settings["model_sha256"])
     rows = {row["cell"]: row for row in previous if all(row.get(k) == v for k, v in settings.items())}
     todo = sorted((c for c in grid.cells if c.key not in rows), key=lambda c: not grid.is_baseline(c))
     context = {"grid": grid.name, "model": grid.model, **settings, "versions": _versions(), "machine": machine()}
@@ -103,11 +109,12 @@ def run_grid(
         bar.set_postfix_str(cell.key, refresh=False)
         config = grid.config(cell)
         run = run_cell(model, tokenizer, sets[cell.task], policy=cell.policy, stop=cell.stop, cache=cell.cache,
-                       config=config, batch_size=grid.batch_size, references=references, on_batch=bar.update)
+                       config=config, batch_size=grid.batch_size, chat=grid.chat, references=references,
+                       on_batch=bar.update)
         nfe = torch.tensor(run.nfe, dtype=torch.float64)
         row = {"cell": cell.key, "task": cell.task, "policy": cell.policy, "stop": cell.stop, "cache": cell.cache,
                "baseline": grid.is_baseline(cell), **cell_metrics(run, config),
-               "nfe_p50": float(nfe.quantile(0.5)), "nfe_p90": float(nfe.quantile(0.9)),
+               "nfe_p50": round(float(nfe.quantile(0.5)), 2), "nfe_p90": round(float(nfe.quantile(0.9)), 2),
                "components": run.components, "first_sample": run.first, **context}
         base = row if row["baseline"] else next(
             (r for r in rows.values() if r["baseline"] and r["task"] == cell.task and r["gen_length"] == cell.gen_length),
@@ -134,7 +141,8 @@ class CellRun:
 
 def run_cell(
     model: Any, tokenizer: Any, items: Sequence[Any], *, policy: Any, stop: Any, cache: Any, config: DecodeConfig,
-    batch_size: int, references: dict[Any, torch.Tensor] | None = None, on_batch: Any = None,
+    batch_size: int, chat: bool | None = None, references: dict[Any, torch.Tensor] | None = None,
+    on_batch: Any = None,
 ) -> CellRun:
     """Decode ``items`` in batches and score them; ``references`` keeps vanilla outputs across calls."""
     run = CellRun()
@@ -143,7 +151,7 @@ def run_cell(
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]
         input_ids, attention_mask = pad_prompts(
-            encode_prompts(tokenizer, [s.prompt for s in batch], chat=False), model.eos_token_id
+            encode_prompts(tokenizer, [s.prompt for s in batch], chat=chat), model.eos_token_id
         )
         key = (tuple((s.task, s.seed) for s in batch), config.gen_length, config.num_block_tokens)
         chosen = component

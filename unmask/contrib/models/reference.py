@@ -45,8 +45,9 @@ answers are padded with `<|endoftext|>` to the canvas length.
     unmask train-model --out unmask/contrib/models/reference_model
 
 {config['steps']} steps of {config['batch_size']} rows (fewer on canvases over 64 tokens), AdamW lr
-{config['learning_rate']}; {config['tight_fraction']:.0%} of the steps on tight canvases (answer + 1-8 end-of-text), the rest on
-{', '.join(map(str, config['gen_lengths']))} tokens; seed {config['seed']}, {config['threads']} CPU threads.
+{config['learning_rate']}; {config['tight_fraction']:.0%} of the steps give each row a canvas of its own answer plus 1-8
+end-of-text tokens (the canvas an EoTP cut leaves), the rest a canvas of {', '.join(map(str, config['gen_lengths']))}
+tokens; seed {config['seed']}, {config['threads']} CPU threads.
 Final loss (smoothed) {record['final_loss']}; {record['train_minutes']} minutes on {record['machine']['cpu']}
 with torch {record['torch']}. The loss curve is `training_log.jsonl`; all settings are in `training.json`.
 """

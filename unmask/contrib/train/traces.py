@@ -2,12 +2,15 @@
 
 ``collect`` decodes each prompt twice: the reference (vanilla: one token per step, temperature 0), then
 the oracle against it, recording at every oracle step each active row's :class:`BlockStats` and the
-labels ``x0 == reference`` over the block. One safetensors shard per (task, batch), a JSON manifest
-(model hash, settings, shards done); a rerun skips finished shards, every file is written atomically.
+labels ``x0 == reference`` over the block. Prompts are the tasks' (items from ``FILTER_SEED`` up) or the
+user's own (``prompts``: the paper trains on FLAN prompts). One safetensors shard per (task, batch), a
+JSON manifest (model hash, settings, shards done); a rerun skips finished shards, every file is written
+atomically.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,7 +23,7 @@ from unmask.core.engine import decode, pad_prompts
 from unmask.core.types import DecodeConfig, StepView
 from unmask.filters.features import BlockStats, view_stats
 
-__all__ = ["FILTER_SEED", "collect", "Traces"]
+__all__ = ["FILTER_SEED", "collect", "read_prompts", "Traces"]
 
 # Prompts for filter training come from here upward: past the items the bundled model was trained on
 # (which start at tasks.TRAIN_SEED) and never from the evaluation seeds below TRAIN_SEED.
@@ -31,21 +34,27 @@ MANIFEST = "manifest.json"
 def collect(
     model: Any, tokenizer: Any, out: str | Path, *, tasks: Sequence[str], n: int, seed: int = FILTER_SEED,
     gen_length: int = 128, block_length: int = 32, batch_size: int = 32, progress: bool = True,
+    prompts: Sequence[str] | None = None, chat: bool | None = None,
 ) -> dict[str, Any]:
-    """Record traces for ``n`` prompts per task into ``out``; returns the manifest."""
+    """Record traces for ``n`` prompts per task into ``out`` (or for ``prompts``, as the task ``prompts``);
+    returns the manifest. ``chat``: through the tokenizer's chat template (None: if it has one)."""
     from tqdm import tqdm
 
     from unmask.contrib.tasks import TRAIN_SEED, samples
     from unmask.contrib.models.transformers import encode_prompts, weights_hash
     from unmask.strategies.oracle import OraclePolicy
 
-    if seed < TRAIN_SEED:
+    if prompts is not None:
+        tasks, n, seed = ["prompts"], len(prompts), 0
+    elif seed < TRAIN_SEED:
         raise ValueError(f"seed={seed} would take prompts from the evaluation seeds (below {TRAIN_SEED}); "
                          f"filters are trained on seeds >= {TRAIN_SEED} (default {FILTER_SEED})")
     config = DecodeConfig(gen_length=gen_length, block_length=block_length)
     out = Path(out)
     settings = {"tasks": list(tasks), "n": n, "seed": seed, "gen_length": gen_length, "block_length": block_length,
-                "batch_size": batch_size, "model": weights_hash(model)}
+                "batch_size": batch_size, "model": weights_hash(model), "chat": chat}
+    if prompts is not None:
+        settings["prompts_sha256"] = hashlib.sha256(json.dumps(list(prompts)).encode()).hexdigest()
     manifest = _open_manifest(out, settings)
     work = [(task, start) for task in tasks for start in range(0, n, batch_size)]
     bar = tqdm(work, desc="collect", unit="batch", disable=not progress)
@@ -53,8 +62,12 @@ def collect(
         name = f"{task}-{start // batch_size:05d}.safetensors"
         if name in manifest["shards"]:
             continue
-        items = samples(task, min(batch_size, n - start), seed + start)
-        input_ids, attention_mask = pad_prompts(encode_prompts(tokenizer, [s.prompt for s in items], chat=False),
+        count = min(batch_size, n - start)
+        if prompts is None:
+            items = [(s.seed, s.prompt) for s in samples(task, count, seed + start)]
+        else:
+            items = list(enumerate(prompts))[start:start + count]
+        input_ids, attention_mask = pad_prompts(encode_prompts(tokenizer, [p for _, p in items], chat=chat),
                                                 model.eos_token_id)
         reference = decode(model, input_ids, attention_mask=attention_mask, config=config).tokens
         records: list[dict[str, torch.Tensor]] = []
@@ -69,14 +82,32 @@ def collect(
     return manifest
 
 
-def _record(view: StepView, reference: torch.Tensor, items: Sequence[Any]) -> dict[str, torch.Tensor]:
+def read_prompts(path: str | Path) -> list[str]:
+    """The ``prompt`` of every line of a JSONL file (blank lines skipped)."""
+    prompts = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as error:
+            raise ValueError(f"{path}:{number}: not valid JSON: {error}") from error
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
+            raise ValueError(f'{path}:{number}: each line must be an object with a non-empty "prompt" string')
+        prompts.append(record["prompt"])
+    if not prompts:
+        raise ValueError(f"{path}: holds no prompts")
+    return prompts
+
+
+def _record(view: StepView, reference: torch.Tensor, items: Sequence[tuple[int, str]]) -> dict[str, torch.Tensor]:
     rows = view.row_active
     stats = view_stats(view)
     offset = view.block_start - view.gen_start
     target = reference[:, offset:offset + stats.width]
     record = {key: getattr(stats, key)[rows] for key in BlockStats.TENSORS}
     record["labels"] = (view.x0[:, view.block_start:view.block_end] == target)[rows]
-    record["prompt"] = torch.tensor([item.seed for item in items])[rows]
+    record["prompt"] = torch.tensor([identity for identity, _ in items])[rows]
     record["block"] = torch.full((int(rows.sum()),), view.block_index)
     return record
 
