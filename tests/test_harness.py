@@ -23,7 +23,7 @@ def test_exported_tasks_hold_the_bench_sample_sets(tmp_path):
 def test_lm_eval_accuracy_equals_bench(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     assert main(["export-tasks", str(tmp_path / "tasks"), "--tasks", "chain_sum", "--n", "20", "--seed", "4"]) == 0
-    assert main(["lm-eval", "--model", "unmask", "--model_args", ARGS, "--tasks", "unmask_chain_sum",
+    assert main(["lm-eval", "--model", "unmask", "--model_args", ARGS, "--tasks", "unmask_chain_sum", "--device", "cpu",
                  "--include_path", str(tmp_path / "tasks"), "--output_path", str(tmp_path / "out")]) == 0
     results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())
     capsys.readouterr()
