@@ -16,7 +16,7 @@ from unmask.core.plugins import create, describe, plugin_manager
 from unmask.core.spec import Spec
 from unmask.core.types import (
     CacheManager, CanvasState, Commit, DecodeConfig, DecodeResult, DenoiserModel, StepObserver, StepView,
-    StopCriterion, StopDecision, UnmaskPolicy,
+    StopCriterion, UnmaskPolicy,
 )
 
 __all__ = ["decode", "linear_schedule", "pad_prompts"]
