@@ -93,7 +93,9 @@ def run_grid(
 
     from unmask.contrib.models.transformers import weights_hash
 
-    check_components([c.policy for c in grid.cells], [c.stop for c in grid.cells], [c.cache for c in grid.cells])
+    # Each spec once, however many cells share it.
+    check_components(*(list(dict.fromkeys(getattr(cell, kind) for cell in grid.cells))
+                       for kind in ("policy", "stop", "cache")))
     settings = {**grid.settings(), "model_sha256": weights_hash(model)}
     for spec in dict.fromkeys(cell.policy for cell in grid.cells):
         component = create("policies", spec)
@@ -222,7 +224,7 @@ def check_components(policies: Sequence[Any], stops: Sequence[Any], caches: Sequ
 
 
 def _is_vanilla(policy: Any, stop: Any, cache: Any, config: DecodeConfig) -> bool:
-    return (policy == "topk" and stop in (None, "none") and cache == "none" and config.num_steps == config.gen_length
+    return (policy == "topk" and stop == "none" and cache == "none" and config.num_steps == config.gen_length
             and config.temperature == 0)
 
 

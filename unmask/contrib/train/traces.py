@@ -66,7 +66,7 @@ def collect(
         if prompts is None:
             items = [(s.seed, s.prompt) for s in samples(task, count, seed + start)]
         else:
-            items = list(enumerate(prompts))[start:start + count]
+            items = [(index, prompts[index]) for index in range(start, start + count)]
         input_ids, attention_mask = pad_prompts(encode_prompts(tokenizer, [p for _, p in items], chat=chat),
                                                 model.eos_token_id)
         reference = decode(model, input_ids, attention_mask=attention_mask, config=config).tokens
