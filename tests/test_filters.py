@@ -138,3 +138,27 @@ def test_stats_of_a_block_cut_by_eotp_count_the_cut_positions_as_final_eos():
     assert stats.width == 8
     assert (stats.confidence[0, 3:] == 1).all() and stats.eos[0, 3:].all() and not stats.masked[0, 3:].any()
     assert (stats.confidence[0, :3] < 1).all()
+
+
+def test_conflict_features_count_repeats_and_who_outranks_whom():
+    logits = torch.full((1, 4, 5), -5.0)
+    for position, (token, value) in enumerate([(1, 5.0), (1, 3.0), (2, 4.0), (1, 6.0)]):
+        logits[0, position, token] = value
+    masked = torch.tensor([[True, True, True, False]])
+    # The committed last position holds token 3, so only the two masked 1s compete; the surer one wins.
+    stats = block_stats(logits, masked, 0, eos_token_id=0, tokens=torch.tensor([[0, 0, 0, 3]]))
+    assert stats.tokens.tolist() == [[1, 1, 2, 3]]
+    conflicts = features("position_conflicts", stats)[0, :, -2:]
+    assert conflicts.tolist() == [[1, 0], [1, 1], [0, 0], [0, 0]]
+    # Had it committed token 1, it would outrank both masked 1s.
+    stats = block_stats(logits, masked, 0, eos_token_id=0, tokens=torch.tensor([[0, 0, 0, 1]]))
+    assert features("position_conflicts", stats)[0, :, -2:].tolist() == [[2, 1], [2, 1], [0, 0], [2, 0]]
+
+
+def test_gbdt_scores_only_the_positions_asked_for():
+    stats, labels = synthetic(3)
+    X = features("position_stats", stats)
+    estimator = GBDTFilter(max_iter=10).fit(X, labels, sample_mask=stats.masked)
+    everywhere, masked = estimator.predict_proba(X), estimator.predict_proba(X, sample_mask=stats.masked)
+    np.testing.assert_array_equal(masked[stats.masked.numpy()], everywhere[stats.masked.numpy()])
+    assert (masked[~stats.masked.numpy()] == 0).all()

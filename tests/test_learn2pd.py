@@ -32,13 +32,13 @@ def traces_dir(reference, tmp_path_factory):
 
 def test_traces_label_the_oracle_steps(traces_dir):
     traces = Traces(traces_dir)
-    manifest = traces.manifest
+    manifest = traces.manifests[0]
     assert len(manifest["shards"]) == 4 and manifest["settings"]["seed"] == FILTER_SEED
     assert traces.stats.confidence.shape == traces.labels.shape == (len(traces), 16)
     # Every oracle step commits at least one masked position whose prediction is already final.
     assert (traces.labels & traces.stats.masked).any(1).all()
     assert ((traces.stats.confidence > 0) & (traces.stats.confidence <= 1)).all()
-    oracle = sum(s["oracle_nfe"] for s in manifest["shards"].values())
+    oracle = sum(s["nfe"] for s in manifest["shards"].values())
     assert oracle < sum(s["reference_nfe"] for s in manifest["shards"].values())
 
 
@@ -76,7 +76,7 @@ def test_trained_filter_drives_the_policy(reference, traces_dir, tmp_path, kind)
     trained = train_filter(traces_dir, kind, tmp_path / kind, params={"max_iter": 30})
     assert set(trained.info["metrics"]) <= {"validation", "test"}
     loaded = load_filter(tmp_path / kind)
-    assert loaded.info["traces"]["model"] == Traces(traces_dir).manifest["settings"]["model"]
+    assert loaded.info["traces"]["model"] == Traces(traces_dir).manifests[0]["settings"]["model"]
     model, tokenizer = reference
     prompts = [s.prompt for s in samples("chain_sum", 4, seed=0)]
     # EoTP changes this small model's answers on its own, so the reference is vanilla with EoTP.
@@ -126,7 +126,7 @@ def test_collect_takes_the_users_prompts(reference, tmp_path, capsys):
                  "--out", str(tmp_path / "t")]) == 0
     assert "records from 3 prompts" in capsys.readouterr().out
     traces = Traces(tmp_path / "t")
-    assert traces.manifest["settings"]["tasks"] == ["prompts"] and "prompts_sha256" in traces.manifest["settings"]
+    assert traces.tasks == ["prompts"] and "prompts_sha256" in traces.manifests[0]["settings"]
     assert sorted(set(traces.prompt.tolist())) == [0, 1, 2]  # prompts are named by their line
 
 
@@ -167,3 +167,39 @@ def test_bench_and_ablate_pass_the_chat_choice_to_the_prompts(reference, monkeyp
         rows = bench(*reference, tasks=["copy"], n=2, seed=0, progress=False, chat=chat,
                      config=DecodeConfig(gen_length=16, block_length=16))
         assert rows[0]["chat"] is chat and seen[-1] is chat
+
+
+def test_traces_along_a_filter_merge_with_the_oracles(reference, traces_dir, tmp_path):
+    """On-policy traces: decodes of a learned policy, labelled against vanilla, trained on with the oracle's."""
+    train_filter(traces_dir, "gbdt", tmp_path / "f0", params={"max_iter": 10})
+    policy = f"learn2pd:filter={tmp_path / 'f0'},tau=0.5"
+    manifest = collect(*reference, tmp_path / "own", progress=False, policy=policy, **SETTINGS)
+    assert manifest["settings"]["policy"] == policy
+    oracle, own = Traces(traces_dir), Traces(tmp_path / "own")
+    both = Traces(traces_dir, tmp_path / "own")
+    assert len(both) == len(oracle) + len(own) and both.tasks == ["shuffle", "sort"]
+    # A prompt keeps one identity across the two directories, so the split never separates its records.
+    parts = split_by_prompt(both)
+    keys = both.task * 10**9 + both.prompt
+    for part in parts.values():
+        assert not set(keys[part].tolist()) & set(keys[~part].tolist())
+    trained = train_filter([traces_dir, tmp_path / "own"], "gbdt", tmp_path / "f1", params={"max_iter": 10})
+    assert [s["policy"] for s in trained.info["traces"]["sets"]] == ["oracle", policy]
+    collect(*reference, tmp_path / "other", progress=False, **{**SETTINGS, "block_length": 32, "n": 3})
+    with pytest.raises(ValueError, match="differ in block_length"):
+        Traces(traces_dir, tmp_path / "other")
+
+
+def test_traces_of_an_older_format_are_refused_clearly(traces_dir, tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    manifest = json.loads((traces_dir / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({**manifest, "format": "unmask-traces/1"}))
+    with pytest.raises(ValueError, match="lack the block's tokens"):
+        Traces(old)
+
+
+def test_the_policy_takes_the_tau_its_filter_was_trained_for(traces_dir, tmp_path):
+    train_filter(traces_dir, "gbdt", tmp_path / "f", params={"max_iter": 5}, tau=0.7)
+    assert Learn2PDPolicy(filter=str(tmp_path / "f")).threshold == 0.7
+    assert Learn2PDPolicy(filter=str(tmp_path / "f"), tau=0.9).threshold == 0.9

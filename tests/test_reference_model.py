@@ -69,6 +69,16 @@ def test_bench_cli_json(capsys):
     assert rows[0]["components"]["policy"]["params"] == {"tau": 0.9}
 
 
+def test_bench_cli_runs_exactly_the_cells_named(capsys):
+    assert main(["bench", "--tasks", "chain_sum", "--n", "2", "--gen-length", "32", "--block-length", "16", "--json",
+                 "--cell", "topk none none", "--cell", "threshold:tau=0.9 eotp dual"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["policy"], r["stop"], r["cache"], r["task"]) for r in rows] == [
+        ("topk", "none", "none", "chain_sum"), ("topk", "none", "none", "mean"),
+        ("threshold:tau=0.9", "eotp", "dual", "chain_sum"), ("threshold:tau=0.9", "eotp", "dual", "mean")]
+    assert rows[0]["baseline"] and rows[2]["nfe_speedup"] > 1
+
+
 def test_batched_and_cached_decodes_agree_with_refresh(reference):
     model, tokenizer = reference
     prompts = [s.prompt for s in samples("shuffle", 3, seed=9)]

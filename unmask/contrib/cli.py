@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--policy", action="append", help="repeat for several (default: topk)")
     bench.add_argument("--stop", action="append", help="repeat for several; 'none' for no stop (default: none)")
     bench.add_argument("--cache", action="append", help="repeat for several (default: none)")
+    bench.add_argument("--cell", action="append", type=cell_triple, metavar="'POLICY STOP CACHE'",
+                       help="run exactly this combination (repeatable) instead of every policy x stop x cache; "
+                            "the first is the baseline of the speedups")
     bench.add_argument("--batch-size", type=positive_int, default=32, help="rows decoded together (default: 32)")
     bench.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     add_chat_argument(bench)
@@ -158,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--gen-length", type=positive_int, default=128, help="canvas length (default: 128)")
     collect.add_argument("--block-length", type=positive_int, default=32, help="block length (default: 32)")
     collect.add_argument("--batch-size", type=positive_int, default=32, help="prompts per shard (default: 32)")
+    collect.add_argument("--policy", default="oracle", help="the policy whose decodes are recorded, e.g. "
+                         "learn2pd:filter=DIR to add a filter's own states (default: oracle)")
     collect.add_argument("--prompts", type=Path, default=None, help="a JSONL file of {\"prompt\": ...} lines to "
                          "collect on instead of the tasks' prompts")
     add_chat_argument(collect)
@@ -165,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     collect.set_defaults(run=run_collect)
 
     train_filter = commands.add_parser("train-filter", help="fit a Learn2PD filter on traces; prints validation metrics")
-    train_filter.add_argument("--traces", required=True, help="a directory written by unmask collect")
+    train_filter.add_argument("--traces", required=True, action="append", help="a directory written by unmask "
+                              "collect (repeat to train on several, e.g. oracle and on-policy traces)")
     train_filter.add_argument("--kind", required=True, help="a registered filter kind: mlp or gbdt, or a plug-in's")
     train_filter.add_argument("--features", default=None, help="a registered feature set (default: block_confidence "
                               "for mlp, position_stats otherwise)")
@@ -300,13 +306,22 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cell_triple(text: str) -> tuple[str, str, str]:
+    parts = text.split()
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"takes 'POLICY STOP CACHE' (three specs separated by spaces), got {text!r}")
+    return (parts[0], parts[1], parts[2])
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from unmask.contrib.eval.bench import bench, bench_grid, format_table
     from unmask.contrib.tasks import DEFAULT_TASKS
 
+    if args.cell and (args.policy or args.stop or args.cache):
+        raise ValueError("--cell names whole combinations: give either --cell or --policy/--stop/--cache")
     settings = dict(tasks=args.tasks or list(DEFAULT_TASKS), n=args.n, seed=args.seed, policies=args.policy or ["topk"],
                     stops=args.stop or ["none"], caches=args.cache or ["none"], config=_decode_config(args),
-                    batch_size=args.batch_size, chat=args.chat)
+                    batch_size=args.batch_size, chat=args.chat, combinations=args.cell)
     bench_grid(**settings)  # every component and setting is checked before the model loads
     model, tokenizer, model_name = _load_model(args)
     rows = bench(model, tokenizer, **settings, model_name=model_name)
@@ -347,10 +362,11 @@ def run_ablate(args: argparse.Namespace) -> int:
     if args.plots:
         plots = Path(args.plots)
         figures = [plot_pareto(rows, plots / "pareto.png")]
-        for row in rows:
-            if row["task"] == grid.tasks[-1] and row["stop"] == "none" and row["cache"] == "none":
-                name = f"order-{row['task']}-{row['policy']}-{row['gen_length']}".replace(":", "_").replace(" ", "")
-                figures.append(plot_commit_order(row, plots / f"{name}.png", tokenizer=tokenizer))
+        for task in grid.tasks:
+            for gen_length in sorted({r["gen_length"] for r in rows}):
+                group = [r for r in rows if r["task"] == task and r["gen_length"] == gen_length]
+                group.sort(key=lambda r: -r["nfe_mean"])
+                figures.append(plot_commit_order(group, plots / f"order-{task}-{gen_length}.png", tokenizer=tokenizer))
         base = Path(args.report).parent if args.report else Path(".")
         report += "\n" + "\n".join(f"![{f.stem}]({os.path.relpath(f, base)})" for f in figures) + "\n"
     if args.report:
@@ -369,13 +385,13 @@ def run_collect(args: argparse.Namespace) -> int:
     manifest = collect(
         model, tokenizer, args.out, tasks=tasks, n=args.n, seed=FILTER_SEED if args.seed is None else args.seed,
         gen_length=args.gen_length, block_length=args.block_length, batch_size=args.batch_size, prompts=prompts,
-        chat=args.chat,
+        chat=args.chat, policy=args.policy,
     )
     shards = manifest["shards"].values()
     records, prompts = sum(s["records"] for s in shards), sum(s["prompts"] for s in shards)
-    oracle = sum(s["oracle_nfe"] for s in shards)
-    print(f"{records} records from {prompts} prompts in {args.out}; oracle NFE per prompt {oracle / prompts:.1f} "
-          f"(vanilla {args.gen_length})")
+    nfe, equal = sum(s["nfe"] for s in shards), sum(s["reference_equal"] for s in shards)
+    print(f"{records} records from {prompts} prompts in {args.out}; {args.policy} NFE per prompt {nfe / prompts:.1f} "
+          f"(vanilla {args.gen_length}), output equal to vanilla's for {equal}/{prompts}")
     return 0
 
 

@@ -43,14 +43,21 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[to
     return input_ids, attention_mask
 
 
+SCORE_COLUMNS = 32  # columns scored together in float64: bounds the copy at (B, 32, V) whatever the canvas
+
+
 def _predict(
     logits: torch.Tensor, temperature: float, generator: torch.Generator, mask_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, S, V) logits -> predicted tokens and their softmax probability, both (B, S)."""
     if temperature > 0:
-        # LLaDA's Gumbel-max in float64, written in log space: argmax(l + T * gumbel).
-        uniform = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
-        noisy = logits.double() - temperature * torch.log(-torch.log(uniform))
+        # LLaDA's Gumbel-max in float64, written in log space: argmax(l - T * log(-log(u))). The uniforms
+        # are drawn in one call (the reference samplers' stream); the rest is done in place, a few columns
+        # at a time, so that they stay the only full-span float64 tensor.
+        noisy = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
+        for start in range(0, logits.shape[1], SCORE_COLUMNS):
+            columns = slice(start, start + SCORE_COLUMNS)
+            noisy[:, columns].log_().neg_().log_().mul_(-temperature).add_(logits[:, columns])
     else:
         noisy = logits
     x0 = noisy.argmax(-1)
@@ -58,10 +65,15 @@ def _predict(
     predicted_mask = x0 == mask_id
     if predicted_mask.any():
         x0[predicted_mask] = noisy[predicted_mask].topk(2, dim=-1).indices[:, 1]
-    # float64 like the reference samplers, so near-ties between confidences break the same way.
-    logits = logits.double()
-    chosen = logits.gather(-1, x0[..., None]).squeeze(-1)
-    return x0, torch.exp(chosen - torch.logsumexp(logits, dim=-1))  # softmax probability of x0
+    del noisy
+    # float64 like the reference samplers, so near-ties between confidences break the same way; a few
+    # columns at a time, so the float64 copy is (B, SCORE_COLUMNS, V), not the whole span's.
+    confidence = torch.empty(x0.shape, dtype=torch.float64, device=logits.device)
+    for start in range(0, logits.shape[1], SCORE_COLUMNS):
+        chunk = logits[:, start:start + SCORE_COLUMNS].double()
+        chosen = chunk.gather(-1, x0[:, start:start + SCORE_COLUMNS, None]).squeeze(-1)
+        confidence[:, start:start + SCORE_COLUMNS] = torch.exp(chosen - torch.logsumexp(chunk, dim=-1))
+    return x0, confidence  # softmax probability of x0
 
 
 def decode(
@@ -232,7 +244,9 @@ def _check_logits(logits: Any, expected: tuple[int, int], largest_id: int, step:
     if logits.shape[-1] <= largest_id:
         raise ValueError(f"step {step}: the model returned {logits.shape[-1]} vocabulary entries, fewer than the "
                          f"mask and EOS ids need ({largest_id + 1})")
-    if not torch.isfinite(logits).all():
+    # A few columns at a time: isfinite over the whole span would allocate several copies of the logits.
+    if not all(torch.isfinite(logits[:, start:start + SCORE_COLUMNS]).all()
+               for start in range(0, logits.shape[1], SCORE_COLUMNS)):
         raise ValueError(f"step {step}: the model returned NaN or infinite logits")
 
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from unmask.core.plugins import Registrar, hookimpl
 from unmask.filters._arrays import FilterEstimator
-from unmask.filters.features import BlockConfidence, BlockStats, PositionStats, block_stats, features, view_stats
+from unmask.filters.features import (BlockConfidence, BlockStats, PositionConflicts, PositionStats, block_stats,
+                                     features, view_stats)
 from unmask.filters.gbdt import GBDTFilter
 from unmask.filters.mlp import MLPFilter
 from unmask.filters.store import TrainedFilter, load_filter, save_filter
 
 __all__ = [
-    "BlockStats", "block_stats", "view_stats", "features", "BlockConfidence", "PositionStats",
+    "BlockStats", "block_stats", "view_stats", "features", "BlockConfidence", "PositionStats", "PositionConflicts",
     "FilterEstimator", "MLPFilter", "GBDTFilter", "TrainedFilter", "save_filter", "load_filter",
 ]
 
@@ -29,3 +30,4 @@ def unmask_register_filters(registry: Registrar) -> None:
 def unmask_register_features(registry: Registrar) -> None:
     registry.add("block_confidence", BlockConfidence)
     registry.add("position_stats", PositionStats)
+    registry.add("position_conflicts", PositionConflicts)

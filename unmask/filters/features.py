@@ -11,7 +11,8 @@ from attrs import frozen
 
 from unmask.core.types import StepView, tensor_field
 
-__all__ = ["BlockStats", "block_stats", "view_stats", "BlockConfidence", "PositionStats", "features"]
+__all__ = ["BlockStats", "block_stats", "view_stats", "BlockConfidence", "PositionStats", "PositionConflicts",
+           "features"]
 
 
 @frozen(kw_only=True)
@@ -24,23 +25,28 @@ class BlockStats:
     masked: torch.Tensor = tensor_field()  # (N, W) bool, still masked before this step's commits
     eos: torch.Tensor = tensor_field()  # (N, W) bool, the top-1 prediction is end-of-text
     step: torch.Tensor = tensor_field()  # (N,) long, step within the block
+    tokens: torch.Tensor = tensor_field()  # (N, W) long, committed tokens and this step's top-1 predictions
 
-    TENSORS = ("confidence", "entropy", "margin", "masked", "eos", "step")
+    TENSORS = ("confidence", "entropy", "margin", "masked", "eos", "step", "tokens")
 
     @property
     def width(self) -> int:
         return self.confidence.shape[1]
 
 
-def block_stats(logits: torch.Tensor, masked: torch.Tensor, step: int | torch.Tensor, eos_token_id: int) -> BlockStats:
-    """Statistics of block logits (N, W, V); ``masked`` (N, W) marks positions not yet committed."""
+def block_stats(logits: torch.Tensor, masked: torch.Tensor, step: int | torch.Tensor, eos_token_id: int,
+                tokens: torch.Tensor | None = None) -> BlockStats:
+    """Statistics of block logits (N, W, V); ``masked`` (N, W) marks positions not yet committed; ``tokens``
+    (N, W) holds the committed tokens (default: the top-1 predictions everywhere)."""
     probs = torch.softmax(logits.double(), dim=-1)
     top = probs.topk(2, dim=-1)
     step = torch.as_tensor(step, dtype=torch.long).expand(logits.shape[0]).clone()
+    predicted = top.indices[..., 0]
     return BlockStats(
         confidence=top.values[..., 0].float(), entropy=torch.special.entr(probs).sum(-1).float(),
         margin=(top.values[..., 0] - top.values[..., 1]).float(), masked=masked.clone(),
-        eos=top.indices[..., 0] == eos_token_id, step=step,
+        eos=predicted == eos_token_id, step=step,
+        tokens=predicted.clone() if tokens is None else torch.where(masked, predicted, tokens),
     )
 
 
@@ -48,16 +54,20 @@ def view_stats(view: StepView) -> BlockStats:
     """The current block's statistics at a decoding step."""
     if view.logits is None:
         raise ValueError("Learn2PD features need the block's logits, but this step view has none")
-    stats = block_stats(view.logits, view.masked[:, view.block_start:view.block_end], view.step, view.eos_token_id)
     fed = view.logits.shape[1]
-    if fed == stats.masked.shape[1]:
+    fed_columns = slice(view.block_start, view.block_start + fed)
+    stats = block_stats(view.logits, view.masked[:, fed_columns], view.step, view.eos_token_id,
+                        tokens=view.x0[:, fed_columns])
+    masked = view.masked[:, view.block_start:view.block_end]
+    if fed == masked.shape[1]:
         return stats
     # EoTP cut the canvas inside this block: the cut positions are end-of-text, final and certain.
-    def pad(values: torch.Tensor, fill: float | bool) -> torch.Tensor:
-        return torch.cat([values[:, :fed], values.new_full((len(values), stats.masked.shape[1] - fed), fill)], 1)
+    def pad(values: torch.Tensor, fill: float | bool | int) -> torch.Tensor:
+        return torch.cat([values, values.new_full((len(values), masked.shape[1] - fed), fill)], 1)
 
     return BlockStats(confidence=pad(stats.confidence, 1.0), entropy=pad(stats.entropy, 0.0),
-                      margin=pad(stats.margin, 1.0), masked=stats.masked, eos=pad(stats.eos, True), step=stats.step)
+                      margin=pad(stats.margin, 1.0), masked=masked.clone(), eos=pad(stats.eos, True), step=stats.step,
+                      tokens=pad(stats.tokens, view.eos_token_id))
 
 
 @frozen(kw_only=True)
@@ -100,6 +110,31 @@ class PositionStats:
         columns = (confidence, stats.entropy, stats.margin, left, right, position, step, 1 - masked,
                    stats.eos.to(confidence.dtype), masked_fraction, masked_mean)
         return torch.stack(columns, dim=-1)  # (N, W, F)
+
+
+@frozen(kw_only=True)
+class PositionConflicts(PositionStats):
+    """:class:`PositionStats` plus how a position's token agrees with the rest of the block.
+
+    Parallel commits go wrong where positions compete for one answer: two places of a permutation both
+    predict the same name. ``repeats`` counts the other block positions holding the same token (committed or
+    predicted); ``outranked`` says one of them is committed or more confident, so committing this one now
+    would likely duplicate it. Source: unmask.
+    """
+
+    names = PositionStats.names + ("repeats", "outranked")
+
+    def __call__(self, stats: BlockStats) -> torch.Tensor:
+        tokens, masked = stats.tokens, stats.masked
+        # A committed position outranks every masked one; ties go to the left position.
+        rank = torch.where(masked, stats.confidence, torch.full_like(stats.confidence, 2.0))
+        same = tokens[:, :, None] == tokens[:, None, :]
+        same &= ~torch.eye(stats.width, dtype=torch.bool)
+        left = torch.ones(stats.width, stats.width, dtype=torch.bool).tril(-1)  # [i, j]: j left of i
+        stronger = (rank[:, None, :] > rank[:, :, None]) | ((rank[:, None, :] == rank[:, :, None]) & left)
+        repeats = same.sum(-1).to(stats.confidence.dtype)
+        outranked = (same & stronger).any(-1).to(stats.confidence.dtype)
+        return torch.cat([super().__call__(stats), repeats[..., None], outranked[..., None]], dim=-1)
 
 
 def features(name: str, stats: BlockStats) -> torch.Tensor:

@@ -46,13 +46,17 @@ class GBDTFilter(FilterEstimator):
         self.n_features_in_ = features.shape[2]
         return self
 
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """(N, W) probability that each position's prediction is already final."""
+    def predict_proba(self, X: Any, sample_mask: Any = None) -> np.ndarray:
+        """(N, W) probability that each position's prediction is already final; with ``sample_mask``, only
+        where it is set (0 elsewhere): trees cost per position, and committed ones need no answer."""
         features = as_features(X)
         if features.shape[2] != self.n_features_in_:
             raise ValueError(f"this filter takes {self.n_features_in_} features per position, got {features.shape[2]}")
-        count, width, n_features = features.shape
-        return self.model_.predict_proba(features.reshape(-1, n_features))[:, 1].reshape(count, width)
+        rows = as_mask(sample_mask, features[..., 0])
+        probability = np.zeros(rows.shape, dtype=np.float64)
+        if rows.any():
+            probability[rows] = self.model_.predict_proba(features[rows])[:, 1]
+        return probability
 
     def save_weights(self, directory: Path) -> dict[str, Any]:
         import skops.io

@@ -46,8 +46,9 @@ class MLPFilter(FilterEstimator):
         self.width_, self.n_features_in_, self.loss_ = width, n_features, float(loss.detach())
         return self
 
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """(N, W) probability that each position's prediction is already final."""
+    def predict_proba(self, X: Any, sample_mask: Any = None) -> np.ndarray:
+        """(N, W) probability that each position's prediction is already final (the whole block is one
+        input, so ``sample_mask`` changes nothing)."""
         features = as_features(X)
         if features.shape[1:] != (self.width_, self.n_features_in_):
             raise ValueError(f"this MLP filter takes (N, {self.width_}, {self.n_features_in_}) features, "

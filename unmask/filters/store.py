@@ -30,6 +30,16 @@ class TrainedFilter:
     block_length: int | None  # None: any block length (per-position filters)
     info: dict[str, Any] = attrs.field(factory=dict, eq=False)  # metrics, traces, model hash
 
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of what was saved about this filter's training (its metrics and traces among it): two
+        trainings share it only by accident. Rows decoded with it record it, so a retrained filter reruns them."""
+        import hashlib
+
+        made = {"estimator": repr(self.estimator), "features": self.features, "block_length": self.block_length,
+                "info": self.info}
+        return hashlib.sha256(json.dumps(made, sort_keys=True, default=str).encode()).hexdigest()
+
     def check_width(self, width: int) -> None:
         if self.block_length is not None and width != self.block_length:
             raise ValueError(f"this filter was trained on blocks of {self.block_length} tokens; the decode uses "

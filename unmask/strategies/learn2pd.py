@@ -9,7 +9,7 @@ import torch
 from attrs import field, frozen
 
 from unmask.core.types import StepView
-from unmask.core.validators import number
+from unmask.core.validators import number, optional
 from unmask.strategies._select import top_k_mask
 
 _WARNED: set[tuple[str, str]] = set()  # (filter's model, decoding model) pairs already warned about
@@ -42,16 +42,22 @@ class Learn2PDPolicy:
 
     Learn2PD (Bao et al. 2025, arXiv 2509.25188): a filter trained on oracle decodes predicts which
     predictions already equal the final output. ``filter`` is a saved filter directory or the name of a
-    registered trained filter (``mlp``, ``gbdt``: those of the bundled model).
+    registered trained filter (``mlp``, ``gbdt``: those of the bundled model). ``tau`` defaults to the one
+    the filter was trained for (``unmask train-filter --tau``), else 0.96.
     """
 
     filter: Any = field(default="mlp", eq=False)
-    tau: float = field(default=0.96, validator=number(minimum=0, maximum=1))
+    tau: float | None = field(default=None, validator=optional(number(minimum=0, maximum=1)))
     topk: bool = True
     trained: Any = field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         object.__setattr__(self, "trained", _resolve(self.filter))
+
+    @property
+    def threshold(self) -> float:
+        """The probability a prediction's "final" must exceed: ``tau``, or the filter's own."""
+        return self.tau if self.tau is not None else float(self.trained.info.get("tau", 0.96))
 
     def warn_if_trained_on_another_model(self, weights_sha256: str) -> None:
         """Warn once per filter and model when the filter's traces came from other weights: its
@@ -71,9 +77,11 @@ class Learn2PDPolicy:
         rows = view.row_active
         final = torch.zeros_like(view.masked)
         if rows.any():
-            inputs = features(self.trained.features, stats)[rows.cpu()]
-            probability = torch.as_tensor(self.trained.estimator.predict_proba(inputs), device=view.x.device)
-            final[rows, view.block_start:view.block_end] = probability > self.tau
+            active = rows.cpu()
+            inputs = features(self.trained.features, stats)[active]
+            probability = self.trained.estimator.predict_proba(inputs, sample_mask=stats.masked[active])
+            probability = torch.as_tensor(probability, device=view.x.device)
+            final[rows, view.block_start:view.block_end] = probability > self.threshold
         chosen = view.candidates & final
         if self.topk:
             chosen |= top_k_mask(view.candidate_confidence, view.schedule_k)

@@ -30,12 +30,14 @@ def bench(
     progress: bool = True,
     model_name: str = "model",
     chat: bool | None = None,
+    combinations: Sequence[tuple[Any, Any, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per (policy, stop, cache, task), plus a ``task="mean"`` row per combination."""
+    """One row per (policy, stop, cache, task), plus a ``task="mean"`` row per combination: every one of
+    policies x stops x caches, or exactly the (policy, stop, cache) ``combinations``."""
     from unmask.contrib.eval.report import mean_rows
 
     grid = bench_grid(tasks=tasks, n=n, seed=seed, policies=policies, stops=stops, caches=caches, config=config,
-                      batch_size=batch_size, model_name=model_name, chat=chat)
+                      batch_size=batch_size, model_name=model_name, chat=chat, combinations=combinations)
     rows = run_grid(grid, model, tokenizer, progress=progress)
     means = {(m["policy"], m["stop"], m["cache"]): m for m in mean_rows(rows)}
     ordered = []
@@ -46,11 +48,14 @@ def bench(
 
 def bench_grid(*, tasks: Sequence[str], n: int, seed: int, policies: Sequence[Any], stops: Sequence[Any],
                caches: Sequence[Any], config: DecodeConfig, batch_size: int, model_name: str = "model",
-               chat: bool | None = None) -> Grid:
+               chat: bool | None = None, combinations: Sequence[tuple[Any, Any, Any]] | None = None) -> Grid:
     """The grid ``bench`` runs: components as spec strings, the first combination as the baseline."""
-    policies, stops, caches = ([_spec_text(s) for s in specs] for specs in (policies, stops, caches))
-    check_components(policies, stops, caches)
-    combinations = list(itertools.product(policies, stops, caches))
+    if combinations is None:
+        combinations = list(itertools.product(policies, stops, caches))
+    combinations = [tuple(_spec_text(spec) for spec in combination) for combination in combinations]
+    if not combinations:
+        raise ValueError("combinations is empty: give at least one (policy, stop, cache)")
+    check_components(*(list(dict.fromkeys(c[i] for c in combinations)) for i in range(3)))
     cells = tuple(Cell(task, p, s, c, config.gen_length) for p, s, c in combinations for task in tasks)
     baseline = dict(zip(("policy", "stop", "cache"), combinations[0]))
     return Grid(name="bench", model=model_name, tasks=tuple(tasks), n=n, seed=seed,

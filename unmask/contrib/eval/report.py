@@ -1,7 +1,9 @@
-"""Reports of ablation rows: a Markdown table with AUP per policy family, and plots (``unmask[plots]``).
+"""Reports of ablation rows: a Markdown table, tokens per forward per task, AUP per policy family, and plots
+(``unmask[plots]``).
 
-Plots: accuracy against NFE per task with the Pareto front, and the decoding order of one sample (which
-position was committed at which step).
+A policy's family is its spec without ``tau``: a threshold sweep is one family, each Learn2PD filter another.
+Plots: accuracy against NFE per task, each family's sweep drawn as a curve, with the Pareto front; and per
+task the decoding order of its first sample under every policy (which step committed which position).
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from typing import Any, Sequence
 
 from unmask._files import write_atomically
 from unmask.contrib.eval.runner import mean_row, speedups
-from unmask.core.spec import parse_spec
+from unmask.core.spec import format_spec, parse_spec
 
-__all__ = ["markdown_report", "mean_rows", "aup", "aup_rows", "pareto_front", "plot_pareto", "plot_commit_order"]
+__all__ = ["markdown_report", "mean_rows", "family", "aup", "aup_rows", "pareto_front", "plot_pareto",
+           "plot_commit_order"]
 
 COLUMNS = ("task", "policy", "stop", "cache", "gen_length", "accuracy", "nfe_mean", "nfe_p50", "nfe_p90",
            "tokens_per_forward", "tokens_per_s", "wall_s", "nfe_speedup", "wall_speedup")
@@ -32,6 +35,19 @@ def mean_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         mean.update(speedups(mean, next((m for m in means if m["baseline"] and m["gen_length"] == mean["gen_length"]),
                                         None)))
     return means
+
+
+def family(policy: str) -> str:
+    """The policy spec without its ``tau``: the points of one sweep share it."""
+    if "+" in policy:
+        return policy
+    name, params = parse_spec(policy)
+    return format_spec(name, {k: v for k, v in params.items() if k != "tau"})
+
+
+def _label(row: dict[str, Any], policy: str | None = None) -> str:
+    parts = [policy or row["policy"]] + [f"{k} {row[k]}" for k in ("stop", "cache") if row[k] != "none"]
+    return " ".join(parts)
 
 
 def aup(points: Sequence[tuple[float, float]], *, window: float = 5.0) -> float:
@@ -56,11 +72,10 @@ def aup(points: Sequence[tuple[float, float]], *, window: float = 5.0) -> float:
 
 
 def aup_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """AUP of each policy family (policy name, any parameters) per task, stop, cache and gen length."""
+    """AUP of each policy family (over its tau) per task, stop, cache and gen length."""
     groups: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
     for row in rows:
-        family = row["policy"] if "+" in row["policy"] else parse_spec(row["policy"])[0]
-        groups[(row["task"], family, row["stop"], row["cache"], row["gen_length"])].append(
+        groups[(row["task"], family(row["policy"]), row["stop"], row["cache"], row["gen_length"])].append(
             (row["tokens_per_forward"], row["accuracy"]))
     return [{"task": task, "family": family, "stop": stop, "cache": cache, "gen_length": gen_length,
              "points": len(points), "aup": round(aup(points), 2)}
@@ -83,11 +98,26 @@ def markdown_report(rows: Sequence[dict[str, Any]], *, title: str = "Results", c
     ordered = sorted(everything, key=lambda r: (r["task"] == "mean", r["task"], r["gen_length"], r["stop"],
                                                 r["cache"], -r["nfe_mean"]))
     lines += ["| " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + " |" for row in ordered]
+    lines += ["", "Tokens per forward (accuracy) per task:", "", *_per_task_table(everything)]
     lines += ["", "AUP (accuracy under parallelism) per policy family:", "",
               "| task | family | stop | cache | gen_length | points | aup |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['task']} | {r['family']} | {r['stop']} | {r['cache']} | {r['gen_length']} | {r['points']} | "
               f"{r['aup']} |" for r in aup_rows(everything)]
     return "\n".join(lines) + "\n"
+
+
+def _per_task_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    tasks = sorted({r["task"] for r in rows}, key=lambda t: (t == "mean", t))
+    cells: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for row in rows:
+        cells[(row["gen_length"], _label(row))][row["task"]] = row
+    order = sorted(cells, key=lambda key: (key[0], -cells[key].get("mean", {}).get("tokens_per_forward", 0)))
+    lines = ["| gen | policy | " + " | ".join(tasks) + " |", "|---|---|" + "---|" * len(tasks)]
+    for key in order:
+        values = [cells[key].get(t) for t in tasks]
+        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(
+            "" if v is None else f"{v['tokens_per_forward']:.1f} ({v['accuracy']:g})" for v in values) + " |")
+    return lines
 
 
 def _cell(value: Any) -> str:
@@ -105,48 +135,70 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
 
 
 def plot_pareto(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Accuracy against NFE, one panel per task (and the mean), Pareto front drawn through the best points."""
+    """Accuracy against NFE, one panel per task (and the mean): each family's sweep a curve, single policies
+    points, and the Pareto front in black."""
     plt = _pyplot()
     everything = [*rows, *mean_rows(rows)]
     tasks = sorted({r["task"] for r in everything}, key=lambda t: (t == "mean", t))
-    figure, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.8), squeeze=False)
-    for axis, task in zip(axes[0], tasks):
-        subset = [r for r in everything if r["task"] == task]
-        for row in subset:
-            label = f"{row['policy']} {row['stop'] if row['stop'] != 'none' else ''} {row['cache'] if row['cache'] != 'none' else ''}"
-            axis.scatter(row["nfe_mean"], row["accuracy"], s=18)
-            axis.annotate(" ".join(label.split()), (row["nfe_mean"], row["accuracy"]), fontsize=6, alpha=0.8)
-        front = pareto_front([(r["nfe_mean"], r["accuracy"]) for r in subset])
-        axis.plot(*zip(*front), color="black", linewidth=1, label="Pareto front")
+    columns = min(4, len(tasks))
+    lines = math.ceil(len(tasks) / columns)
+    figure, axes = plt.subplots(lines, columns, figsize=(4.6 * columns, 3.8 * lines), squeeze=False)
+    for axis in axes.flat[len(tasks):]:
+        axis.set_visible(False)
+    for axis, task in zip(axes.flat, tasks):
+        curves: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        for row in (r for r in everything if r["task"] == task):
+            curves[_label(row, family(row["policy"]))].append((row["nfe_mean"], row["accuracy"]))
+        for label, points in sorted(curves.items()):
+            points.sort()
+            axis.plot(*zip(*points), marker="o", markersize=3, linewidth=1, label=label)
+        front = pareto_front([p for points in curves.values() for p in points])
+        axis.plot(*zip(*front), color="black", linewidth=0.8, linestyle=":", label="Pareto front")
         axis.set_xscale("log")
         axis.set_title(task)
         axis.set_xlabel("NFE per sample (log)")
         axis.set_ylabel("accuracy (%)")
-    axes[0][0].legend(fontsize=7)
-    figure.tight_layout()
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=7)
+    figure.tight_layout(rect=(0, 0.04 * math.ceil(len(labels) / 4) / lines, 1, 1))
     return _save(figure, path)
 
 
-def plot_commit_order(row: dict[str, Any], path: str | Path, *, tokenizer: Any = None) -> Path:
-    """The step at which each position of one sample was committed: a bar per position, cut positions blank."""
+def plot_commit_order(rows: Sequence[dict[str, Any]], path: str | Path, *, tokenizer: Any = None) -> Path:
+    """The first sample of one task under each row's policy: a line per policy, a cell per answer position
+    holding the step that committed it (blank: cut by the stop criterion)."""
     plt = _pyplot()
-    sample = row["first_sample"]
-    steps = sample["commit_step"]
-    committed = [i for i, s in enumerate(steps) if s >= 0]
-    width = min(len(steps), committed[-1] + 2) if committed else len(steps)  # up to just past the last commit
-    steps = steps[:width]
-    figure, axis = plt.subplots(figsize=(max(6, 0.22 * width), 3))
-    colors = ["tab:blue" if s >= 0 else "white" for s in steps]
-    axis.bar(range(width), [max(s, 0) + 1 for s in steps], color=colors, edgecolor="grey", linewidth=0.3)
+    samples = [row["first_sample"] for row in rows]
+    tasks = {row["task"] for row in rows}
+    if len(tasks) != 1:
+        raise ValueError(f"plot_commit_order draws one task's rows, got tasks {sorted(tasks)}")
+    # The longest answer and its end-of-text token.
+    length = len(samples[0]["commit_step"])
+    width = min(length, max(_answer_length(x, tokenizer) for x in samples) + 1)
+    steps = [[s if s >= 0 else math.nan for s in x["commit_step"][:width]] for x in samples]
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.3 * width + 3), 0.35 * len(rows) + 1.4))
+    image = axis.imshow(steps, aspect="auto", cmap="viridis_r", interpolation="nearest")
+    for line, values in enumerate(steps):
+        for position, value in enumerate(values):
+            if not math.isnan(value):
+                axis.text(position, line, int(value), ha="center", va="center", fontsize=5, color="white")
+    axis.set_yticks(range(len(rows)), [f"{_label(r)} ({r['nfe_mean']} NFE)" for r in rows], fontsize=6)
     if tokenizer is not None:
-        labels = [tokenizer.decode([t]).strip() or "␣" for t in sample["tokens"][:width]]
+        labels = [tokenizer.decode([t]).strip() or "␣" for t in samples[0]["tokens"][:width]]
         axis.set_xticks(range(width), labels, fontsize=6, rotation=90)
-    axis.set_xlabel("answer position")
-    axis.set_ylabel("committed at step")
-    axis.set_title(f"{row['task']} #{sample['seed']}: {row['policy']} {row['stop']} ({row['nfe_mean']} NFE mean)",
-                   fontsize=8)
+    axis.set_xlabel(f"answer position (tokens of the first policy's output)")
+    figure.colorbar(image, ax=axis, label="committed at step", fraction=0.03)
+    axis.set_title(f"{rows[0]['task']} #{samples[0]['seed']}: which step committed each position", fontsize=8)
     figure.tight_layout()
     return _save(figure, path)
+
+
+def _answer_length(sample: dict[str, Any], tokenizer: Any) -> int:
+    if "answer_length" in sample:
+        return int(sample["answer_length"])
+    # Rows from before unmask 0.2 record no length: find the first end-of-text token.
+    eos = getattr(tokenizer, "eos_token_id", None)
+    return next((i for i, token in enumerate(sample["tokens"]) if token == eos), len(sample["tokens"]))
 
 
 def _pyplot() -> Any:

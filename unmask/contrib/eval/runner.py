@@ -97,11 +97,14 @@ def run_grid(
     check_components(*(list(dict.fromkeys(getattr(cell, kind) for cell in grid.cells))
                        for kind in ("policy", "stop", "cache")))
     settings = {**grid.settings(), "model_sha256": weights_hash(model)}
+    filters = {}  # a Learn2PD spec's filter, by fingerprint: a row of another filter is not reused
     for spec in dict.fromkeys(cell.policy for cell in grid.cells):
         component = create("policies", spec)
         if isinstance(component, Learn2PDPolicy):
             component.warn_if_trained_on_another_model(settings["model_sha256"])
-    rows = {row["cell"]: row for row in previous if all(row.get(k) == v for k, v in settings.items())}
+            filters[spec] = component.trained.fingerprint
+    rows = {row["cell"]: row for row in previous if all(row.get(k) == v for k, v in settings.items())
+            and row.get("filter_sha256") == filters.get(row["policy"])}
     todo = sorted((c for c in grid.cells if c.key not in rows), key=lambda c: not grid.is_baseline(c))
     context = {"grid": grid.name, "model": grid.model, **settings, "versions": _versions(), "machine": machine()}
     sets = {task: samples(task, grid.n, grid.seed) for task in grid.tasks}
@@ -117,7 +120,8 @@ def run_grid(
         row = {"cell": cell.key, "task": cell.task, "policy": cell.policy, "stop": cell.stop, "cache": cell.cache,
                "baseline": grid.is_baseline(cell), **cell_metrics(run, config),
                "nfe_p50": round(float(nfe.quantile(0.5)), 2), "nfe_p90": round(float(nfe.quantile(0.9)), 2),
-               "components": run.components, "first_sample": run.first, **context}
+               "components": run.components, "first_sample": run.first, "filter_sha256": filters.get(cell.policy),
+               **context}
         base = row if row["baseline"] else next(
             (r for r in rows.values() if r["baseline"] and r["task"] == cell.task and r["gen_length"] == cell.gen_length),
             None)
@@ -175,7 +179,7 @@ def run_cell(
         run.components = result.components
         if not run.first:
             run.first = {"seed": batch[0].seed, "answer": answers[0], "tokens": result.tokens[0].tolist(),
-                         "commit_step": result.commit_step[0].tolist()}
+                         "commit_step": result.commit_step[0].tolist(), "answer_length": int(result.answer_lengths[0])}
         if on_batch is not None:
             on_batch(len(batch))
     return run

@@ -44,14 +44,16 @@ def filter_metrics(probability: np.ndarray, labels: np.ndarray, masked: np.ndarr
 
 
 def train_filter(
-    traces_dir: str | Path, kind: str, out: str | Path, *, feature_set: str | None = None, tau: float = 0.96,
+    traces_dirs: str | Path | list[str | Path], kind: str, out: str | Path, *, feature_set: str | None = None, tau: float = 0.96,
     params: dict[str, Any] | None = None, seed: int = 0, overwrite: bool = False,
 ) -> TrainedFilter:
-    """Fit a ``kind`` filter on the traces' training prompts and save it with its validation metrics."""
+    """Fit a ``kind`` filter on the training prompts of one or more traces directories and save it with its
+    validation metrics."""
     from unmask.core.plugins import create
 
-    check_output_directory(out, command="train-filter", overwrite=overwrite, inputs=[traces_dir])
-    traces = Traces(traces_dir)
+    traces_dirs = list(traces_dirs) if isinstance(traces_dirs, (list, tuple)) else [traces_dirs]
+    check_output_directory(out, command="train-filter", overwrite=overwrite, inputs=traces_dirs)
+    traces = Traces(*traces_dirs)
     feature_set = feature_set or DEFAULT_FEATURES.get(kind, "position_stats")
     X = features(feature_set, traces.stats).numpy()
     y, masked = traces.labels.numpy(), traces.stats.masked.numpy()
@@ -70,7 +72,9 @@ def train_filter(
     trained = TrainedFilter(
         estimator=estimator, features=feature_set, block_length=block_length,
         info={"metrics": metrics, "fit_s": round(fit_s, 2), "tau": tau, "split_seed": seed,
-              "traces": {"directory": Path(traces_dir).name, **traces.manifest["settings"], "records": len(traces)}},
+              "traces": {"model": traces.manifests[0]["settings"]["model"], "records": len(traces),
+                         "sets": [{"directory": Path(d).name, **m["settings"]}
+                                  for d, m in zip(traces_dirs, traces.manifests)]}},
     )
-    save_filter(trained, out, overwrite=overwrite, inputs=[traces_dir])
+    save_filter(trained, out, overwrite=overwrite, inputs=traces_dirs)
     return trained

@@ -1,8 +1,9 @@
-"""Learn2PD training data: per-step block statistics of an oracle decode, labelled "already final".
+"""Learn2PD training data: per-step block statistics of a decode, labelled "already final".
 
 ``collect`` decodes each prompt twice: the reference (vanilla: one token per step, temperature 0), then
-the oracle against it, recording at every oracle step each active row's :class:`BlockStats` and the
-labels ``x0 == reference`` over the block. Prompts are the tasks' (items from ``FILTER_SEED`` up) or the
+with ``policy`` (the oracle against the reference, as in the paper), recording at every step each active
+row's :class:`BlockStats` and the labels ``x0 == reference`` over the block. Collecting along a learned
+policy's own decodes adds the states it visits and the oracle never does (its mistakes). Prompts are the tasks' (items from ``FILTER_SEED`` up) or the
 user's own (``prompts``: the paper trains on FLAN prompts). One safetensors shard per (task, batch), a
 JSON manifest (model hash, settings, shards done); a rerun skips finished shards, every file is written
 atomically.
@@ -29,19 +30,22 @@ __all__ = ["FILTER_SEED", "collect", "read_prompts", "Traces"]
 # (which start at tasks.TRAIN_SEED) and never from the evaluation seeds below TRAIN_SEED.
 FILTER_SEED = 2_000_000
 MANIFEST = "manifest.json"
+FORMAT = "unmask-traces/2"  # 2: block statistics hold the block's tokens
 
 
 def collect(
     model: Any, tokenizer: Any, out: str | Path, *, tasks: Sequence[str], n: int, seed: int = FILTER_SEED,
     gen_length: int = 128, block_length: int = 32, batch_size: int = 32, progress: bool = True,
-    prompts: Sequence[str] | None = None, chat: bool | None = None,
+    prompts: Sequence[str] | None = None, chat: bool | None = None, policy: str = "oracle",
 ) -> dict[str, Any]:
     """Record traces for ``n`` prompts per task into ``out`` (or for ``prompts``, as the task ``prompts``);
-    returns the manifest. ``chat``: through the tokenizer's chat template (None: if it has one)."""
+    returns the manifest. ``chat``: through the tokenizer's chat template (None: if it has one). ``policy``:
+    the spec of the policy whose decodes are recorded (``oracle``: against the reference)."""
     from tqdm import tqdm
 
     from unmask.contrib.tasks import TRAIN_SEED, samples
     from unmask.contrib.models.transformers import encode_prompts, weights_hash
+    from unmask.core.plugins import create
     from unmask.strategies.oracle import OraclePolicy
 
     if prompts is not None:
@@ -50,8 +54,9 @@ def collect(
         raise ValueError(f"seed={seed} would take prompts from the evaluation seeds (below {TRAIN_SEED}); "
                          f"filters are trained on seeds >= {TRAIN_SEED} (default {FILTER_SEED})")
     config = DecodeConfig(gen_length=gen_length, block_length=block_length)
+    recorded = create("policies", policy)  # a bad spec fails before any decode
     out = Path(out)
-    settings = {"tasks": list(tasks), "n": n, "seed": seed, "gen_length": gen_length, "block_length": block_length,
+    settings = {"policy": policy, "tasks": list(tasks), "n": n, "seed": seed, "gen_length": gen_length, "block_length": block_length,
                 "batch_size": batch_size, "model": weights_hash(model), "chat": chat}
     if prompts is not None:
         settings["prompts_sha256"] = hashlib.sha256(json.dumps(list(prompts)).encode()).hexdigest()
@@ -71,13 +76,15 @@ def collect(
                                                 model.eos_token_id)
         reference = decode(model, input_ids, attention_mask=attention_mask, config=config).tokens
         records: list[dict[str, torch.Tensor]] = []
-        result = decode(model, input_ids, attention_mask=attention_mask, config=config,
-                        policy=OraclePolicy(reference=reference),
+        if isinstance(recorded, OraclePolicy):
+            recorded = OraclePolicy(reference=reference)
+        result = decode(model, input_ids, attention_mask=attention_mask, config=config, policy=recorded,
                         on_step=lambda view: records.append(_record(view, reference, items)))
         shard = {key: torch.cat([r[key] for r in records]) for key in records[0]}
         write_atomically(out / name, lambda path: save_file(shard, path))
         manifest["shards"][name] = {"records": len(shard["labels"]), "prompts": len(items),
-                                    "reference_nfe": gen_length * len(items), "oracle_nfe": int(result.nfe.sum())}
+                                    "reference_nfe": gen_length * len(items), "nfe": int(result.nfe.sum()),
+                                    "reference_equal": int((result.tokens == reference).all(1).sum())}
         write_text_atomically(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -113,32 +120,58 @@ def _record(view: StepView, reference: torch.Tensor, items: Sequence[tuple[int, 
 
 
 class Traces:
-    """All shards of a traces directory, concatenated: ``stats`` (BlockStats), ``labels``, ``prompt``, ``task``."""
+    """The shards of one or more traces directories, concatenated: ``stats`` (BlockStats), ``labels``,
+    ``prompt``, ``block``, and ``task`` (an index into ``tasks``). All must come from one model and block
+    length; a prompt collected in two directories (e.g. along the oracle's and a filter's decodes) keeps one
+    identity, so a split by prompt puts all its records on one side."""
 
-    def __init__(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        manifest_path = directory / MANIFEST
-        if not manifest_path.is_file():
-            raise FileNotFoundError(f"{directory} holds no traces ({MANIFEST} missing); make them with unmask collect")
-        self.manifest = json.loads(manifest_path.read_text())
-        if not self.manifest["shards"]:
-            raise ValueError(f"{directory}: the manifest lists no finished shards")
-        shards = {name: load_file(directory / name) for name in sorted(self.manifest["shards"])}
-        columns = {key: torch.cat([s[key] for s in shards.values()]) for key in next(iter(shards.values()))}
-        self.stats = BlockStats(**{key: columns[key] for key in BlockStats.TENSORS})
-        self.labels, self.prompt, self.block = columns["labels"], columns["prompt"], columns["block"]
-        tasks = self.manifest["settings"]["tasks"]
-        self.task = torch.cat([torch.full((len(s["labels"]),), tasks.index(name.rsplit("-", 1)[0]))
-                               for name, s in shards.items()])
+    def __init__(self, *directories: str | Path) -> None:
+        if not directories:
+            raise ValueError("Traces needs at least one traces directory")
+        self.manifests = [_read_manifest(Path(directory)) for directory in directories]
+        for key in ("model", "block_length"):
+            values = {m["settings"][key] for m in self.manifests}
+            if len(values) > 1:
+                raise ValueError(f"the traces directories differ in {key} ({', '.join(map(str, sorted(values)))}); "
+                                 "a filter is trained on traces of one model and block length")
+        self.tasks = list(dict.fromkeys(t for m in self.manifests for t in m["settings"]["tasks"]))
+        columns: dict[str, list[torch.Tensor]] = {}
+        tasks: list[torch.Tensor] = []
+        for directory, manifest in zip(directories, self.manifests):
+            for name in sorted(manifest["shards"]):
+                shard = load_file(Path(directory) / name)
+                for key, values in shard.items():
+                    columns.setdefault(key, []).append(values)
+                tasks.append(torch.full((len(shard["labels"]),), self.tasks.index(name.rsplit("-", 1)[0])))
+        merged = {key: torch.cat(values) for key, values in columns.items()}
+        self.stats = BlockStats(**{key: merged[key] for key in BlockStats.TENSORS})
+        self.labels, self.prompt, self.block = merged["labels"], merged["prompt"], merged["block"]
+        self.task = torch.cat(tasks)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+def _read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory} holds no traces ({MANIFEST} missing); make them with unmask collect")
+    manifest: dict[str, Any] = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{directory}: traces format {manifest.get('format')!r}, expected {FORMAT!r} "
+                         "(older traces lack the block's tokens); collect them again with unmask collect")
+    if not manifest["shards"]:
+        raise ValueError(f"{directory}: the manifest lists no finished shards")
+    return manifest
 
 
 def _open_manifest(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     path = out / MANIFEST
     if path.exists():
         manifest = json.loads(path.read_text())
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"{out} holds traces in format {manifest.get('format')!r}, not {FORMAT!r}; "
+                             "use a new --out directory")
         if manifest["settings"] != settings:
             changed = sorted(k for k in settings if manifest["settings"].get(k) != settings[k])
             raise ValueError(f"{out} holds traces made with other settings ({', '.join(changed)} differ); "
@@ -147,4 +180,4 @@ def _open_manifest(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"--out {out}: is not empty and holds no traces ({MANIFEST} missing); name a new directory")
     out.mkdir(parents=True, exist_ok=True)
-    return {"format": "unmask-traces/1", "settings": settings, "shards": {}}
+    return {"format": FORMAT, "settings": settings, "shards": {}}
