@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
+from unmask.contrib import distributed
 from unmask.core.plugins import KINDS, registry
 
 LIST_WIDTH = 100
@@ -270,7 +271,9 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, Any, str]:
 
     _quiet(args)
     model = "reference" if args.model is None else args.model
-    loaded = load(model, trust_remote_code=args.trust_remote_code, device=args.device, dtype=args.dtype,
+    device = distributed.process_device(args.device)
+    distributed.start(device)  # a data-parallel run (torchrun, accelerate launch) joins its process group
+    loaded = load(model, trust_remote_code=args.trust_remote_code, device=device, dtype=args.dtype,
                   shift_logits=args.shift_logits)
     return (*loaded, "bundled reference model" if args.model is None else args.model)
 
@@ -325,6 +328,8 @@ def run_bench(args: argparse.Namespace) -> int:
     bench_grid(**settings)  # every component and setting is checked before the model loads
     model, tokenizer, model_name = _load_model(args)
     rows = bench(model, tokenizer, **settings, model_name=model_name)
+    if not distributed.ranks().main:
+        return 0
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -353,8 +358,12 @@ def run_ablate(args: argparse.Namespace) -> int:
     grid = load_grid(args.grid)  # every cell is checked before the model loads
     _quiet(args)
     out = Path(args.out) if args.out else Path(args.grid).with_suffix(".jsonl")
-    model, tokenizer = load(grid.model, dtype=grid.dtype, device=grid.device)
+    device = distributed.process_device(grid.device)
+    distributed.start(device)
+    model, tokenizer = load(grid.model, dtype=grid.dtype, device=device)
     rows = ablate(grid, out, loaded=(model, tokenizer))
+    if not distributed.ranks().main:
+        return 0
     command = " ".join(["unmask ablate", args.grid] + [f"--{k} {v}" for k, v in
                                                         (("out", args.out), ("report", args.report),
                                                          ("plots", args.plots)) if v])
@@ -387,6 +396,8 @@ def run_collect(args: argparse.Namespace) -> int:
         gen_length=args.gen_length, block_length=args.block_length, batch_size=args.batch_size, prompts=prompts,
         chat=args.chat, policy=args.policy,
     )
+    if not distributed.ranks().main:
+        return 0
     shards = manifest["shards"].values()
     records, prompts = sum(s["records"] for s in shards), sum(s["prompts"] for s in shards)
     nfe, equal = sum(s["nfe"] for s in shards), sum(s["reference_equal"] for s in shards)

@@ -25,12 +25,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 
 from unmask._files import write_text_atomically
+from unmask.contrib import distributed
 from unmask.contrib.eval.runner import Cell, Grid, GridError, run_grid
 from unmask.contrib.models.transformers import DTYPES
 
@@ -164,7 +165,8 @@ def ablate(
     """
     grid = grid if isinstance(grid, Grid) else load_grid(grid)
     out = Path(out)
-    with _exclusive(out):
+    # In a data-parallel run rank 0 alone reads and writes ``out`` and holds its lock.
+    with _exclusive(out) if distributed.ranks().main else nullcontext():
         return _run_grid(grid, out, progress, loaded)
 
 
@@ -189,11 +191,12 @@ def _exclusive(out: Path) -> Iterator[None]:
 def _run_grid(grid: Grid, out: Path, progress: bool, loaded: tuple[Any, Any] | None) -> list[dict[str, Any]]:
     model, tokenizer = loaded if loaded is not None else _load(grid)
     _check_caches_serve(grid, model)  # before any decoding
-    rows = read_rows(out)
+    rows = distributed.on_main(lambda: read_rows(out))
 
     def keep(row: dict[str, Any]) -> None:
         rows.append(row)
-        write_text_atomically(out, "".join(json.dumps(r) + "\n" for r in rows))
+        if distributed.ranks().main:
+            write_text_atomically(out, "".join(json.dumps(r) + "\n" for r in rows))
 
     return run_grid(grid, model, tokenizer, previous=rows, on_row=keep, progress=progress)
 

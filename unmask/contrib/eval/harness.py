@@ -12,7 +12,10 @@ import sys
 import warnings
 from typing import Any, Sequence
 
+import torch
 from lm_eval.api.model import LM
+
+from unmask.contrib import distributed
 
 __all__ = ["UnmaskLM", "register", "run_harness"]
 
@@ -44,6 +47,10 @@ class UnmaskLM(LM):
                                    temperature=temperature)
         self.components = {"policy": policy, "stop": stop, "cache": cache}
         self.batch_size, self.chat = batch_size, chat
+        # Under torchrun or accelerate launch lm-eval shards the requests by rank and gathers through us.
+        device = distributed.process_device(device)
+        place = distributed.start(device)
+        self._rank, self._world_size, self._device = place.rank, place.world_size, torch.device(device)
         self.model, self.tokenizer = load(pretrained, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
 
     @classmethod
@@ -56,8 +63,6 @@ class UnmaskLM(LM):
     def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict[str, Any] | None = None) -> UnmaskLM:
         """``--model_args`` win over lm-eval's ``--device`` and ``--batch_size``; lm-eval's default device
         (``cuda:0``) falls back to the CPU where there is no GPU, as its own transformers model does."""
-        import torch
-
         extra = {k: v for k, v in (additional_config or {}).items() if k in ("device", "batch_size") and v is not None}
         if str(extra.get("device", "")).startswith("cuda") and not torch.cuda.is_available():
             warnings.warn(f"device {extra['device']!r} is not available; decoding on the CPU", stacklevel=2)
@@ -79,6 +84,23 @@ class UnmaskLM(LM):
             bar.update(len(batch))
         bar.close()
         return answers
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every process's ``tensor``, concatenated in rank order (stacked when 0-d)."""
+        if self.world_size == 1:
+            return tensor
+        import torch.distributed as dist
+
+        parts = [torch.zeros_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor)
+        return torch.stack(parts) if tensor.dim() == 0 else torch.cat(parts)
+
+    def gather_object(self, obj: Any, dst: int = 0) -> list[Any] | None:
+        gathered = distributed.gather(obj)
+        return gathered if self.rank == dst else None
+
+    def barrier(self) -> None:
+        distributed.barrier()
 
     def loglikelihood(self, requests: Sequence[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         raise NotImplementedError("the unmask model answers generate_until tasks only; loglikelihood tasks "

@@ -21,6 +21,7 @@ import attrs
 import torch
 from attrs import define, field, frozen
 
+from unmask.contrib import distributed
 from unmask.contrib.models.transformers import decode_answers, encode_prompts
 from unmask.contrib.tasks import samples, score
 from unmask.core.engine import decode, pad_prompts
@@ -106,16 +107,21 @@ def run_grid(
     rows = {row["cell"]: row for row in previous if all(row.get(k) == v for k, v in settings.items())
             and row.get("filter_sha256") == filters.get(row["policy"])}
     todo = sorted((c for c in grid.cells if c.key not in rows), key=lambda c: not grid.is_baseline(c))
-    context = {"grid": grid.name, "model": grid.model, **settings, "versions": _versions(), "machine": machine()}
-    sets = {task: samples(task, grid.n, grid.seed) for task in grid.tasks}
-    bar = tqdm(total=len(todo) * grid.n, desc=grid.name, unit="sample", file=sys.stderr, disable=not progress)
+    place = distributed.ranks()
+    context = {"grid": grid.name, "model": grid.model, **settings, "versions": _versions(),
+               "machine": machine(), "processes": place.world_size}
+    # In a data-parallel run each process decodes its shard of every sample set (see unmask.contrib.distributed).
+    sets = {task: distributed.shard(samples(task, grid.n, grid.seed), place) for task in grid.tasks}
+    bar = tqdm(total=len(todo) * grid.n, desc=grid.name, unit="sample", file=sys.stderr,
+               disable=not progress or not place.main)
     references: dict[Any, torch.Tensor] = {}
     for cell in todo:
         bar.set_postfix_str(cell.key, refresh=False)
         config = grid.config(cell)
         run = run_cell(model, tokenizer, sets[cell.task], policy=cell.policy, stop=cell.stop, cache=cell.cache,
                        config=config, batch_size=grid.batch_size, chat=grid.chat, references=references,
-                       on_batch=bar.update)
+                       on_batch=lambda count: bar.update(count * place.world_size))
+        run = CellRun.merge(distributed.gather(run))
         nfe = torch.tensor(run.nfe, dtype=torch.float64)
         row = {"cell": cell.key, "task": cell.task, "policy": cell.policy, "stop": cell.stop, "cache": cell.cache,
                "baseline": grid.is_baseline(cell), **cell_metrics(run, config),
@@ -143,6 +149,16 @@ class CellRun:
     wall_s: float = 0.0
     components: dict[str, Any] = field(factory=dict)
     first: dict[str, Any] = field(factory=dict)  # the first sample: answer and commit step of each position
+
+    @classmethod
+    def merge(cls, runs: Sequence[CellRun]) -> CellRun:
+        """The runs of consecutive shards as one: samples in order, the slowest process's wall time."""
+        if len(runs) == 1:
+            return runs[0]
+        return cls(correct=[c for r in runs for c in r.correct], nfe=[n for r in runs for n in r.nfe],
+                   answer_tokens=[a for r in runs for a in r.answer_tokens], wall_s=max(r.wall_s for r in runs),
+                   components=next(r.components for r in runs if r.components),
+                   first=next(r.first for r in runs if r.first))
 
 
 def run_cell(

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from unmask._files import write_atomically, write_text_atomically
+from unmask.contrib import distributed
 from unmask.core.engine import decode, pad_prompts
 from unmask.core.types import DecodeConfig, StepView
 from unmask.filters.features import BlockStats, view_stats
@@ -44,9 +45,8 @@ def collect(
     from tqdm import tqdm
 
     from unmask.contrib.tasks import TRAIN_SEED, samples
-    from unmask.contrib.models.transformers import encode_prompts, weights_hash
+    from unmask.contrib.models.transformers import weights_hash
     from unmask.core.plugins import create
-    from unmask.strategies.oracle import OraclePolicy
 
     if prompts is not None:
         tasks, n, seed = ["prompts"], len(prompts), 0
@@ -56,37 +56,60 @@ def collect(
     config = DecodeConfig(gen_length=gen_length, block_length=block_length)
     recorded = create("policies", policy)  # a bad spec fails before any decode
     out = Path(out)
-    settings = {"policy": policy, "tasks": list(tasks), "n": n, "seed": seed, "gen_length": gen_length, "block_length": block_length,
-                "batch_size": batch_size, "model": weights_hash(model), "chat": chat}
+    settings = {"policy": policy, "tasks": list(tasks), "n": n, "seed": seed, "gen_length": gen_length,
+                "block_length": block_length, "batch_size": batch_size, "model": weights_hash(model), "chat": chat}
     if prompts is not None:
         settings["prompts_sha256"] = hashlib.sha256(json.dumps(list(prompts)).encode()).hexdigest()
-    manifest = _open_manifest(out, settings)
+    manifest = distributed.on_main(lambda: _open_manifest(out, settings))
     work = [(task, start) for task in tasks for start in range(0, n, batch_size)]
-    bar = tqdm(work, desc="collect", unit="batch", disable=not progress)
-    for task, start in bar:
-        name = f"{task}-{start // batch_size:05d}.safetensors"
-        if name in manifest["shards"]:
-            continue
-        count = min(batch_size, n - start)
-        if prompts is None:
-            items = [(s.seed, s.prompt) for s in samples(task, count, seed + start)]
-        else:
-            items = [(index, prompts[index]) for index in range(start, start + count)]
-        input_ids, attention_mask = pad_prompts(encode_prompts(tokenizer, [p for _, p in items], chat=chat),
-                                                model.eos_token_id)
-        reference = decode(model, input_ids, attention_mask=attention_mask, config=config).tokens
-        records: list[dict[str, torch.Tensor]] = []
-        if isinstance(recorded, OraclePolicy):
-            recorded = OraclePolicy(reference=reference)
-        result = decode(model, input_ids, attention_mask=attention_mask, config=config, policy=recorded,
-                        on_step=lambda view: records.append(_record(view, reference, items)))
-        shard = {key: torch.cat([r[key] for r in records]) for key in records[0]}
-        write_atomically(out / name, lambda path: save_file(shard, path))
-        manifest["shards"][name] = {"records": len(shard["labels"]), "prompts": len(items),
-                                    "reference_nfe": gen_length * len(items), "nfe": int(result.nfe.sum()),
-                                    "reference_equal": int((result.tokens == reference).all(1).sum())}
-        write_text_atomically(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    todo = [(task, start) for task, start in work if _shard_name(task, start, batch_size) not in manifest["shards"]]
+    place = distributed.ranks()
+    bar = tqdm(total=len(todo), desc="collect", unit="batch", disable=not progress or not place.main)
+    # One shard per process and round (a data-parallel run); rank 0 records the round's shards in the manifest.
+    for round_start in range(0, len(todo), place.world_size):
+        mine = todo[round_start + place.rank] if round_start + place.rank < len(todo) else None
+        done = None
+        if mine is not None:
+            task, start = mine
+            count = min(batch_size, n - start)
+            if prompts is None:
+                items = [(s.seed, s.prompt) for s in samples(task, count, seed + start)]
+            else:
+                items = [(index, prompts[index]) for index in range(start, start + count)]
+            name = _shard_name(task, start, batch_size)
+            done = (name, _collect_shard(model, tokenizer, items, out / name, config, recorded, chat))
+        for finished in distributed.gather(done):
+            if finished is not None:
+                manifest["shards"][finished[0]] = finished[1]
+                bar.update(1)
+        if place.main:
+            write_text_atomically(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    bar.close()
     return manifest
+
+
+def _shard_name(task: str, start: int, batch_size: int) -> str:
+    return f"{task}-{start // batch_size:05d}.safetensors"
+
+
+def _collect_shard(model: Any, tokenizer: Any, items: Sequence[tuple[int, str]], path: Path, config: DecodeConfig,
+                   policy: Any, chat: bool | None) -> dict[str, int]:
+    """Decode ``items`` (id, prompt) with vanilla and with ``policy``, write the shard, return its manifest entry."""
+    from unmask.contrib.models.transformers import encode_prompts
+    from unmask.strategies.oracle import OraclePolicy
+
+    input_ids, attention_mask = pad_prompts(encode_prompts(tokenizer, [p for _, p in items], chat=chat),
+                                            model.eos_token_id)
+    reference = decode(model, input_ids, attention_mask=attention_mask, config=config).tokens
+    if isinstance(policy, OraclePolicy):
+        policy = OraclePolicy(reference=reference)
+    records: list[dict[str, torch.Tensor]] = []
+    result = decode(model, input_ids, attention_mask=attention_mask, config=config, policy=policy,
+                    on_step=lambda view: records.append(_record(view, reference, items)))
+    shard = {key: torch.cat([r[key] for r in records]) for key in records[0]}
+    write_atomically(path, lambda temporary: save_file(shard, temporary))
+    return {"records": len(shard["labels"]), "prompts": len(items), "reference_nfe": config.gen_length * len(items),
+            "nfe": int(result.nfe.sum()), "reference_equal": int((result.tokens == reference).all(1).sum())}
 
 
 def read_prompts(path: str | Path) -> list[str]:
