@@ -105,7 +105,7 @@ def test_bad_training_input_names_the_rule():
 
 
 def test_feature_sets_are_registered_and_shaped():
-    assert {"block_confidence", "position_stats"} <= set(registry().names("features"))
+    assert {"block_confidence", "position_stats", "position_conflicts"} <= set(registry().names("features"))
     assert {"mlp", "gbdt"} <= set(registry().names("filters"))
     stats, _ = synthetic(4, records=5, width=6)
     rich = features("position_stats", stats)
@@ -162,3 +162,20 @@ def test_gbdt_scores_only_the_positions_asked_for():
     everywhere, masked = estimator.predict_proba(X), estimator.predict_proba(X, sample_mask=stats.masked)
     np.testing.assert_array_equal(masked[stats.masked.numpy()], everywhere[stats.masked.numpy()])
     assert (masked[~stats.masked.numpy()] == 0).all()
+
+
+@settings(max_examples=25)
+@given(seed=st.integers(0, 2**16), vocab=st.integers(2, 6))
+def test_in_every_group_of_equal_tokens_exactly_one_position_is_not_outranked(seed, vocab):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(6, 8, vocab, generator=generator)
+    masked = torch.rand(6, 8, generator=generator) < 0.7
+    committed = torch.randint(vocab, (6, 8), generator=generator)
+    stats = block_stats(logits, masked, 0, eos_token_id=0, tokens=committed)
+    conflicts = features("position_conflicts", stats)
+    assert conflicts.shape == (6, 8, 13)
+    for row in range(6):
+        for token in stats.tokens[row].unique():
+            group = stats.tokens[row] == token
+            assert (conflicts[row, group, -2] == group.sum() - 1).all()
+            assert (conflicts[row, group, -1] == 0).sum() == 1

@@ -42,11 +42,11 @@ class Learn2PDPolicy:
 
     Learn2PD (Bao et al. 2025, arXiv 2509.25188): a filter trained on oracle decodes predicts which
     predictions already equal the final output. ``filter`` is a saved filter directory or the name of a
-    registered trained filter (``mlp``, ``gbdt``: those of the bundled model). ``tau`` defaults to the one
-    the filter was trained for (``unmask train-filter --tau``), else 0.96.
+    registered trained filter (``gbdt``, the default, and ``mlp``: those of the bundled model). ``tau``
+    defaults to the one the filter was trained for (``unmask train-filter --tau``), else 0.96.
     """
 
-    filter: Any = field(default="mlp", eq=False)
+    filter: Any = field(default="gbdt", eq=False)
     tau: float | None = field(default=None, validator=optional(number(minimum=0, maximum=1)))
     topk: bool = True
     trained: Any = field(init=False, eq=False, repr=False)
