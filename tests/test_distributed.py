@@ -64,3 +64,29 @@ def test_collect_on_two_processes_writes_the_files_of_one(tmp_path, capsys):
     assert one == two and len(one) == 7  # six shards and the manifest
     for name in one:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+def test_ablate_on_two_processes_writes_the_rows_of_one(tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text('tasks = ["sort"]\nn = 3\ngen_lengths = [32]\nblock_length = 16\nbatch_size = 2\n'
+                    'policies = ["topk", "oracle"]\nstops = ["eotp"]\n')
+    assert main(["ablate", str(grid), "--out", str(tmp_path / "one.jsonl")]) == 0
+    torchrun("ablate", grid, "--out", tmp_path / "two.jsonl")
+    same = ("cell", "n", "accuracy", "nfe_mean", "first_sample")
+    one, two = ([json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+                for name in ("one.jsonl", "two.jsonl"))
+    assert [{k: r[k] for k in same} for r in two] == [{k: r[k] for k in same} for r in one]
+    assert not list(tmp_path.glob(".*.lock"))
+
+
+def test_lm_eval_on_two_processes_scores_like_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    assert main(["export-tasks", str(tmp_path / "tasks"), "--tasks", "chain_sum", "--n", "6", "--seed", "2"]) == 0
+    arguments = ["lm-eval", "--model", "unmask", "--model_args", "pretrained=reference,gen_length=32,block_length=16",
+                 "--tasks", "unmask_chain_sum", "--device", "cpu", "--include_path", tmp_path / "tasks"]
+    scores = []
+    for name, run in (("one", lambda *a: main(list(map(str, a)))), ("two", torchrun)):
+        run(*arguments, "--output_path", tmp_path / name)
+        results = json.loads(next((tmp_path / name).rglob("results_*.json")).read_text())
+        scores.append(results["results"]["unmask_chain_sum"]["acc,none"])
+    assert scores[0] == scores[1]

@@ -153,3 +153,21 @@ def test_observers_see_every_step(model):
     seen = []
     result = unmask.decode(model, [[1, 2]], gen_length=8, on_step=lambda view: seen.append(view.committed.sum()))
     assert len(seen) == int(result.nfe[0]) == 8 and all(int(n) == 1 for n in seen)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_chunked_scoring_samples_like_llada_across_chunk_borders(temperature):
+    """LLaDA's sampler (generate.py add_gumbel_noise): argmax of exp(l) / (-log u)^T with u drawn in float64 over
+    the whole span; the engine scores 32 columns at a time, so a span of 70 crosses two borders."""
+    from unmask.core.engine import SCORE_COLUMNS, _predict
+
+    logits = torch.randn(2, 70, 50, generator=torch.Generator().manual_seed(1)) * 3
+    logits[..., 49] = -100.0  # the mask id: never the prediction, so no runner-up rule applies
+    x0, confidence = _predict(logits, temperature, torch.Generator().manual_seed(5), mask_id=49)
+    expected = logits.double()
+    if temperature > 0:
+        uniform = torch.rand(logits.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+        expected = expected.exp() / (-torch.log(uniform)) ** temperature
+    assert 70 > 2 * SCORE_COLUMNS and torch.equal(x0, expected.argmax(-1))
+    torch.testing.assert_close(confidence, torch.softmax(logits.double(), -1).gather(-1, x0[..., None])[..., 0],
+                               rtol=0, atol=1e-12)

@@ -186,7 +186,7 @@ def plot_commit_order(rows: Sequence[dict[str, Any]], path: str | Path, *, token
     if tokenizer is not None:
         labels = [tokenizer.decode([t]).strip() or "␣" for t in samples[0]["tokens"][:width]]
         axis.set_xticks(range(width), labels, fontsize=6, rotation=90)
-    axis.set_xlabel(f"answer position (tokens of the first policy's output)")
+    axis.set_xlabel("answer position (tokens of the first policy's output)")
     figure.colorbar(image, ax=axis, label="committed at step", fraction=0.03)
     axis.set_title(f"{rows[0]['task']} #{samples[0]['seed']}: which step committed each position", fontsize=8)
     figure.tight_layout()
