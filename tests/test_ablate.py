@@ -99,7 +99,9 @@ def test_a_retrained_filter_reruns_its_rows(tmp_path):
     from unmask.strategies.learn2pd import _synthetic_filter
 
     folder = tmp_path / "filter"
-    grid = {**GRID, "tasks": ["chain_sum"], "policies": [f"learn2pd:filter={folder}"], "stops": ["none"]}
+    spec = f"learn2pd:filter={folder}"
+    grid = {**GRID, "tasks": ["chain_sum"], "policies": [spec], "stops": ["none"],
+            "baseline": {"policy": spec, "stop": "none", "cache": "none"}}
     fingerprints = []
     for retraining in range(2):
         save_filter(attrs.evolve(_synthetic_filter(), info={"retraining": retraining}), folder, overwrite=True)

@@ -331,9 +331,9 @@ def _mlp_weights(change):
 
 
 CLI_CASES = [
-    (["bench", "--n", "0"], "argument --n: must be a positive integer"),
-    (["bench", "--n", "-3"], "argument --n: must be a positive integer"),
-    (["bench", "--n", "abc"], "argument --n: must be a positive integer"),
+    (["bench", "--n", "0"], "argument --n/--num-samples: must be a positive integer"),
+    (["bench", "--n", "-3"], "argument --n/--num-samples: must be a positive integer"),
+    (["bench", "--n", "abc"], "argument --n/--num-samples: must be a positive integer"),
     (["bench", "--batch-size", "0"], "argument --batch-size"),
     (["bench", "--tasks", ""], "argument --tasks: must name at least one task"),
     (["bench", "--tasks", ",,"], "argument --tasks: must name at least one task"),

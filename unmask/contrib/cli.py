@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="decode task samples with every combination of components and score")
     bench.add_argument("--tasks", type=task_list, default=None, help="comma-separated tasks (default: the bundled model's task mix)")
-    bench.add_argument("--n", type=positive_int, default=50, help="samples per task (default: 50)")
+    bench.add_argument("--n", "--num-samples", dest="n", type=positive_int, default=50,
+                       help="samples per task (default: 50); under torchrun write --num-samples")
     bench.add_argument("--seed", type=int, default=0, help="first reasoning-gym seed of the sample set (default: 0)")
     bench.add_argument("--policy", action="append", help="repeat for several (default: topk)")
     bench.add_argument("--stop", action="append", help="repeat for several; 'none' for no stop (default: none)")
@@ -155,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     collect = commands.add_parser("collect", help="record Learn2PD traces: oracle decodes labelled 'already final'")
     collect.add_argument("--tasks", type=task_list, default=None, help="comma-separated tasks (default: the bundled model's task mix)")
-    collect.add_argument("--n", type=positive_int, default=500, help="prompts per task (default: 500)")
+    collect.add_argument("--n", "--num-samples", dest="n", type=positive_int, default=500,
+                         help="prompts per task (default: 500); under torchrun write --num-samples")
     collect.add_argument("--seed", type=int, default=None, help="first reasoning-gym seed; must not be an evaluation "
                          "seed (default: unmask.contrib.train.traces.FILTER_SEED)")
     collect.add_argument("--out", required=True, help="traces directory (rerunning resumes it)")
@@ -194,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("out", help="new directory for the configs and their data (give it to lm-eval as "
                         "--include_path)")
     export.add_argument("--tasks", type=task_list, default=None, help="comma-separated tasks (default: the suite)")
-    export.add_argument("--n", type=positive_int, default=200, help="samples per task (default: 200)")
+    export.add_argument("--n", "--num-samples", dest="n", type=positive_int, default=200,
+                        help="samples per task (default: 200)")
     export.add_argument("--seed", type=int, default=0, help="first sample seed, as in unmask bench (default: 0)")
     export.add_argument("--overwrite", action="store_true", help="write into a non-empty directory that "
                         "export-tasks did not write (entries of the same name are replaced)")
