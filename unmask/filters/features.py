@@ -101,7 +101,7 @@ class PositionStats:
         ones = torch.ones_like(confidence[:, :1])
         left = torch.cat([ones, confidence[:, :-1]], dim=1)  # the block edge counts as certain
         right = torch.cat([confidence[:, 1:], ones], dim=1)
-        position = torch.arange(width, dtype=confidence.dtype).expand_as(confidence) / width
+        position = torch.arange(width, dtype=confidence.dtype, device=confidence.device).expand_as(confidence) / width
         step = (stats.step.to(confidence.dtype) / width)[:, None].expand_as(confidence)
         masked = stats.masked.to(confidence.dtype)
         remaining = masked.sum(1, keepdim=True)
@@ -129,8 +129,8 @@ class PositionConflicts(PositionStats):
         # A committed position outranks every masked one; ties go to the left position.
         rank = torch.where(masked, stats.confidence, torch.full_like(stats.confidence, 2.0))
         same = tokens[:, :, None] == tokens[:, None, :]
-        same &= ~torch.eye(stats.width, dtype=torch.bool)
-        left = torch.ones(stats.width, stats.width, dtype=torch.bool).tril(-1)  # [i, j]: j left of i
+        same &= ~torch.eye(stats.width, dtype=torch.bool, device=tokens.device)
+        left = torch.ones(stats.width, stats.width, dtype=torch.bool, device=tokens.device).tril(-1)  # j left of i
         stronger = (rank[:, None, :] > rank[:, :, None]) | ((rank[:, None, :] == rank[:, :, None]) & left)
         repeats = same.sum(-1).to(stats.confidence.dtype)
         outranked = (same & stronger).any(-1).to(stats.confidence.dtype)
