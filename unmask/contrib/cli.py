@@ -274,8 +274,7 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, Any, str]:
 
     _quiet(args)
     model = "reference" if args.model is None else args.model
-    device = distributed.process_device(args.device)
-    distributed.start(device)  # a data-parallel run (torchrun, accelerate launch) joins its process group
+    device = distributed.start(args.device)  # a data-parallel run (torchrun, accelerate) joins its process group
     loaded = load(model, trust_remote_code=args.trust_remote_code, device=device, dtype=args.dtype,
                   shift_logits=args.shift_logits)
     return (*loaded, "bundled reference model" if args.model is None else args.model)
@@ -361,8 +360,7 @@ def run_ablate(args: argparse.Namespace) -> int:
     grid = load_grid(args.grid)  # every cell is checked before the model loads
     _quiet(args)
     out = Path(args.out) if args.out else Path(args.grid).with_suffix(".jsonl")
-    device = distributed.process_device(grid.device)
-    distributed.start(device)
+    device = distributed.start(grid.device)
     model, tokenizer = load(grid.model, dtype=grid.dtype, device=device)
     rows = ablate(grid, out, loaded=(model, tokenizer))
     if not distributed.ranks().main:

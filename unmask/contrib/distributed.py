@@ -14,7 +14,7 @@ from typing import Any, Sequence, TypeVar
 
 from attrs import frozen
 
-__all__ = ["Ranks", "ranks", "start", "shard", "gather", "barrier", "on_main", "process_device"]
+__all__ = ["Ranks", "ranks", "start", "shard", "gather", "barrier", "on_main"]
 
 T = TypeVar("T")
 
@@ -48,25 +48,20 @@ def ranks() -> Ranks:
     return Ranks(rank=rank, world_size=world_size, local_rank=values.get("LOCAL_RANK", rank))
 
 
-def process_device(device: str) -> str:
-    """The device of this process: in a data-parallel run any ``cuda`` device becomes ``cuda:LOCAL_RANK``
-    (one GPU per process, as the launchers intend)."""
+def start(device: str = "cpu") -> str:
+    """Join the process group of a data-parallel run (once) and return this process's device: there any
+    ``cuda`` device becomes ``cuda:LOCAL_RANK`` (one GPU per process, as the launchers intend)."""
     place = ranks()
-    if place.world_size > 1 and str(device).startswith("cuda"):
-        return f"cuda:{place.local_rank}"
+    if place.world_size == 1:
+        return device
+    import torch.distributed as dist
+
+    if str(device).startswith("cuda"):
+        device = f"cuda:{place.local_rank}"
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo", rank=place.rank,
+                                world_size=place.world_size)
     return device
-
-
-def start(device: str = "cpu") -> Ranks:
-    """Join the process group of a data-parallel run (once); returns this process's place."""
-    place = ranks()
-    if place.world_size > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            backend = "nccl" if str(device).startswith("cuda") else "gloo"
-            dist.init_process_group(backend=backend, rank=place.rank, world_size=place.world_size)
-    return place
 
 
 def shard(items: Sequence[T], place: Ranks | None = None) -> Sequence[T]:

@@ -46,6 +46,11 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[to
 SCORE_COLUMNS = 32  # columns scored together in float64: bounds the copy at (B, 32, V) whatever the canvas
 
 
+def _column_chunks(width: int) -> list[slice]:
+    """``[0, width)`` in slices of ``SCORE_COLUMNS`` columns."""
+    return [slice(start, start + SCORE_COLUMNS) for start in range(0, width, SCORE_COLUMNS)]
+
+
 def _predict(
     logits: torch.Tensor, temperature: float, generator: torch.Generator, mask_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,8 +60,7 @@ def _predict(
         # are drawn in one call (the reference samplers' stream); the rest is done in place, a few columns
         # at a time, so that they stay the only full-span float64 tensor.
         noisy = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
-        for start in range(0, logits.shape[1], SCORE_COLUMNS):
-            columns = slice(start, start + SCORE_COLUMNS)
+        for columns in _column_chunks(logits.shape[1]):
             noisy[:, columns].log_().neg_().log_().mul_(-temperature).add_(logits[:, columns])
     else:
         noisy = logits
@@ -69,10 +73,10 @@ def _predict(
     # float64 like the reference samplers, so near-ties between confidences break the same way; a few
     # columns at a time, so the float64 copy is (B, SCORE_COLUMNS, V), not the whole span's.
     confidence = torch.empty(x0.shape, dtype=torch.float64, device=logits.device)
-    for start in range(0, logits.shape[1], SCORE_COLUMNS):
-        chunk = logits[:, start:start + SCORE_COLUMNS].double()
-        chosen = chunk.gather(-1, x0[:, start:start + SCORE_COLUMNS, None]).squeeze(-1)
-        confidence[:, start:start + SCORE_COLUMNS] = torch.exp(chosen - torch.logsumexp(chunk, dim=-1))
+    for columns in _column_chunks(logits.shape[1]):
+        chunk = logits[:, columns].double()
+        chosen = chunk.gather(-1, x0[:, columns, None]).squeeze(-1)
+        confidence[:, columns] = torch.exp(chosen - torch.logsumexp(chunk, dim=-1))
     return x0, confidence  # softmax probability of x0
 
 
@@ -245,8 +249,7 @@ def _check_logits(logits: Any, expected: tuple[int, int], largest_id: int, step:
         raise ValueError(f"step {step}: the model returned {logits.shape[-1]} vocabulary entries, fewer than the "
                          f"mask and EOS ids need ({largest_id + 1})")
     # A few columns at a time: isfinite over the whole span would allocate several copies of the logits.
-    if not all(torch.isfinite(logits[:, start:start + SCORE_COLUMNS]).all()
-               for start in range(0, logits.shape[1], SCORE_COLUMNS)):
+    if not all(torch.isfinite(logits[:, columns]).all() for columns in _column_chunks(logits.shape[1])):
         raise ValueError(f"step {step}: the model returned NaN or infinite logits")
 
 

@@ -55,7 +55,7 @@ def bench_grid(*, tasks: Sequence[str], n: int, seed: int, policies: Sequence[An
     combinations = [tuple(_spec_text(spec) for spec in combination) for combination in combinations]
     if not combinations:
         raise ValueError("combinations is empty: give at least one (policy, stop, cache)")
-    check_components(*(list(dict.fromkeys(c[i] for c in combinations)) for i in range(3)))
+    check_components(*zip(*combinations))
     cells = tuple(Cell(task, p, s, c, config.gen_length) for p, s, c in combinations for task in tasks)
     baseline = dict(zip(("policy", "stop", "cache"), combinations[0]))
     return Grid(name="bench", model=model_name, tasks=tuple(tasks), n=n, seed=seed,

@@ -48,8 +48,8 @@ class UnmaskLM(LM):
         self.components = {"policy": policy, "stop": stop, "cache": cache}
         self.batch_size, self.chat = batch_size, chat
         # Under torchrun or accelerate launch lm-eval shards the requests by rank and gathers through us.
-        device = distributed.process_device(device)
-        place = distributed.start(device)
+        device = distributed.start(device)
+        place = distributed.ranks()
         self._rank, self._world_size, self._device = place.rank, place.world_size, torch.device(device)
         self.model, self.tokenizer = load(pretrained, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
 

@@ -94,9 +94,7 @@ def run_grid(
 
     from unmask.contrib.models.transformers import weights_hash
 
-    # Each spec once, however many cells share it.
-    check_components(*(list(dict.fromkeys(getattr(cell, kind) for cell in grid.cells))
-                       for kind in ("policy", "stop", "cache")))
+    check_components(*([getattr(cell, kind) for cell in grid.cells] for kind in ("policy", "stop", "cache")))
     settings = {**grid.settings(), "model_sha256": weights_hash(model)}
     filters = {}  # a Learn2PD spec's filter, by fingerprint: a row of another filter is not reused
     for spec in dict.fromkeys(cell.policy for cell in grid.cells):
@@ -239,8 +237,11 @@ def speedups(row: dict[str, Any], baseline: dict[str, Any] | None) -> dict[str, 
 def check_components(policies: Sequence[Any], stops: Sequence[Any], caches: Sequence[Any]) -> None:
     """Every policy, stop and cache builds (a bad spec fails before the model loads or decoding starts)."""
     for kind, specs in (("policies", policies), ("stops", stops), ("caches", caches)):
+        checked: list[Any] = []  # each distinct spec once, however many cells share it (specs may be unhashable)
         for spec in specs:
-            create(kind, spec)
+            if spec not in checked:
+                create(kind, spec)
+                checked.append(spec)
 
 
 def _is_vanilla(policy: Any, stop: Any, cache: Any, config: DecodeConfig) -> bool:
