@@ -348,6 +348,7 @@ CLI_CASES = [
     (["collect", "--n", "0", "--out", "x"], "argument --n"),
     (["collect", "--batch-size", "0", "--out", "x"], "argument --batch-size"),
     (["collect", "--tasks", "", "--out", "x"], "argument --tasks"),
+    (["collect", "--labels", "final", "--out", "x"], "argument --labels"),
     (GENERATE[:1] + [""], "argument prompt: the prompt is empty"),
     (GENERATE[:1] + ["   "], "argument prompt: the prompt is empty"),
     (GENERATE + ["--temperature", "nan"], "argument --temperature: must be a finite number"),

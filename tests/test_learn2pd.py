@@ -7,7 +7,7 @@ import torch
 
 from unmask.contrib.cli import main
 from unmask.contrib.models.reference import load_reference_model
-from unmask.contrib.tasks import samples
+from unmask.contrib.tasks import samples, score
 from unmask.contrib.models.transformers import decode_text
 from unmask.filters import load_filter
 from unmask.contrib.train.traces import FILTER_SEED, Traces, collect
@@ -188,6 +188,37 @@ def test_traces_along_a_filter_merge_with_the_oracles(reference, traces_dir, tmp
     collect(*reference, tmp_path / "other", progress=False, **{**SETTINGS, "block_length": 32, "n": 3})
     with pytest.raises(ValueError, match="differ in block_length"):
         Traces(traces_dir, tmp_path / "other")
+
+
+def test_correct_labels_follow_a_decodes_own_valid_answer(reference, tmp_path):
+    """labels='correct': a decode that ends in another valid Latin square than vanilla's is labelled against its
+    own output; every other row keeps vanilla's labels."""
+    settings = {**SETTINGS, "tasks": ["latin_square"], "batch_size": 6}
+    policy = "threshold:tau=0.7"
+    manifest = collect(*reference, tmp_path / "own", progress=False, policy=policy, labels="correct", **settings)
+    collect(*reference, tmp_path / "vanilla", progress=False, policy=policy, **settings)
+    assert manifest["settings"]["labels"] == "correct"
+    drawn = samples("latin_square", 6, FILTER_SEED)
+    config = DecodeConfig(gen_length=32, block_length=16)
+    answers, _ = decode_text(*reference, [s.prompt for s in drawn], config=config, policy=policy)
+    vanilla, _ = decode_text(*reference, [s.prompt for s in drawn], config=config)
+    other = {s.seed for s, a, v in zip(drawn, answers, vanilla) if a != v and score(s, a)}
+    assert other and manifest["shards"]["latin_square-00000.safetensors"]["correct"] == sum(
+        score(s, a) for s, a in zip(drawn, answers))
+    own, reference_labelled = Traces(tmp_path / "own"), Traces(tmp_path / "vanilla")
+    assert torch.equal(own.stats.tokens, reference_labelled.stats.tokens)
+    moved = torch.tensor([int(p) in other for p in own.prompt])
+    assert torch.equal(own.labels[~moved], reference_labelled.labels[~moved])
+    assert not torch.equal(own.labels[moved], reference_labelled.labels[moved])
+    # A block's last step commits every position still masked, so along the decode's own answer all are final.
+    for prompt in other:
+        for block in own.block.unique():
+            last = ((own.prompt == prompt) & (own.block == block)).nonzero()[-1, 0]
+            assert own.labels[last][own.stats.masked[last]].all()
+    with pytest.raises(ValueError, match="labels='correct' needs the tasks' scorers"):
+        collect(*reference, tmp_path / "p", tasks=[], n=1, progress=False, prompts=["copy: a b"], labels="correct")
+    with pytest.raises(ValueError, match="labels='final': must be one of reference, correct"):
+        collect(*reference, tmp_path / "p", progress=False, labels="final", **settings)
 
 
 def test_traces_of_an_older_format_are_refused_clearly(traces_dir, tmp_path):

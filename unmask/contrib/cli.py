@@ -166,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--batch-size", type=positive_int, default=32, help="prompts per shard (default: 32)")
     collect.add_argument("--policy", default="oracle", help="the policy whose decodes are recorded, e.g. "
                          "learn2pd:filter=DIR to add a filter's own states (default: oracle)")
+    collect.add_argument("--labels", choices=("reference", "correct"), default="reference",
+                         help="a prediction is final if it equals vanilla's token (reference, the default), or the "
+                         "recorded decode's own final token where its answer scores correct (correct: another valid "
+                         "answer than vanilla's is no mistake)")
     collect.add_argument("--prompts", type=Path, default=None, help="a JSONL file of {\"prompt\": ...} lines to "
                          "collect on instead of the tasks' prompts")
     add_chat_argument(collect)
@@ -395,15 +399,18 @@ def run_collect(args: argparse.Namespace) -> int:
     manifest = collect(
         model, tokenizer, args.out, tasks=tasks, n=args.n, seed=FILTER_SEED if args.seed is None else args.seed,
         gen_length=args.gen_length, block_length=args.block_length, batch_size=args.batch_size, prompts=prompts,
-        chat=args.chat, policy=args.policy,
+        chat=args.chat, policy=args.policy, labels=args.labels,
     )
     if not distributed.ranks().main:
         return 0
     shards = manifest["shards"].values()
     records, prompts = sum(s["records"] for s in shards), sum(s["prompts"] for s in shards)
     nfe, equal = sum(s["nfe"] for s in shards), sum(s["reference_equal"] for s in shards)
+    correct = ""
+    if args.labels == "correct":
+        correct = f", correct for {sum(s['correct'] for s in shards)}/{prompts}"
     print(f"{records} records from {prompts} prompts in {args.out}; {args.policy} NFE per prompt {nfe / prompts:.1f} "
-          f"(vanilla {args.gen_length}), output equal to vanilla's for {equal}/{prompts}")
+          f"(vanilla {args.gen_length}), output equal to vanilla's for {equal}/{prompts}{correct}")
     return 0
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -32,23 +32,32 @@ __all__ = ["FILTER_SEED", "collect", "read_prompts", "Traces"]
 FILTER_SEED = 2_000_000
 MANIFEST = "manifest.json"
 FORMAT = "unmask-traces/2"  # 2: block statistics hold the block's tokens
+LABELS = ("reference", "correct")
 
 
 def collect(
     model: Any, tokenizer: Any, out: str | Path, *, tasks: Sequence[str], n: int, seed: int = FILTER_SEED,
     gen_length: int = 128, block_length: int = 32, batch_size: int = 32, progress: bool = True,
-    prompts: Sequence[str] | None = None, chat: bool | None = None, policy: str = "oracle",
+    prompts: Sequence[str] | None = None, chat: bool | None = None, policy: str = "oracle", labels: str = "reference",
 ) -> dict[str, Any]:
     """Record traces for ``n`` prompts per task into ``out`` (or for ``prompts``, as the task ``prompts``);
     returns the manifest. ``chat``: through the tokenizer's chat template (None: if it has one). ``policy``:
-    the spec of the policy whose decodes are recorded (``oracle``: against the reference)."""
+    the spec of the policy whose decodes are recorded (``oracle``: against the reference). ``labels``:
+    ``reference`` (a prediction is final if it equals the vanilla decode's token, as in the paper) or
+    ``correct`` (if it equals the recorded decode's own final token, where that decode's answer scores
+    correct; the vanilla token elsewhere): on multi-answer tasks a policy's decode may end in another valid
+    answer than vanilla's, and its commits were no mistake."""
     from tqdm import tqdm
 
-    from unmask.contrib.tasks import TRAIN_SEED, samples
+    from unmask.contrib.tasks import TRAIN_SEED, samples, score
     from unmask.contrib.models.transformers import weights_hash
     from unmask.core.plugins import create
 
+    if labels not in LABELS:
+        raise ValueError(f"labels={labels!r}: must be one of {', '.join(LABELS)}")
     if prompts is not None:
+        if labels == "correct":
+            raise ValueError("labels='correct' needs the tasks' scorers; it cannot label your own prompts")
         tasks, n, seed = ["prompts"], len(prompts), 0
     elif seed < TRAIN_SEED:
         raise ValueError(f"seed={seed} would take prompts from the evaluation seeds (below {TRAIN_SEED}); "
@@ -58,6 +67,8 @@ def collect(
     out = Path(out)
     settings = {"policy": policy, "tasks": list(tasks), "n": n, "seed": seed, "gen_length": gen_length,
                 "block_length": block_length, "batch_size": batch_size, "model": weights_hash(model), "chat": chat}
+    if labels != "reference":  # only then, so traces made before labels existed still resume
+        settings["labels"] = labels
     if prompts is not None:
         settings["prompts_sha256"] = hashlib.sha256(json.dumps(list(prompts)).encode()).hexdigest()
     manifest = distributed.on_main(lambda: _open_manifest(out, settings))
@@ -72,12 +83,16 @@ def collect(
         if mine is not None:
             task, start = mine
             count = min(batch_size, n - start)
+            scored = None
             if prompts is None:
-                items = [(s.seed, s.prompt) for s in samples(task, count, seed + start)]
+                drawn = samples(task, count, seed + start)
+                items = [(s.seed, s.prompt) for s in drawn]
+                if labels == "correct":
+                    scored = lambda answers, drawn=drawn: [score(s, a) for s, a in zip(drawn, answers)]  # noqa: E731
             else:
                 items = [(index, prompts[index]) for index in range(start, start + count)]
             name = _shard_name(task, start, batch_size)
-            done = (name, _collect_shard(model, tokenizer, items, out / name, config, recorded, chat))
+            done = (name, _collect_shard(model, tokenizer, items, out / name, config, recorded, chat, scored))
         for finished in distributed.gather(done):
             if finished is not None:
                 manifest["shards"][finished[0]] = finished[1]
@@ -93,9 +108,10 @@ def _shard_name(task: str, start: int, batch_size: int) -> str:
 
 
 def _collect_shard(model: Any, tokenizer: Any, items: Sequence[tuple[int, str]], path: Path, config: DecodeConfig,
-                   policy: Any, chat: bool | None) -> dict[str, int]:
-    """Decode ``items`` (id, prompt) with vanilla and with ``policy``, write the shard, return its manifest entry."""
-    from unmask.contrib.models.transformers import encode_prompts
+                   policy: Any, chat: bool | None, scored: Callable[[list[str]], list[bool]] | None) -> dict[str, int]:
+    """Decode ``items`` (id, prompt) with vanilla and with ``policy``, write the shard, return its manifest entry.
+    ``scored``: answers -> correct per row, to label correct rows against their own output (else: vanilla's)."""
+    from unmask.contrib.models.transformers import decode_answers, encode_prompts
     from unmask.strategies.oracle import OraclePolicy
 
     input_ids, attention_mask = pad_prompts(encode_prompts(tokenizer, [p for _, p in items], chat=chat),
@@ -105,11 +121,22 @@ def _collect_shard(model: Any, tokenizer: Any, items: Sequence[tuple[int, str]],
         policy = OraclePolicy(reference=reference)
     records: list[dict[str, torch.Tensor]] = []
     result = decode(model, input_ids, attention_mask=attention_mask, config=config, policy=policy,
-                    on_step=lambda view: records.append(_record(view, reference, items)))
+                    on_step=lambda view: records.append(_record(view, items)))
+    entry = {"records": 0, "prompts": len(items), "reference_nfe": config.gen_length * len(items),
+             "nfe": int(result.nfe.sum()), "reference_equal": int((result.tokens == reference).all(1).sum())}
+    target = reference
+    if scored is not None:
+        correct = torch.tensor(scored(decode_answers(tokenizer, result)), dtype=torch.bool, device=reference.device)
+        target = torch.where(correct[:, None], result.tokens, reference)
+        entry["correct"] = int(correct.sum())
+    for record in records:
+        # Labels once the decode is over: the target may be the decode's own output.
+        rows, columns = record.pop("rows"), record.pop("columns")
+        record["labels"] = record.pop("predicted") == target[rows][:, columns]
     shard = {key: torch.cat([r[key] for r in records]) for key in records[0]}
+    entry["records"] = len(shard["labels"])
     write_atomically(path, lambda temporary: save_file(shard, temporary))
-    return {"records": len(shard["labels"]), "prompts": len(items), "reference_nfe": config.gen_length * len(items),
-            "nfe": int(result.nfe.sum()), "reference_equal": int((result.tokens == reference).all(1).sum())}
+    return entry
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -130,13 +157,15 @@ def read_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
-def _record(view: StepView, reference: torch.Tensor, items: Sequence[tuple[int, str]]) -> dict[str, torch.Tensor]:
+def _record(view: StepView, items: Sequence[tuple[int, str]]) -> dict[str, torch.Tensor]:
+    """The active rows' block statistics at this step, and what their labels are computed from."""
     rows = view.row_active
     stats = view_stats(view)
     offset = view.block_start - view.gen_start
-    target = reference[:, offset:offset + stats.width]
     record = {key: getattr(stats, key)[rows] for key in BlockStats.TENSORS}
-    record["labels"] = (view.x0[:, view.block_start:view.block_end] == target)[rows]
+    record["predicted"] = view.x0[:, view.block_start:view.block_end][rows]
+    record["rows"] = rows.nonzero().squeeze(1)
+    record["columns"] = torch.arange(offset, offset + stats.width)
     record["prompt"] = torch.tensor([identity for identity, _ in items])[rows]
     record["block"] = torch.full((int(rows.sum()),), view.block_index)
     return record
