@@ -68,7 +68,8 @@ def unmask_register_trained_filters(registry: Registrar) -> None:
 
 
 def mlp_filter() -> Any:
-    """Learn2PD's filter (the block's confidences -> 32 -> 32), trained on the reference model's oracle decodes.
+    """Learn2PD's filter (the block's confidences -> 32 -> 32), trained on the reference model's decodes
+    (the oracle's, a filter's and a threshold's; docs/adaptive.md).
 
     Bao et al. 2025, arXiv 2509.25188; its traces and metrics are in the filter's ``filter.json``.
     """
@@ -76,7 +77,8 @@ def mlp_filter() -> Any:
 
 
 def gbdt_filter() -> Any:
-    """Gradient-boosted trees over per-position statistics, trained on the reference model's oracle decodes.
+    """Gradient-boosted trees over per-position statistics and token conflicts, trained on the reference
+    model's decodes (the oracle's, a filter's and a threshold's; docs/adaptive.md).
 
     Source: unmask, a Learn2PD filter variant (arXiv 2509.25188); its traces and metrics are in ``filter.json``.
     """

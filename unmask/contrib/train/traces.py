@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -24,6 +24,9 @@ from unmask.contrib import distributed
 from unmask.core.engine import decode, pad_prompts
 from unmask.core.types import DecodeConfig, StepView
 from unmask.filters.features import BlockStats, view_stats
+
+if TYPE_CHECKING:
+    from unmask.contrib.tasks import Sample
 
 __all__ = ["FILTER_SEED", "collect", "read_prompts", "Traces"]
 
@@ -49,7 +52,7 @@ def collect(
     answer than vanilla's, and its commits were no mistake."""
     from tqdm import tqdm
 
-    from unmask.contrib.tasks import TRAIN_SEED, samples, score
+    from unmask.contrib.tasks import TRAIN_SEED, samples
     from unmask.contrib.models.transformers import weights_hash
     from unmask.core.plugins import create
 
@@ -83,15 +86,13 @@ def collect(
         if mine is not None:
             task, start = mine
             count = min(batch_size, n - start)
-            scored = None
-            if prompts is None:
-                drawn = samples(task, count, seed + start)
+            drawn = samples(task, count, seed + start) if prompts is None else None
+            if drawn is not None:
                 items = [(s.seed, s.prompt) for s in drawn]
-                if labels == "correct":
-                    scored = lambda answers, drawn=drawn: [score(s, a) for s, a in zip(drawn, answers)]  # noqa: E731
             else:
                 items = [(index, prompts[index]) for index in range(start, start + count)]
             name = _shard_name(task, start, batch_size)
+            scored = drawn if labels == "correct" else None
             done = (name, _collect_shard(model, tokenizer, items, out / name, config, recorded, chat, scored))
         for finished in distributed.gather(done):
             if finished is not None:
@@ -108,10 +109,11 @@ def _shard_name(task: str, start: int, batch_size: int) -> str:
 
 
 def _collect_shard(model: Any, tokenizer: Any, items: Sequence[tuple[int, str]], path: Path, config: DecodeConfig,
-                   policy: Any, chat: bool | None, scored: Callable[[list[str]], list[bool]] | None) -> dict[str, int]:
+                   policy: Any, chat: bool | None, scored: Sequence[Sample] | None) -> dict[str, int]:
     """Decode ``items`` (id, prompt) with vanilla and with ``policy``, write the shard, return its manifest entry.
-    ``scored``: answers -> correct per row, to label correct rows against their own output (else: vanilla's)."""
+    ``scored``: the items' samples, to label rows whose answer scores correct against their own output."""
     from unmask.contrib.models.transformers import decode_answers, encode_prompts
+    from unmask.contrib.tasks import score
     from unmask.strategies.oracle import OraclePolicy
 
     input_ids, attention_mask = pad_prompts(encode_prompts(tokenizer, [p for _, p in items], chat=chat),
@@ -122,20 +124,21 @@ def _collect_shard(model: Any, tokenizer: Any, items: Sequence[tuple[int, str]],
     records: list[dict[str, torch.Tensor]] = []
     result = decode(model, input_ids, attention_mask=attention_mask, config=config, policy=policy,
                     on_step=lambda view: records.append(_record(view, items)))
-    entry = {"records": 0, "prompts": len(items), "reference_nfe": config.gen_length * len(items),
-             "nfe": int(result.nfe.sum()), "reference_equal": int((result.tokens == reference).all(1).sum())}
-    target = reference
+    target, correct = reference, None
     if scored is not None:
-        correct = torch.tensor(scored(decode_answers(tokenizer, result)), dtype=torch.bool, device=reference.device)
+        answers = decode_answers(tokenizer, result)
+        correct = torch.tensor([score(s, a) for s, a in zip(scored, answers)], device=reference.device)
         target = torch.where(correct[:, None], result.tokens, reference)
-        entry["correct"] = int(correct.sum())
     for record in records:
         # Labels once the decode is over: the target may be the decode's own output.
         rows, columns = record.pop("rows"), record.pop("columns")
         record["labels"] = record.pop("predicted") == target[rows][:, columns]
     shard = {key: torch.cat([r[key] for r in records]) for key in records[0]}
-    entry["records"] = len(shard["labels"])
     write_atomically(path, lambda temporary: save_file(shard, temporary))
+    entry = {"records": len(shard["labels"]), "prompts": len(items), "reference_nfe": config.gen_length * len(items),
+             "nfe": int(result.nfe.sum()), "reference_equal": int((result.tokens == reference).all(1).sum())}
+    if correct is not None:
+        entry["correct"] = int(correct.sum())
     return entry
 
 
