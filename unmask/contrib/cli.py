@@ -26,10 +26,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        status = args.run(args)
     except (ValueError, TypeError, ImportError, OSError, RuntimeError) as error:
         print(f"unmask {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    distributed.finish()  # a data-parallel run's processes leave together
+    return status
 
 
 class _Parser(argparse.ArgumentParser):

@@ -14,7 +14,7 @@ from typing import Any, Sequence, TypeVar
 
 from attrs import frozen
 
-__all__ = ["Ranks", "ranks", "start", "shard", "gather", "barrier", "on_main"]
+__all__ = ["Ranks", "ranks", "start", "finish", "shard", "gather", "barrier", "on_main"]
 
 T = TypeVar("T")
 
@@ -62,6 +62,18 @@ def start(device: str = "cpu") -> str:
         dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo", rank=place.rank,
                                 world_size=place.world_size)
     return device
+
+
+def finish() -> None:
+    """Leave the process group once every process is done. A process that exits while another still writes
+    can make that one's teardown abort ("terminate called without an active exception")."""
+    if ranks().world_size == 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def shard(items: Sequence[T], place: Ranks | None = None) -> Sequence[T]:
