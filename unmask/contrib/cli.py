@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from unmask.contrib import distributed
+from unmask.contrib.train.traces import LABELS
 from unmask.core.plugins import KINDS, registry
 
 LIST_WIDTH = 100
@@ -168,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--batch-size", type=positive_int, default=32, help="prompts per shard (default: 32)")
     collect.add_argument("--policy", default="oracle", help="the policy whose decodes are recorded, e.g. "
                          "learn2pd:filter=DIR to add a filter's own states (default: oracle)")
-    collect.add_argument("--labels", choices=("reference", "correct"), default="reference",
+    collect.add_argument("--labels", choices=LABELS, default="reference",
                          help="a prediction is final if it equals vanilla's token (reference, the default), or the "
                          "recorded decode's own final token where its answer scores correct (correct: another valid "
                          "answer than vanilla's is no mistake)")

@@ -2,7 +2,8 @@
 
 ``collect`` decodes each prompt twice: the reference (vanilla: one token per step, temperature 0), then
 with ``policy`` (the oracle against the reference, as in the paper), recording at every step each active
-row's :class:`BlockStats` and the labels ``x0 == reference`` over the block. Collecting along a learned
+row's :class:`BlockStats` and the labels ``x0 == target`` over the block. The target is the reference, or
+(``labels="correct"``) the row's own output where its answer scores correct. Collecting along a learned
 policy's own decodes adds the states it visits and the oracle never does (its mistakes). Prompts are the
 tasks' (items from ``FILTER_SEED`` up) or the user's own (``prompts``: the paper trains on FLAN prompts).
 One safetensors shard per (task, batch), a JSON manifest (model hash, settings, shards done); a rerun skips
