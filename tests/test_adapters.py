@@ -217,3 +217,50 @@ def test_dtype_and_shift_options_reach_the_model():
         load("reference", dtype="int8")
     assert main(["generate", "copy: ada ben", "--dtype", "bfloat16", "--no-shift-logits", "--gen-length", "8",
                  "--block-length", "8"]) == 0
+
+
+class _Wrapped(torch.nn.Module):
+    """A transformers model whose forward takes the KV cache under another argument name."""
+
+    def __init__(self, inner, name):
+        super().__init__()
+        self.inner, self.name = inner, name
+        self.seen = []
+
+    def forward_cache(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=None):
+        self.seen.append(cache is not None)
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          **{self.name: cache}, use_cache=use_cache)
+
+    def forward_none(self, input_ids, attention_mask=None, position_ids=None):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+
+    def get_output_embeddings(self):
+        return self.inner.get_output_embeddings()
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_the_cache_reaches_a_forward_that_names_it_cache(tmp_path, cache):
+    """transformers 5.24 renamed past_key_values to cache: the adapter finds either by signature and both
+    decode the same tokens as the installed release's own argument."""
+    import inspect
+
+    from unmask.contrib.models.transformers import cache_argument
+
+    model, tokenizer = load(save_tiny("llama", tmp_path / "llama"))
+    native = cache_argument(model.model.forward)
+    assert native in ("past_key_values", "cache")
+    wrapped = _Wrapped(model.model, native)
+    wrapped.forward = wrapped.forward_cache
+    renamed = TransformersDenoiser(model=wrapped, mask_token_id=model.mask_token_id, eos_token_id=model.eos_token_id)
+    assert renamed.cache_argument == "cache" and renamed.accepts_cache
+    settings = dict(gen_length=16, block_length=8, policy="threshold:tau=0.5", cache=cache)
+    expected = decode_text(model, tokenizer, ["abc", "12+3="], **settings)[1]
+    got = decode_text(renamed, tokenizer, ["abc", "12+3="], **settings)[1]
+    assert torch.equal(got.tokens, expected.tokens) and any(wrapped.seen)
+    wrapped.forward = wrapped.forward_none
+    assert "cache" not in inspect.signature(wrapped.forward).parameters
+    plain = TransformersDenoiser(model=wrapped, mask_token_id=model.mask_token_id, eos_token_id=model.eos_token_id)
+    assert not plain.accepts_cache
+    with pytest.raises(ValueError, match="needs a model that takes a KV cache"):
+        decode_text(plain, tokenizer, ["abc"], **settings)

@@ -35,7 +35,7 @@ class _BlockCacheManager:
     def reset(self, model: Any = None) -> None:
         if model is not None and not getattr(model, "accepts_cache", False):
             raise ValueError(
-                f"cache {type(self).__name__} needs a model that takes past_key_values; "
+                f"cache {type(self).__name__} needs a model that takes a KV cache (past_key_values or cache); "
                 f"{type(model).__name__} does not (use cache='none')"
             )
         self._cache, self._stored_width, self._block_start = None, 0, -1

@@ -66,6 +66,16 @@ def finite_float(text: str) -> float:
     return value
 
 
+def probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1], got {text!r}")
+    return value
+
+
 def task_list(text: str) -> list[str]:
     from unmask.contrib.tasks import TASKS
 
@@ -187,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "for mlp, position_stats otherwise)")
     train_filter.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                               help="an estimator parameter, e.g. --param max_iter=500 (repeatable)")
-    train_filter.add_argument("--tau", type=finite_float, default=0.96, help="threshold for the reported precision/recall")
+    train_filter.add_argument("--tau", type=probability, default=0.96, help="threshold for the reported precision/recall")
     train_filter.add_argument("--out", required=True, help="new directory for the filter (or an earlier "
                               "train-filter output)")
     train_filter.add_argument("--overwrite", action="store_true", help="write into a non-empty directory that "
@@ -360,7 +370,9 @@ def run_train_model(args: argparse.Namespace) -> int:
 
 def run_ablate(args: argparse.Namespace) -> int:
     from unmask._files import write_text_atomically
-    from unmask.contrib.eval.ablate import ablate, load_grid
+    from contextlib import nullcontext
+
+    from unmask.contrib.eval.ablate import ablate, exclusive_writer, load_grid
     from unmask.contrib.eval.report import markdown_report, plot_commit_order, plot_pareto
     from unmask.contrib.models.transformers import load
 
@@ -368,8 +380,10 @@ def run_ablate(args: argparse.Namespace) -> int:
     _quiet(args)
     out = Path(args.out) if args.out else Path(args.grid).with_suffix(".jsonl")
     device = distributed.start(grid.device)
-    model, tokenizer = load(grid.model, dtype=grid.dtype, device=device)
-    rows = ablate(grid, out, loaded=(model, tokenizer))
+    # The results file is locked before the model loads: a second writer is refused at once.
+    with exclusive_writer(out) if distributed.ranks().main else nullcontext():
+        model, tokenizer = load(grid.model, dtype=grid.dtype, device=device)
+        rows = ablate(grid, out, loaded=(model, tokenizer))
     if not distributed.ranks().main:
         return 0
     command = " ".join(["unmask ablate", args.grid] + [f"--{k} {v}" for k, v in

@@ -80,6 +80,15 @@ def _predict(
     return x0, confidence  # softmax probability of x0
 
 
+def check_config(components: Sequence[Any], config: DecodeConfig) -> None:
+    """Let each component refuse ``config`` before any forward, through its optional ``check_config(config)``
+    (a filter trained on another block length, say): a ``ValueError`` there names the component's rule."""
+    for component in components:
+        check = getattr(component, "check_config", None)
+        if callable(check):
+            check(config)
+
+
 def decode(
     model: DenoiserModel,
     input_ids: torch.Tensor | Sequence[Sequence[int]],
@@ -114,6 +123,7 @@ def decode(
         stop = ("any", {"stops": stop})
     stop_criterion = create("stops", "none" if stop is None else stop)
     cache_manager = create("caches", cache)
+    check_config((unmask_policy, stop_criterion, cache_manager), config)
     observers = plugin_manager().hook.unmask_on_step
     notify = bool(observers.get_hookimpls())
 

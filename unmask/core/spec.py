@@ -32,6 +32,8 @@ def parse_spec(text: str) -> tuple[str, dict[str, Any]]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise SpecError(f"in spec {text!r}: parameter {item!r} must look like key=value")
+        if key.strip() in params:
+            raise SpecError(f"in spec {text!r}: parameter {key.strip()!r} is given twice")
         params[key.strip()] = _parse_value(value.strip())
     return name.strip(), params
 

@@ -26,6 +26,28 @@ class FilterEstimator:
             setattr(self, name, value)
         return self
 
+    def check_params(self) -> None:
+        """Each parameter has the type of its default (an int where the default is an int, and so on), and
+        sizes and rates are positive: a bad value fails here, before traces load or weights are allocated."""
+        defaults = {name: p.default for name, p in inspect.signature(type(self).__init__).parameters.items()
+                    if name != "self"}
+        for name, value in self.get_params().items():
+            default = defaults.get(name)
+            if isinstance(default, bool):
+                ok, rule = isinstance(value, bool), "true or false"
+            elif isinstance(default, int):
+                minimum = 1 if default > 0 else 0
+                ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+                rule = f"an integer >= {minimum}"
+            elif isinstance(default, float):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")
+                ok = ok and (value > 0 or default == 0)
+                rule = "a finite number > 0" if default > 0 else "a finite number >= 0"
+            else:
+                continue
+            if not ok:
+                raise ValueError(f"{type(self).__name__}: parameter {name} must be {rule}, got {value!r}")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
 

@@ -12,6 +12,22 @@ from unmask.filters._arrays import FilterEstimator, as_features, as_labels, as_m
 # The exact types a saved model may hold beyond skops' own safe defaults (scikit-learn estimators, numpy
 # arrays, plain containers); any other type in the file is refused before anything is constructed.
 TRUSTED_TYPES = frozenset({"sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"})
+# A skops file is a zip archive; its members may hold at most this much once inflated (a filter of 200 trees
+# of 31 leaves takes under 1 MB), so a small archive that inflates to gigabytes is refused before reading.
+MAX_INFLATED_BYTES = 64 * 2**20
+
+
+def _check_inflated_size(path: Path) -> None:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            inflated = sum(member.file_size for member in archive.infolist())
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ValueError(f"{path} is not a readable skops file: {error}") from error
+    if inflated > MAX_INFLATED_BYTES:
+        raise ValueError(f"{path} inflates to {inflated / 2**20:.0f} MB, over the {MAX_INFLATED_BYTES // 2**20} MB "
+                         "a filter may hold; refused before reading")
 
 
 class GBDTFilter(FilterEstimator):
@@ -69,6 +85,7 @@ class GBDTFilter(FilterEstimator):
         from sklearn.ensemble import HistGradientBoostingClassifier
 
         path = directory / "model.skops"
+        _check_inflated_size(path)
         try:
             untrusted = skops.io.get_untrusted_types(file=path)
         except Exception as error:  # a truncated zip, a schema skops cannot read: nothing was constructed

@@ -62,9 +62,23 @@ class MLPFilter(FilterEstimator):
         return {"width": self.width_, "n_features": self.n_features_in_}
 
     def load_weights(self, directory: Path, state: dict[str, Any]) -> MLPFilter:
+        from safetensors import safe_open
+
         self.width_, self.n_features_in_ = state["width"], state["n_features"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (self.width_, self.n_features_in_)):
+            raise TypeError(f"state width and n_features must be positive integers, got {state}")
+        path = directory / "weights.safetensors"
+        # The file's shapes must be the network's before the network is allocated: a header that claims a
+        # huge width cannot make this allocate more than the file holds.
+        expected = {"0.weight": (self.hidden, self.width_ * self.n_features_in_), "0.bias": (self.hidden,),
+                    "2.weight": (self.width_, self.hidden), "2.bias": (self.width_,)}
+        with safe_open(path, framework="pt") as reader:
+            found = {name: tuple(reader.get_slice(name).get_shape()) for name in reader.keys()}
+        if found != expected:
+            raise ValueError(f"{path} holds tensors {found}, but the header's width {self.width_}, features "
+                             f"{self.n_features_in_} and hidden {self.hidden} need {expected}")
         self.network_ = _network(self.width_ * self.n_features_in_, self.hidden, self.width_)
-        weights = load_file(directory / "weights.safetensors")
+        weights = load_file(path)
         if not all(torch.isfinite(tensor).all() for tensor in weights.values()):
             raise ValueError(f"{directory / 'weights.safetensors'} holds NaN or infinite weights")
         self.network_.load_state_dict(weights)

@@ -89,7 +89,15 @@ def load_filter(path: str | Path) -> TrainedFilter:
     missing = [key for key in ("kind", "params", "state", "features", "block_length") if key not in header]
     if missing:
         raise ValueError(f"{header_path}: missing field(s) {', '.join(missing)}")
-    estimator = create("filters", (header["kind"], header["params"]))
+    if not isinstance(header["params"], dict) or not isinstance(header["state"], dict):
+        raise ValueError(f"{header_path}: fields params and state must be objects")
+    try:
+        estimator = create("filters", (header["kind"], header["params"]))
+        check = getattr(estimator, "check_params", None)
+        if callable(check):
+            check()  # sizes are checked before weights are allocated
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{header_path}: {error}") from error
     try:
         estimator = estimator.load_weights(path, header["state"])
     except (SafetensorError, RuntimeError, KeyError, TypeError, OSError) as error:

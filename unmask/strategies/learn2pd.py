@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from attrs import field, frozen
 
-from unmask.core.types import StepView
+from unmask.core.types import DecodeConfig, StepView
 from unmask.core.validators import number, optional
 from unmask.strategies._select import top_k_mask
 
@@ -58,6 +58,10 @@ class Learn2PDPolicy:
     def threshold(self) -> float:
         """The probability a prediction's "final" must exceed: ``tau``, or the filter's own."""
         return self.tau if self.tau is not None else float(self.trained.info.get("tau", 0.96))
+
+    def check_config(self, config: DecodeConfig) -> None:
+        """A block-wide filter (the MLP) serves only the block length it was trained on."""
+        self.trained.check_width(config.block_length)
 
     def warn_if_trained_on_another_model(self, weights_sha256: str) -> None:
         """Warn once per filter and model when the filter's traces came from other weights: its

@@ -8,7 +8,7 @@ import torch
 from attrs import field, frozen
 
 from unmask.core.plugins import create
-from unmask.core.types import StepView, StopDecision
+from unmask.core.types import DecodeConfig, StepView, StopDecision
 from unmask.core.validators import integer, one_of
 
 
@@ -84,6 +84,11 @@ class AnyStop:
     """
 
     stops: tuple[Any, ...] = field(converter=_stops)
+
+    def check_config(self, config: DecodeConfig) -> None:
+        from unmask.core.engine import check_config
+
+        check_config(self.stops, config)
 
     def check(self, view: StepView) -> StopDecision:
         done = torch.zeros_like(view.row_active)

@@ -5,8 +5,9 @@ from typing import Any
 import torch
 from attrs import field, frozen
 
+from unmask.core.engine import check_config
 from unmask.core.plugins import create
-from unmask.core.types import Commit, StepView
+from unmask.core.types import Commit, DecodeConfig, StepView
 
 
 def _policies(specs: Any) -> tuple[Any, ...]:
@@ -26,6 +27,9 @@ class UnionPolicy:
     """
 
     policies: tuple[Any, ...] = field(converter=_policies)
+
+    def check_config(self, config: DecodeConfig) -> None:
+        check_config(self.policies, config)
 
     def select(self, view: StepView) -> torch.Tensor | Commit:
         decisions = [policy.select(view) for policy in self.policies]

@@ -35,7 +35,7 @@ from unmask.contrib import distributed
 from unmask.contrib.eval.runner import Cell, Grid, GridError, run_grid
 from unmask.contrib.models.transformers import DTYPES
 
-__all__ = ["GridError", "Cell", "Grid", "load_grid", "ablate", "read_rows"]
+__all__ = ["GridError", "Cell", "Grid", "load_grid", "ablate", "read_rows", "exclusive_writer"]
 
 FIELDS = {"model", "tasks", "n", "seed", "gen_lengths", "block_length", "policies", "stops", "caches", "baseline",
           "cells", "batch_size", "name", "dtype", "device", "steps", "temperature", "decode_seed", "chat"}
@@ -87,12 +87,16 @@ def load_grid(source: str | Path | Mapping[str, Any]) -> Grid:
         raise GridError("grid: field 'baseline' must be a table of policy, stop and cache")
     _check_keys(raw.get("baseline", {}), BASELINE_FIELDS, "grid: baseline")
     baseline = {"policy": "topk", "stop": "none", "cache": "none", **raw.get("baseline", {})}
-    grid = Grid(name=name, model=str(raw.get("model", "reference")), tasks=tasks, n=raw.get("n", 50),
-                seed=raw.get("seed", 0), block_length=raw.get("block_length", 32),
-                batch_size=raw.get("batch_size", 32), baseline=baseline, cells=cells,
-                dtype=_choice(raw, "dtype", ("auto", *DTYPES), "float32"),
-                device=_choice(raw, "device", None, "cpu"), steps=raw.get("steps"), temperature=temperature,
-                decode_seed=raw.get("decode_seed", 0), chat=raw.get("chat"))
+    dtype = _choice(raw, "dtype", ("auto", *DTYPES), "float32")
+    device = _choice(raw, "device", None, "cpu")
+    try:
+        grid = Grid(name=name, model=str(raw.get("model", "reference")), tasks=tasks, n=raw.get("n", 50),
+                    seed=raw.get("seed", 0), block_length=raw.get("block_length", 32),
+                    batch_size=raw.get("batch_size", 32), baseline=baseline, cells=cells, dtype=dtype, device=device,
+                    steps=raw.get("steps"), temperature=temperature, decode_seed=raw.get("decode_seed", 0),
+                    chat=raw.get("chat"))
+    except ValueError as error:  # sample seeds that reach the training items
+        raise GridError(f"grid: field 'seed': {error}") from error
     _check_cells(grid)
     return grid
 
@@ -128,12 +132,14 @@ def _check_cells(grid: Grid) -> None:
     from unmask.contrib.tasks import get_task
     from unmask.core.plugins import create
 
+    from unmask.core.engine import check_config
+
     for cell in grid.cells:
         _check_field(cell, "task", lambda: get_task(cell.task))
         _check_field(cell, "gen_length", lambda: grid.config(cell))
-        _check_field(cell, "policy", lambda: create("policies", cell.policy))
-        _check_field(cell, "stop", lambda: create("stops", cell.stop))
-        _check_field(cell, "cache", lambda: create("caches", cell.cache))
+        for kind, field_name in (("policies", "policy"), ("stops", "stop"), ("caches", "cache")):
+            spec = getattr(cell, field_name)
+            _check_field(cell, field_name, lambda: check_config([create(kind, spec)], grid.config(cell)))
     if not any(grid.is_baseline(cell) for cell in grid.cells):
         raise GridError(f"grid: field 'baseline' {grid.baseline} matches no cell")
 
@@ -166,25 +172,36 @@ def ablate(
     grid = grid if isinstance(grid, Grid) else load_grid(grid)
     out = Path(out)
     # In a data-parallel run rank 0 alone reads and writes ``out`` and holds its lock.
-    with _exclusive(out) if distributed.ranks().main else nullcontext():
+    with exclusive_writer(out) if distributed.ranks().main else nullcontext():
         return _run_grid(grid, out, progress, loaded)
 
 
+_HELD: set[Path] = set()  # results files this process holds the lock of
+
+
 @contextmanager
-def _exclusive(out: Path) -> Iterator[None]:
-    """Hold a lock beside ``out`` so that a second writer fails at once instead of losing rows."""
+def exclusive_writer(out: str | Path) -> Iterator[None]:
+    """Hold a lock on ``out`` so that a second writer fails at once instead of losing rows. The lock is
+    that of the resolved file, so a second writer through a symlink is refused too; a process that holds it
+    already (the CLI around loading and decoding) takes it again freely."""
     import fcntl
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = out.with_name(f".{out.name}.lock")
+    resolved = Path(out).resolve()
+    if resolved in _HELD:
+        yield
+        return
+    resolved.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = resolved.with_name(f".{resolved.name}.lock")
     with open(lock_path, "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise GridError(f"--out {out}: another unmask ablate is writing it; wait for it or name another file") from None
+        _HELD.add(resolved)
         try:
             yield
         finally:
+            _HELD.discard(resolved)
             lock_path.unlink(missing_ok=True)
 
 

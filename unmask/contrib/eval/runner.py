@@ -69,6 +69,11 @@ class Grid:
     decode_seed: int = 0
     chat: bool | None = None  # prompts through the tokenizer's chat template; None: if it has one
 
+    def __attrs_post_init__(self) -> None:
+        from unmask.contrib.tasks import check_evaluation_seeds
+
+        check_evaluation_seeds(self.n, self.seed)
+
     def is_baseline(self, cell: Cell) -> bool:
         return (cell.policy, cell.stop, cell.cache) == (self.baseline["policy"], self.baseline["stop"],
                                                         self.baseline["cache"])

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import torch
 
-from unmask._files import check_output_directory, staged_directory
+from unmask._files import check_output_directory, read_json, staged_directory
 
 __all__ = ["LAYER_KEYS", "TOP_KEYS", "convert_llada_key", "convert_llada_state_dict", "llama_config_from_llada",
            "convert_llada_checkpoint", "unmapped_llada_options"]
@@ -107,20 +107,33 @@ def convert_llada_checkpoint(source: str | Path, target: str | Path) -> Path:
     Tokenizer and generation files are copied; LLaDA's own code is not. The target appears complete or not
     at all (written in a temporary directory beside it, then renamed).
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import save_file
 
     source, target = Path(source), Path(target)
+    if not source.is_dir():
+        raise FileNotFoundError(f"source {source}: no such directory")
     check_output_directory(target, command="convert-llada", inputs=[source], argument="target")
+    _refuse_links_outside(source)
     shards = sorted(source.glob("*.safetensors"))
     if not shards:
         raise FileNotFoundError(f"no .safetensors files in {source}")
-    llama_config = llama_config_from_llada(json.loads((source / "config.json").read_text()))  # before any shard
+    config_path = source / "config.json"
+    llada = read_json(config_path, what="LLaDA's config")
+    if not isinstance(llada, dict):
+        raise ValueError(f"{config_path}: must hold a JSON object")
+    try:
+        llama_config = llama_config_from_llada(llada)  # before any shard
+    except KeyError as error:
+        raise ValueError(f"{config_path}: missing field {error} of a LLaDA config") from None
     with staged_directory(target, command="convert-llada", inputs=[source]) as staging:
         weight_map: dict[str, str] = {}
         for shard in shards:
-            with safe_open(shard, framework="pt") as reader:
-                tensors = {convert_llada_key(key): reader.get_tensor(key) for key in reader.keys()}
+            try:
+                with safe_open(shard, framework="pt") as reader:
+                    tensors = {convert_llada_key(key): reader.get_tensor(key) for key in reader.keys()}
+            except (SafetensorError, OSError) as error:
+                raise ValueError(f"{shard}: not a readable safetensors file: {error}") from None
             save_file(tensors, staging / shard.name, metadata={"format": "pt"})
             weight_map.update(dict.fromkeys(tensors, shard.name))
         index = {"metadata": {}, "weight_map": dict(sorted(weight_map.items()))}
@@ -135,8 +148,17 @@ def convert_llada_checkpoint(source: str | Path, target: str | Path) -> Path:
     return target
 
 
+def _refuse_links_outside(source: Path) -> None:
+    """A symlink in the source that leads out of it would copy a file the user never meant to convert."""
+    root = source.resolve()
+    for entry in source.iterdir():
+        if entry.is_symlink() and root not in entry.resolve().parents:
+            raise ValueError(f"source {source}: {entry.name} is a symlink to {entry.resolve()}, outside the source "
+                             "directory; copy the checkpoint's files into a directory of their own")
+
+
 def _strip_remote_code(tokenizer_config: Path) -> None:
     if tokenizer_config.exists():
-        settings = json.loads(tokenizer_config.read_text())
-        if settings.pop("auto_map", None) is not None:
+        settings = read_json(tokenizer_config, what="the tokenizer's config")
+        if isinstance(settings, dict) and settings.pop("auto_map", None) is not None:
             tokenizer_config.write_text(json.dumps(settings, indent=2))

@@ -44,7 +44,18 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> str | torch.dtype:
 
 
 class CacheNotSupportedError(ValueError):
-    """The model cannot take ``past_key_values``; only the ``none`` cache serves it."""
+    """The model cannot take a KV cache; only the ``none`` cache serves it."""
+
+
+# The forward argument that takes a KV cache: transformers up to 5.23 calls it ``past_key_values``, 5.24 and
+# later ``cache``. The adapter reads the model's signature, so both releases work without a version check.
+CACHE_ARGUMENTS = ("past_key_values", "cache")
+
+
+def cache_argument(forward: Any) -> str | None:
+    """The name under which ``forward`` takes a KV cache, or None if it takes none."""
+    parameters = inspect.signature(forward).parameters
+    return next((name for name in CACHE_ARGUMENTS if name in parameters), None)
 
 
 @define
@@ -60,14 +71,17 @@ class TransformersDenoiser:
     eos_token_id: int
     shift_logits: bool = False
     remote_code: bool = False
-    accepts_cache: bool = field(init=False)
+    cache_argument: str | None = field(init=False)
     accepts_positions: bool = field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        parameters = inspect.signature(self.model.forward).parameters
         # Remote code has its own cache conventions; only transformers' own classes take ours.
-        self.accepts_cache = "past_key_values" in parameters and not self.remote_code
-        self.accepts_positions = "position_ids" in parameters
+        self.cache_argument = None if self.remote_code else cache_argument(self.model.forward)
+        self.accepts_positions = "position_ids" in inspect.signature(self.model.forward).parameters
+
+    @property
+    def accepts_cache(self) -> bool:
+        return self.cache_argument is not None
 
     @property
     def vocab_size(self) -> int:
@@ -95,12 +109,13 @@ class TransformersDenoiser:
         if position_ids is not None and self.accepts_positions:
             inputs["position_ids"] = position_ids
         if past_key_values is not None:
-            if not self.accepts_cache:
+            if self.cache_argument is None:
                 raise CacheNotSupportedError(
-                    f"{type(self.model).__name__} cannot take past_key_values "
-                    f"({'remote code' if self.remote_code else 'no such argument'}); use cache='none'"
+                    f"{type(self.model).__name__} cannot take a KV cache "
+                    f"({'remote code' if self.remote_code else 'no ' + ' or '.join(CACHE_ARGUMENTS) + ' argument'}); "
+                    "use cache='none'"
                 )
-            inputs.update(past_key_values=past_key_values, use_cache=True)
+            inputs.update({self.cache_argument: past_key_values, "use_cache": True})
         elif self.accepts_cache:
             inputs["use_cache"] = False
         logits = self.model(**inputs).logits  # (B, S, V)

@@ -16,7 +16,7 @@ from attrs import field, frozen
 from unmask.contrib.tasks.gym import GYM_TASKS, GymTask
 from unmask.contrib.tasks.lists import LIST_TASKS, ListTask
 
-__all__ = ["TASKS", "DEFAULT_TASKS", "SUITE", "TRAIN_SEED", "Task", "Sample", "samples", "score", "get_task",
+__all__ = ["check_evaluation_seeds", "TASKS", "DEFAULT_TASKS", "SUITE", "TRAIN_SEED", "Task", "Sample", "samples", "score", "get_task",
            "valid_answer"]
 
 TRAIN_SEED = 1_000_000
@@ -43,6 +43,15 @@ def get_task(name: str) -> Task:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}")
     return TASKS[name]
+
+
+def check_evaluation_seeds(n: int, seed: int, *, argument: str = "seed") -> None:
+    """Refuse an evaluation sample set that reaches the training seeds (``TRAIN_SEED`` and up)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"{argument} must be an integer >= 0, got {seed!r}")
+    if seed + n > TRAIN_SEED:
+        raise ValueError(f"{argument}={seed} with n={n} reaches the training seeds ({TRAIN_SEED} and up): "
+                         f"evaluation items are the seeds below {TRAIN_SEED}")
 
 
 def samples(task: str, n: int, seed: int) -> list[Sample]:

@@ -51,14 +51,19 @@ def train_filter(
     validation metrics."""
     from unmask.core.plugins import create
 
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 <= tau <= 1:
+        raise ValueError(f"tau must be a probability in [0, 1], got {tau!r}")
     traces_dirs = list(traces_dirs) if isinstance(traces_dirs, (list, tuple)) else [traces_dirs]
     check_output_directory(out, command="train-filter", overwrite=overwrite, inputs=traces_dirs)
+    estimator = create("filters", (kind, dict(params or {})))  # bad parameters fail before traces load
+    check = getattr(estimator, "check_params", None)
+    if callable(check):
+        check()
     traces = Traces(*traces_dirs)
     feature_set = feature_set or DEFAULT_FEATURES.get(kind, "position_stats")
     X = features(feature_set, traces.stats).numpy()
     y, masked = traces.labels.numpy(), traces.stats.masked.numpy()
     parts = {name: part.numpy() for name, part in split_by_prompt(traces, seed).items()}
-    estimator = create("filters", (kind, dict(params or {})))
     started = time.perf_counter()
     train = parts["train"]
     estimator.fit(X[train], y[train], sample_mask=masked[train])

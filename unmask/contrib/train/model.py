@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import torch
 from attrs import asdict, field, frozen
 
-from unmask._files import check_output_directory, staged_directory
+from unmask._files import check_output_directory, read_json, read_safetensors, staged_directory
 
 __all__ = ["TrainingConfig", "build_tokenizer", "build_model", "train_reference_model", "EOS", "MASK"]
 
@@ -185,23 +185,59 @@ def _save_checkpoint(directory: Path, model: Any, optimizer: Any, generator: tor
         (staging / "progress.json").write_text(json.dumps(progress))
 
 
-def _load_checkpoint(directory: Path, model: Any, optimizer: Any, generator: torch.Generator,
-                     config: TrainingConfig) -> dict[str, Any]:
-    from safetensors.torch import load_file
+PROGRESS_KEYS = ("config", "step", "log", "running", "elapsed_s", "rng")
 
-    progress = json.loads((directory / "progress.json").read_text())
+
+def _read_checkpoint(directory: Path, config: TrainingConfig) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A checkpoint's progress and tensors, checked before any data is prepared: a damaged file is one
+    error naming it."""
+    path = directory / "progress.json"
+    progress = read_json(path, what="a training checkpoint's progress")
+    missing = [key for key in PROGRESS_KEYS if not isinstance(progress, dict) or key not in progress]
+    if missing:
+        raise ValueError(f"--resume: {path} is damaged (missing {', '.join(missing)})")
+    if not isinstance(progress["step"], int) or not 0 <= progress["step"] <= config.steps \
+            or not isinstance(progress["log"], list) or not isinstance(progress["rng"], list):
+        raise ValueError(f"--resume: {path} is damaged (step, log or rng of the wrong type)")
     if progress["config"] != json.loads(json.dumps(asdict(config))):
-        changed = sorted(k for k, v in asdict(config).items() if progress["config"].get(k) != json.loads(json.dumps(v)))
+        recorded = progress["config"] if isinstance(progress["config"], dict) else {}
+        changed = sorted(k for k, v in asdict(config).items() if recorded.get(k) != json.loads(json.dumps(v)))
         raise ValueError(f"--resume: {directory} was trained with other settings ({', '.join(changed)} differ)")
-    tensors = load_file(directory / "state.safetensors")
-    model.load_state_dict({name[6:]: value for name, value in tensors.items() if name.startswith("model.")})
+    try:
+        random.Random().setstate(_as_tuples(progress["rng"]))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--resume: {path} is damaged (rng: {error})") from None
+    tensors = read_safetensors(directory / "state.safetensors", what="a training checkpoint's state")
+    if "generator" not in tensors or not any(name.startswith("model.") for name in tensors):
+        raise ValueError(f"--resume: {directory / 'state.safetensors'} is damaged (no model or generator state)")
+    return progress, tensors
+
+
+def _apply_checkpoint(directory: Path, tensors: dict[str, torch.Tensor], model: Any, optimizer: Any,
+                      generator: torch.Generator) -> None:
+    path = directory / "state.safetensors"
+    weights = {name[6:]: value for name, value in tensors.items() if name.startswith("model.")}
+    expected = model.state_dict()
+    wrong = sorted(set(expected) ^ set(weights)) + sorted(
+        name for name in set(expected) & set(weights) if expected[name].shape != weights[name].shape)
+    if wrong:
+        raise ValueError(f"--resume: {path} does not fit the model ({len(wrong)} tensor(s) missing, unexpected or "
+                         f"of another shape, e.g. {wrong[0]})")
+    model.load_state_dict(weights)
     state = optimizer.state_dict()
+    parameters = list(model.parameters())  # the optimizer's order
     for index, parameter in enumerate(state["param_groups"][0]["params"]):
-        state["state"][parameter] = {key: tensors[f"optimizer.{index}.{key}"]
-                                     for key in ("step", "exp_avg", "exp_avg_sq")}
+        moments = {key: tensors.get(f"optimizer.{index}.{key}") for key in ("step", "exp_avg", "exp_avg_sq")}
+        if any(value is None for value in moments.values()) or any(
+                moments[key].shape != parameters[index].shape for key in ("exp_avg", "exp_avg_sq")):
+            raise ValueError(f"--resume: {path} is damaged (optimizer state of parameter {index} missing or of "
+                             "another shape)")
+        state["state"][parameter] = moments
     optimizer.load_state_dict(state)
-    generator.set_state(tensors["generator"])
-    return progress
+    try:
+        generator.set_state(tensors["generator"])
+    except (RuntimeError, ValueError, TypeError) as error:
+        raise ValueError(f"--resume: {path} is damaged (generator: {' '.join(str(error).split())})") from None
 
 
 def train_reference_model(out: str | Path, config: TrainingConfig = TrainingConfig(), *, progress: bool = True,
@@ -219,6 +255,7 @@ def train_reference_model(out: str | Path, config: TrainingConfig = TrainingConf
         raise ValueError(f"--resume: no checkpoint at {checkpoint}")
     if not resume and checkpoint.exists():
         raise ValueError(f"{checkpoint} holds an unfinished run: pass --resume to continue it, or remove it")
+    saved_state = _read_checkpoint(checkpoint, config) if resume else None  # before the data is prepared
     torch.set_num_threads(config.threads)
     examples = _Examples(config)
     tokenizer = examples.tokenizer
@@ -233,8 +270,9 @@ def train_reference_model(out: str | Path, config: TrainingConfig = TrainingConf
     rng = random.Random(config.seed)
     state: dict[str, Any] = {"config": json.loads(json.dumps(asdict(config))), "step": 0, "log": [],
                              "running": None, "elapsed_s": 0.0}
-    if resume:
-        state = _load_checkpoint(checkpoint, model, optimizer, generator, config)
+    if saved_state is not None:
+        state, tensors = saved_state
+        _apply_checkpoint(checkpoint, tensors, model, optimizer, generator)
         rng.setstate(_as_tuples(state["rng"]))
     for group in optimizer.param_groups:  # what LambdaLR needs to start at a later step
         group.setdefault("initial_lr", group["lr"])

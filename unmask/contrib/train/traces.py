@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from unmask._files import write_atomically, write_text_atomically
+from unmask._files import read_json, read_safetensors, read_text, write_atomically, write_text_atomically
 from unmask.contrib import distributed
 from unmask.core.engine import decode, pad_prompts
 from unmask.core.types import DecodeConfig, StepView
@@ -146,7 +146,7 @@ def _collect_shard(model: Any, tokenizer: Any, items: Sequence[tuple[int, str]],
 def read_prompts(path: str | Path) -> list[str]:
     """The ``prompt`` of every line of a JSONL file (blank lines skipped)."""
     prompts = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for number, line in enumerate(read_text(path, what="--prompts").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -195,7 +195,7 @@ class Traces:
         tasks: list[torch.Tensor] = []
         for directory, manifest in zip(directories, self.manifests):
             for name in sorted(manifest["shards"]):
-                shard = load_file(Path(directory) / name)
+                shard = _read_shard(Path(directory) / name)
                 for key, values in shard.items():
                     columns.setdefault(key, []).append(values)
                 tasks.append(torch.full((len(shard["labels"]),), self.tasks.index(name.rsplit("-", 1)[0])))
@@ -208,26 +208,56 @@ class Traces:
         return len(self.labels)
 
 
+SHARD_TENSORS = (*BlockStats.TENSORS, "labels", "prompt", "block")  # one row per record each
+
+
+def _read_shard(path: Path) -> dict[str, torch.Tensor]:
+    """A shard's tensors, checked for the keys and the one record count a trace needs."""
+    shard = read_safetensors(path, what="a traces shard")
+    missing = [key for key in SHARD_TENSORS if key not in shard]
+    if missing:
+        raise ValueError(f"{path}: not a traces shard (missing tensor(s) {', '.join(missing)})")
+    counts = {key: len(shard[key]) if shard[key].dim() else 0 for key in SHARD_TENSORS}
+    if len(set(counts.values())) > 1:
+        raise ValueError(f"{path}: damaged traces shard: its tensors hold different record counts {counts}")
+    return shard
+
+
 def _read_manifest(directory: Path) -> dict[str, Any]:
     path = directory / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{directory} holds no traces ({MANIFEST} missing); make them with unmask collect")
-    manifest: dict[str, Any] = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{directory}: traces format {manifest.get('format')!r}, expected {FORMAT!r} "
+    manifest = read_json(path, what="a traces manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ValueError(f"{path}: traces format {found!r}, expected {FORMAT!r} "
                          "(older traces lack the block's tokens); collect them again with unmask collect")
+    _check_manifest(path, manifest)
     if not manifest["shards"]:
         raise ValueError(f"{directory}: the manifest lists no finished shards")
     return manifest
 
 
+def _check_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    settings, shards = manifest.get("settings"), manifest.get("shards")
+    if not isinstance(settings, dict) or not isinstance(shards, dict):
+        raise ValueError(f"{path}: damaged manifest: 'settings' and 'shards' must be objects")
+    missing = [key for key in ("model", "block_length", "tasks") if key not in settings]
+    if missing or not isinstance(settings.get("tasks"), list):
+        raise ValueError(f"{path}: damaged manifest: settings lack {', '.join(missing) or 'a list of tasks'}")
+    for name in shards:
+        if "/" in name or "\\" in name or name.startswith(".") or name.rsplit("-", 1)[0] not in settings["tasks"]:
+            raise ValueError(f"{path}: damaged manifest: shard {name!r} is no shard of its tasks")
+
+
 def _open_manifest(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     path = out / MANIFEST
     if path.exists():
-        manifest = json.loads(path.read_text())
-        if manifest.get("format") != FORMAT:
-            raise ValueError(f"{out} holds traces in format {manifest.get('format')!r}, not {FORMAT!r}; "
-                             "use a new --out directory")
+        manifest = read_json(path, what="a traces manifest")
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+            raise ValueError(f"{out} holds traces in format {found!r}, not {FORMAT!r}; use a new --out directory")
+        _check_manifest(path, manifest)
         if manifest["settings"] != settings:
             changed = sorted(k for k in settings if manifest["settings"].get(k) != settings[k])
             raise ValueError(f"{out} holds traces made with other settings ({', '.join(changed)} differ); "
