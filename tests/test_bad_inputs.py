@@ -6,11 +6,13 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import shutil
 import time
 import zipfile
 from pathlib import Path
 
+import attrs
 import pytest
 import torch
 
@@ -403,7 +405,8 @@ FILE_CASES = [
     ("filter: truncated weights", lambda t: ["--policy", "learn2pd:filter=" + str(_filter_dir(
         t, "mlp", lambda d: _truncate(d / "weights.safetensors")))], "the weights do not load"),
     ("filter: wrong-shape weights", lambda t: ["--policy", "learn2pd:filter=" + str(_filter_dir(
-        t, "mlp", _mlp_weights(lambda w: {k: v[..., :3].contiguous() for k, v in w.items()})))], "the weights do not load"),
+        t, "mlp", _mlp_weights(lambda w: {k: v[..., :3].contiguous() for k, v in w.items()})))],
+     "but the header's width"),
     ("filter: NaN weights", lambda t: ["--policy", "learn2pd:filter=" + str(_filter_dir(
         t, "mlp", _mlp_weights(lambda w: {k: torch.full_like(v, math.nan) for k, v in w.items()})))],
      "NaN or infinite weights"),
@@ -436,3 +439,330 @@ def test_grid_files_are_checked_before_the_model_loads(text, expected, tmp_path,
     grid = tmp_path / "grid.toml"
     grid.write_text(text)
     assert_one_line_error(["ablate", grid], expected, capsys)
+
+
+# --- 7. a fresh install's report: forged markers, damaged files, sizes, seeds, names -----------------------
+
+
+def test_a_forged_marker_proves_nothing(traces, tmp_path, capsys):
+    """A marker lists what a command wrote with each entry's hash: a forged or stale one deletes nothing."""
+    from unmask._files import MARKER, digest
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("keep me")
+    (victim / "filter.json").write_text("my own file")
+    for entries in (["notes.txt", "filter.json"], {"notes.txt": "0" * 64, "filter.json": "0" * 64}):
+        (victim / MARKER).write_text(json.dumps({"command": "train-filter", "entries": entries}))
+        before = snapshot(victim)
+        assert_one_line_error(["train-filter", "--traces", traces, "--kind", "gbdt", "--out", victim,
+                               "--param", "max_iter=5"], "did not write", capsys)
+        assert snapshot(victim) == before
+    # A marker that proves one entry proves nothing about a file added beside it.
+    out = tmp_path / "filter"
+    assert main(["train-filter", "--traces", str(traces), "--kind", "gbdt", "--out", str(out), "--param",
+                 "max_iter=5"]) == 0
+    marker = json.loads((out / MARKER).read_text())
+    assert marker["entries"]["filter.json"] == digest(out / "filter.json")
+    (out / "notes.txt").write_text("added by the user")
+    assert_one_line_error(["train-filter", "--traces", traces, "--kind", "gbdt", "--out", out], "notes.txt", capsys)
+    (out / "notes.txt").unlink()
+    (out / "filter.json").write_text((out / "filter.json").read_text() + " ")  # changed since
+    assert_one_line_error(["train-filter", "--traces", traces, "--kind", "gbdt", "--out", out], "filter.json", capsys)
+
+
+def _progress(training_config, **change):
+    import random
+
+    from attrs import asdict
+
+    progress = {"config": json.loads(json.dumps(asdict(training_config))), "step": 1, "log": [], "running": None,
+                "elapsed_s": 0.0, "rng": json.loads(json.dumps(random.Random(0).getstate()))}
+    progress.update(change)
+    return {k: v for k, v in progress.items() if v is not _DROP}
+
+
+_DROP = object()
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda c: c.joinpath("progress.json").write_text('{"config": {'), "progress.json: not valid JSON"),
+    (lambda c: c.joinpath("progress.json").write_bytes(b"\xff\xfe"), "progress.json: not UTF-8"),
+    (lambda c: _write_progress(c, config=_DROP), "progress.json is damaged (missing config)"),
+    (lambda c: _write_progress(c, rng=_DROP), "progress.json is damaged (missing rng)"),
+    (lambda c: _write_progress(c, rng=[1, 2]), "progress.json is damaged (rng"),
+    (lambda c: _write_progress(c, step="x"), "progress.json is damaged (step"),
+    (lambda c: _write_progress(c) or c.joinpath("state.safetensors").write_bytes(b"\x08\x00"), "state.safetensors: not a readable"),
+    (lambda c: _write_progress(c), "state.safetensors: no such file"),
+    (lambda c: _write_progress(c) or _save_state(c, {"optimizer.0.step": torch.zeros(1)}), "no model or generator state"),
+])
+def test_a_damaged_checkpoint_is_one_line_before_the_data_is_prepared(damage, expected, tmp_path, capsys,
+                                                                      monkeypatch):
+    from unmask.contrib.train import model as training
+
+    monkeypatch.setattr(training, "_Examples", lambda config: pytest.fail("the data was prepared"))
+    checkpoint = tmp_path / "m.checkpoint"
+    checkpoint.mkdir()
+    damage(checkpoint)
+    started = time.perf_counter()
+    assert_one_line_error(["train-model", "--out", tmp_path / "m", "--resume"], expected, capsys)
+    assert time.perf_counter() - started < 5
+
+
+def _write_progress(checkpoint, **change):
+    from unmask.contrib.train.model import TrainingConfig
+
+    (checkpoint / "progress.json").write_text(json.dumps(_progress(TrainingConfig(), **change)))
+
+
+def _save_state(checkpoint, tensors):
+    from safetensors.torch import save_file
+
+    save_file({"generator": torch.Generator().get_state(), **tensors}, checkpoint / "state.safetensors")
+
+
+def test_checkpoint_tensors_that_do_not_fit_the_model_name_the_file(tmp_path):
+    from unmask.contrib.models.tiny import tiny_model, tiny_tokenizer
+    from unmask.contrib.train.model import _apply_checkpoint
+
+    model = tiny_model("llama", tiny_tokenizer())
+    optimizer = torch.optim.AdamW(model.parameters())
+    weights = {f"model.{k}": v for k, v in model.state_dict().items()}
+    name = next(iter(weights))
+    for tensors, expected in [({**weights, name: torch.zeros(3)}, f"another shape, e.g. {name[6:]}"),
+                              (weights, "optimizer state of parameter 0")]:
+        with pytest.raises(ValueError, match=r"state.safetensors (does not fit the model|is damaged)") as error:
+            _apply_checkpoint(tmp_path, {"generator": torch.Generator().get_state(), **tensors}, model, optimizer,
+                              torch.Generator())
+        assert expected in str(error.value)
+
+
+def _traces_copy(traces, tmp_path, damage):
+    target = shutil.copytree(traces, tmp_path / "damaged")
+    damage(target)
+    return target
+
+
+def _manifest(change):
+    def damage(folder):
+        manifest = json.loads((folder / "manifest.json").read_text())
+        change(manifest)
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    return damage
+
+
+def _first_shard(folder):
+    return next(p for p in sorted(folder.iterdir()) if p.suffix == ".safetensors")
+
+
+def _shard_without_labels(folder):
+    from safetensors.torch import load_file, save_file
+
+    shard = _first_shard(folder)
+    tensors = load_file(shard)
+    del tensors["labels"]
+    save_file(tensors, shard)
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda f: (f / "manifest.json").write_text("{"), "manifest.json: not valid JSON"),
+    (lambda f: (f / "manifest.json").write_text("[]"), "traces format 'list'"),
+    (_manifest(lambda m: m.update(shards=[])), "manifest.json: damaged manifest"),
+    (_manifest(lambda m: m["settings"].pop("model")), "settings lack model"),
+    (_manifest(lambda m: m["shards"].update({"../x-0": {}})), "shard '../x-0' is no shard"),
+    (lambda f: _truncate(_first_shard(f)), "not a readable safetensors file (a traces shard)"),
+    (_shard_without_labels, "not a traces shard (missing tensor(s) labels)"),
+])
+def test_damaged_traces_name_the_file(damage, expected, traces, tmp_path, capsys):
+    damaged = _traces_copy(traces, tmp_path, damage)
+    assert_one_line_error(["train-filter", "--traces", damaged, "--kind", "gbdt", "--out", tmp_path / "f"],
+                          expected, capsys)
+
+
+def _llada_source(tmp_path, damage):
+    from safetensors.torch import save_file
+
+    source = tmp_path / "llada"
+    source.mkdir()
+    config = {"d_model": 8, "mlp_hidden_size": 16, "n_layers": 1, "n_heads": 2, "vocab_size": 32, "mask_token_id": 31,
+              "eos_token_id": 30}
+    (source / "config.json").write_text(json.dumps(config))
+    save_file({"model.transformer.wte.weight": torch.zeros(32, 8)}, source / "model.safetensors")
+    damage(source)
+    return source
+
+
+def _outside_link(source):
+    secret = source.parent / "secret.txt"
+    secret.write_text("not part of the checkpoint")
+    (source / "tokenizer.json").symlink_to(secret)
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda s: (s / "config.json").write_text("{"), "config.json: not valid JSON"),
+    (lambda s: (s / "config.json").write_text("[1]"), "config.json: must hold a JSON object"),
+    (lambda s: (s / "config.json").write_text('{"d_model": 8}'), "config.json: missing field 'vocab_size'"),
+    (lambda s: _truncate(s / "model.safetensors"), "model.safetensors: not a readable safetensors file"),
+    (lambda s: (s / "config.json").unlink(), "config.json: no such file"),
+    (_outside_link, "tokenizer.json is a symlink"),
+])
+def test_bad_llada_sources(damage, expected, tmp_path, capsys):
+    source = _llada_source(tmp_path, damage)
+    assert_one_line_error(["convert-llada", source, tmp_path / "out"], expected, capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_utf8_prompts_name_the_file(tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_bytes(b'{"prompt": "caf\xe9"}\n')
+    assert_one_line_error(["collect", "--prompts", prompts, "--out", tmp_path / "t"], "prompts.jsonl: not UTF-8",
+                          capsys)
+
+
+def _tiny_dir(tmp_path, **config_change):
+    from unmask.contrib.models.tiny import save_tiny
+
+    directory = save_tiny("llama", tmp_path / "tiny")
+    config = json.loads((directory / "config.json").read_text())
+    config.update(config_change)
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"num_hidden_layers": 10**6}, "the config does not belong to these weights"),
+    ({"hidden_size": 10**6, "num_attention_heads": 1, "head_dim": 10**6}, "describes at least"),
+])
+def test_a_config_far_larger_than_its_weights_is_refused_before_allocation(change, expected, tmp_path, capsys):
+    started = time.perf_counter()
+    assert_one_line_error(GENERATE + ["--model", _tiny_dir(tmp_path, **change)], expected, capsys)
+    assert time.perf_counter() - started < 5
+
+
+def test_an_unknown_model_name_waits_on_no_network(capsys):
+    started = time.perf_counter()
+    assert_one_line_error(GENERATE + ["--model", "no-such-name"], "neither a registered model (reference)", capsys)
+    with pytest.raises(ValueError, match="pass --download"):
+        unmask.load("no-such-owner/no-such-name")
+    assert time.perf_counter() - started < 5
+
+
+def _mlp_header(change):
+    def damage(folder: Path) -> None:
+        header = json.loads((folder / "filter.json").read_text())
+        change(header)
+        (folder / "filter.json").write_text(json.dumps(header))
+    return damage
+
+
+def _inflating_skops(folder: Path) -> None:
+    with zipfile.ZipFile(folder / "model.skops", "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("schema.json", "{}")
+        archive.writestr("big.bin", bytes(100 * 2**20))
+
+
+@pytest.mark.parametrize("kind, damage, expected", [
+    ("mlp", _mlp_header(lambda h: h["params"].update(hidden=10**9)), "but the header's width"),
+    ("mlp", _mlp_header(lambda h: h["params"].update(hidden="32")), "parameter hidden must be an integer"),
+    ("mlp", _mlp_header(lambda h: h["state"].update(width=10**9)), "but the header's width"),
+    ("gbdt", _inflating_skops, "inflates to 100 MB"),
+])
+def test_filter_sizes_are_checked_before_allocation(kind, damage, expected, tmp_path):
+    import tracemalloc
+
+    folder = _filter_dir(tmp_path, kind, damage)
+    tracemalloc.start()
+    try:
+        with pytest.raises(SpecError, match=re.escape(expected)):
+            unmask.decode(FakeDenoiser(), [[1, 2]], gen_length=32, block_length=32, policy=f"learn2pd:filter={folder}")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 2**20
+
+
+def test_ablate_locks_its_resolved_output_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    import fcntl
+
+    from unmask.contrib.models import transformers
+
+    monkeypatch.setattr(transformers, "load", lambda *a, **k: pytest.fail("the model loaded"))
+    grid = tmp_path / "grid.toml"
+    grid.write_text('tasks = ["chain_sum"]\nn = 2\ngen_lengths = [16]\nblock_length = 16\n')
+    (tmp_path / "rows.jsonl").write_text("")
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "rows.jsonl")
+    with open(tmp_path / ".rows.jsonl.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert_one_line_error(["ablate", grid, "--out", tmp_path / "link.jsonl"], "another unmask ablate", capsys)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('tasks = ["chain_sum"]\npolicies = ["learn2pd:filter=mlp"]\nblock_length = 16\ngen_lengths = [32]\n'
+     'baseline = { policy = "learn2pd:filter=mlp" }\n', "trained on blocks of 32 tokens"),
+    ('tasks = ["chain_sum"]\nseed = 999999\nn = 5\n', "reaches the training seeds"),
+])
+def test_grid_cells_are_checked_against_their_settings_before_the_model_loads(text, expected, tmp_path, capsys,
+                                                                               monkeypatch):
+    from unmask.contrib.models import transformers
+
+    monkeypatch.setattr(transformers, "load", lambda *a, **k: pytest.fail("the model loaded"))
+    grid = tmp_path / "grid.toml"
+    grid.write_text(text)
+    assert_one_line_error(["ablate", grid], expected, capsys)
+    assert not grid.with_suffix(".jsonl").exists()
+
+
+def test_an_unk_inside_an_answer_scores_wrong():
+    from unmask.contrib.models.transformers import decode_answers
+    from unmask.contrib.tasks import samples, score
+
+    model, tokenizer = unmask.load("reference")
+    sample = samples("copy", 1, 0)[0]
+    ids = tokenizer(sample.answer)["input_ids"]
+    for inside, correct in ((ids, True), (ids[:1] + [tokenizer.unk_token_id] + ids[1:], False)):
+        tokens = torch.tensor([inside + [model.eos_token_id]])
+        result = unmask.decode(model, [[5]], gen_length=4)  # a result whose tokens are then replaced
+        result = attrs.evolve(result, tokens=tokens, answer_lengths=torch.tensor([len(inside)]))
+        answer = decode_answers(tokenizer, result)[0]
+        assert score(sample, answer) is correct, answer
+
+
+FRESH_CLI_CASES = [
+    (["train-filter", "--traces", "t", "--kind", "gbdt", "--out", "f", "--tau", "2"],
+     "argument --tau: must be a probability in [0, 1]"),
+    (GENERATE + ["--policy", "threshold:tau=0.9,tau=0.1"], "parameter 'tau' is given twice"),
+    (["bench", "--seed", "999990", "--n", "50"], "reaches the training seeds"),
+    (["bench", "--seed", "-1"], "argument --seed: must be an integer in [0, 2**64)"),
+    (["export-tasks", "out", "--seed", "1000000"], "reaches the training seeds"),
+    (GENERATE + ["--seed", str(2**70)], "argument --seed: must be an integer in [0, 2**64)"),
+    (["train-model", "--out", "x", "--seed", str(2**70)], "argument --seed"),
+]
+
+
+@pytest.mark.parametrize("argv, expected", FRESH_CLI_CASES, ids=[" ".join(c[0])[:60] for c in FRESH_CLI_CASES])
+def test_fresh_cli_errors(argv, expected, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    started = time.perf_counter()
+    assert_one_line_error(argv, expected, capsys)
+    assert time.perf_counter() - started < 5
+    assert not (tmp_path / "out").exists()
+
+
+def test_filter_parameters_are_checked_before_the_traces_load(traces, tmp_path, capsys, monkeypatch):
+    from unmask.contrib.train import filters
+
+    monkeypatch.setattr(filters, "Traces", lambda *a: pytest.fail("the traces loaded"))
+    assert_one_line_error(["train-filter", "--traces", traces, "--kind", "gbdt", "--out", tmp_path / "f",
+                           "--param", "max_iter=abc"], "parameter max_iter must be an integer >= 1, got 'abc'", capsys)
+    with pytest.raises(ValueError, match=r"tau must be a probability in \[0, 1\]"):
+        filters.train_filter(traces, "gbdt", tmp_path / "f", tau=2)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: unmask.decode(fake, [[1, 2]], mask_token_id=99), "mask_token_id=99 is outside the model's vocabulary"),
+    (lambda: DecodeConfig(seed=2**70), r"seed must be an integer >= 0 and < 2\*\*64"),
+    (lambda: unmask.decode(fake, [[1, 2]], seed=2**64), r"seed must be an integer >= 0 and < 2\*\*64"),
+])
+def test_fresh_api_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

@@ -86,7 +86,7 @@ def test_caches_are_listed():
 
 @pytest.mark.parametrize("cache", ["prefix", "dual"])
 def test_a_model_without_cache_support_is_a_clear_error(cache):
-    with pytest.raises(ValueError, match="needs a model that takes past_key_values.*cache='none'"):
+    with pytest.raises(ValueError, match="needs a model that takes a KV cache.*cache='none'"):
         unmask.decode(FakeDenoiser(), [[1, 2]], gen_length=8, cache=cache)
 
 

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,11 +15,12 @@ SMALL = ["--gen-length", "32", "--block-length", "16"]
 
 
 def torchrun(*arguments, cwd=None):
-    """``torchrun --standalone --nproc-per-node 2 -m unmask ARGS``; its stdout (rank 0 alone prints)."""
+    """``torchrun --standalone --nproc-per-node 2 --no-python unmask ARGS`` (the installed command, as docs/eval.md
+    recommends); its stdout (rank 0 alone prints)."""
     environment = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     environment["OMP_NUM_THREADS"] = "1"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "unmask", *map(str, arguments)]
+               "--no-python", str(Path(sys.executable).with_name("unmask")), *map(str, arguments)]
     done = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=cwd, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout

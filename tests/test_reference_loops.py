@@ -24,7 +24,7 @@ def _predict(model, x, attention, positions):
     return x0, confidence
 
 
-def llada_generate(model, prompts, *, steps, gen_length, block_length):
+def llada_generate(model, prompts, *, steps, gen_length, block_length, rank_block=False):
     x, attention, positions, prompt_length = _canvas(model, prompts, gen_length)
     mask_id = model.mask_token_id
     num_blocks = gen_length // block_length
@@ -48,7 +48,11 @@ def llada_generate(model, prompts, *, steps, gen_length, block_length):
             confidence = torch.where(mask_index, p, torch.tensor(float("-inf")))
             transfer = torch.zeros_like(x, dtype=torch.bool)
             for row in range(x.shape[0]):
-                _, chosen = torch.topk(confidence[row], k=int(num_transfer[row, i]))
+                if rank_block:  # Fast-dLLM's loops: the block's confidences alone are ranked
+                    _, chosen = torch.topk(confidence[row, start:end], k=int(num_transfer[row, i]))
+                    chosen = chosen + start
+                else:
+                    _, chosen = torch.topk(confidence[row], k=int(num_transfer[row, i]))
                 transfer[row, chosen] = True
             x[transfer] = x0[transfer]
     return x[:, prompt_length:], nfe
@@ -107,3 +111,40 @@ def test_threshold_is_parallel_on_the_fake_model(model, prompts):
     """Guards the reference tests above against a degenerate model that never commits in parallel."""
     result = unmask.decode(model, prompts, policy="threshold:tau=0.7", gen_length=32, block_length=8)
     assert result.nfe.float().mean() < 32
+
+
+class Sharpened(torch.nn.Module):
+    """A model sure of every prediction: most confidences are exactly 1.0 in float64, so ranking is all ties."""
+
+    def __init__(self, model, scale):
+        super().__init__()
+        self.inner, self.scale = model, scale
+        self.mask_token_id, self.eos_token_id, self.vocab_size = model.mask_token_id, model.eos_token_id, model.vocab_size
+
+    def forward(self, input_ids, **kwargs):
+        return self.inner(input_ids, **kwargs) * self.scale
+
+
+def test_near_saturated_confidences_are_softmax_in_float64():
+    """exp(l - logsumexp) rounds a sure prediction to exactly 1.0 where softmax in float64 stays below it."""
+    from unmask.core.engine import _predict
+
+    logits = torch.tensor([[[40.0, 0.0, 5.0], [40.0, 0.0, 4.0]]])
+    _, confidence = _predict(logits, 0.0, torch.Generator(), mask_id=1)
+    expected = torch.softmax(logits.double(), -1)[..., 0]
+    assert torch.equal(confidence, expected)
+    assert (confidence < 1).all() and confidence[0, 0] < confidence[0, 1]
+    rounded = torch.exp(logits.double()[..., 0] - torch.logsumexp(logits.double(), -1))
+    assert (rounded == 1).all()  # what the subtraction gave: a tie that ranks by position
+
+
+@pytest.mark.parametrize("steps,gen_length,block_length", [(16, 32, 8), (8, 24, 6), (12, 24, 24)])
+def test_ties_are_ranked_over_the_block_as_fast_dllm_ranks_them(model, prompts, steps, gen_length, block_length):
+    sharp = Sharpened(model, 1000.0)
+    x, attention, positions, _ = _canvas(model, prompts, gen_length)
+    _, confidence = _predict(sharp, x, attention, positions)
+    assert (confidence == 1).float().mean() > 0.5  # ties everywhere
+    expected, _ = llada_generate(sharp, prompts, steps=steps, gen_length=gen_length, block_length=block_length,
+                                 rank_block=True)
+    result = unmask.decode(sharp, prompts, policy="topk", steps=steps, gen_length=gen_length, block_length=block_length)
+    assert torch.equal(result.tokens, expected)

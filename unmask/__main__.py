@@ -1,4 +1,6 @@
-"""``python -m unmask``: the command line (what ``torchrun -m unmask`` and ``accelerate launch -m unmask`` run)."""
+"""``python -m unmask``: the command line. Python puts the working directory first on the import path for
+``-m``, so prefer the installed ``unmask`` command (``torchrun --no-python ... unmask``) or ``python -P -m unmask``
+(docs/trust.md)."""
 
 from unmask.contrib.cli import main
 

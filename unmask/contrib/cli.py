@@ -66,6 +66,18 @@ def finite_float(text: str) -> float:
     return value
 
 
+def seed_value(text: str) -> int:
+    from unmask.core.types import SEED_MAX
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**64), got {text}")
+    return value
+
+
 def probability(text: str) -> float:
     try:
         value = float(text)
@@ -133,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--tasks", type=task_list, default=None, help="comma-separated tasks (default: the bundled model's task mix)")
     bench.add_argument("--n", "--num-samples", dest="n", type=positive_int, default=50,
                        help="samples per task (default: 50); under torchrun write --num-samples")
-    bench.add_argument("--seed", type=int, default=0, help="first reasoning-gym seed of the sample set (default: 0)")
+    bench.add_argument("--seed", type=seed_value, default=0, help="first reasoning-gym seed of the sample set (default: 0)")
     bench.add_argument("--policy", action="append", help="repeat for several (default: topk)")
     bench.add_argument("--stop", action="append", help="repeat for several; 'none' for no stop (default: none)")
     bench.add_argument("--cache", action="append", help="repeat for several (default: none)")
@@ -152,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="write into a non-empty directory that "
                        "train-model did not write (entries of the same name are replaced)")
     train.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default: the recorded recipe)")
-    train.add_argument("--seed", type=int, default=0, help="seed of initialisation and batches (default: 0)")
+    train.add_argument("--seed", type=seed_value, default=0, help="seed of initialisation and batches (default: 0)")
     train.add_argument("--resume", action="store_true", help="continue from OUT.checkpoint (written every few "
                        "minutes)")
     train.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default: 2)")
@@ -171,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--tasks", type=task_list, default=None, help="comma-separated tasks (default: the bundled model's task mix)")
     collect.add_argument("--n", "--num-samples", dest="n", type=positive_int, default=500,
                          help="prompts per task (default: 500); under torchrun write --num-samples")
-    collect.add_argument("--seed", type=int, default=None, help="first reasoning-gym seed; must not be an evaluation "
+    collect.add_argument("--seed", type=seed_value, default=None, help="first reasoning-gym seed; must not be an evaluation "
                          "seed (default: unmask.contrib.train.traces.FILTER_SEED)")
     collect.add_argument("--out", required=True, help="traces directory (rerunning resumes it)")
     collect.add_argument("--gen-length", type=positive_int, default=128, help="canvas length (default: 128)")
@@ -215,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--tasks", type=task_list, default=None, help="comma-separated tasks (default: the suite)")
     export.add_argument("--n", "--num-samples", dest="n", type=positive_int, default=200,
                         help="samples per task (default: 200)")
-    export.add_argument("--seed", type=int, default=0, help="first sample seed, as in unmask bench (default: 0)")
+    export.add_argument("--seed", type=seed_value, default=0, help="first sample seed, as in unmask bench (default: 0)")
     export.add_argument("--overwrite", action="store_true", help="write into a non-empty directory that "
                         "export-tasks did not write (entries of the same name are replaced)")
     export.set_defaults(run=run_export_tasks)
@@ -231,6 +243,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="a registered model name or a checkpoint directory "
                         "(transformers layout); default: the bundled reference model")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own model code")
+    parser.add_argument("--download", action="store_true", help="fetch a Hub id that is not in the local Hugging "
+                        "Face cache (default: never touch the network)")
     parser.add_argument("--verbose", action="store_true", help="show transformers' weight-loading progress")
     parser.add_argument("--device", type=torch_device, default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="float32",
@@ -255,7 +269,7 @@ def add_decode_arguments(
     parser.add_argument("--block-length", type=positive_int, default=32, help="semi-autoregressive block (default: 32)")
     parser.add_argument("--steps", type=positive_int, default=None, help="schedule steps (default: gen length)")
     parser.add_argument("--temperature", type=finite_float, default=0.0, help="0 = greedy (default)")
-    parser.add_argument(seed_flag, type=int, default=0, dest="decode_seed",
+    parser.add_argument(seed_flag, type=seed_value, default=0, dest="decode_seed",
                         help="seed of the sampling stream (default: 0)")
 
 
@@ -293,7 +307,7 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, Any, str]:
     model = "reference" if args.model is None else args.model
     device = distributed.start(args.device)  # a data-parallel run (torchrun, accelerate) joins its process group
     loaded = load(model, trust_remote_code=args.trust_remote_code, device=device, dtype=args.dtype,
-                  shift_logits=args.shift_logits)
+                  shift_logits=args.shift_logits, download=args.download)
     return (*loaded, "bundled reference model" if args.model is None else args.model)
 
 

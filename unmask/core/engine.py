@@ -74,9 +74,11 @@ def _predict(
     # columns at a time, so the float64 copy is (B, SCORE_COLUMNS, V), not the whole span's.
     confidence = torch.empty(x0.shape, dtype=torch.float64, device=logits.device)
     for columns in _column_chunks(logits.shape[1]):
-        chunk = logits[:, columns].double()
-        chosen = chunk.gather(-1, x0[:, columns, None]).squeeze(-1)
-        confidence[:, columns] = torch.exp(chosen - torch.logsumexp(chunk, dim=-1))
+        # softmax, not exp(l - logsumexp): near 1 the subtraction rounds to 0 and a sure prediction
+        # ties at exactly 1.0 with others that the reference samplers still rank apart.
+        probability = torch.softmax(logits[:, columns].double(), dim=-1)
+        confidence[:, columns] = probability.gather(-1, x0[:, columns, None]).squeeze(-1)
+        del probability
     return x0, confidence  # softmax probability of x0
 
 
@@ -228,6 +230,9 @@ def _token_id(configured: int | None, model: Any, name: str) -> int:
     value = configured if configured is not None else getattr(model, name, None)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ValueError(f"{name} is not set: give it in the config or as the model's attribute {name}")
+    vocab = getattr(model, "vocab_size", None)
+    if isinstance(vocab, int) and value >= vocab:
+        raise ValueError(f"{name}={value} is outside the model's vocabulary of {vocab}")
     return value
 
 

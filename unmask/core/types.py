@@ -27,6 +27,9 @@ def tensor_field(**kwargs: Any) -> Any:
     return field(eq=False, repr=False, **kwargs)
 
 
+SEED_MAX = 2**64 - 1
+
+
 @frozen(kw_only=True)
 class DecodeConfig:
     """How to decode: LLaDA's semi-autoregressive schedule (gen length split into blocks, steps split evenly)."""
@@ -35,7 +38,7 @@ class DecodeConfig:
     block_length: int | None = field(default=None, validator=optional(integer(minimum=1)))  # None: one block
     steps: int | None = field(default=None, validator=optional(integer(minimum=1)))  # None: gen_length (one token per step)
     temperature: float = field(default=0.0, validator=number(minimum=0))
-    seed: int = field(default=0, validator=integer(minimum=0))
+    seed: int = field(default=0, validator=integer(minimum=0, maximum=SEED_MAX))  # what torch.Generator takes
     mask_token_id: int | None = field(default=None, validator=optional(integer(minimum=0, what=TOKEN_ID)))  # None: taken from the model
     eos_token_id: int | None = field(default=None, validator=optional(integer(minimum=0, what=TOKEN_ID)))  # None: from the model; pads the answer
     progress_floor: bool = True  # an active row that commits nothing commits its most confident position
@@ -97,6 +100,11 @@ class StepView:
     step: int = 0  # step within the block
     mask_token_id: int = 0
     eos_token_id: int = 0
+
+    @property
+    def block(self) -> tuple[int, int]:
+        """The current block's columns, ``(block_start, block_end)``."""
+        return self.block_start, self.block_end
 
     @property
     def candidates(self) -> torch.Tensor:

@@ -17,12 +17,15 @@ Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 optional = attrs.validators.optional
 
 
-def integer(*, minimum: int, what: str | None = None) -> Validator:
-    """An int (not a bool) of at least ``minimum``."""
+def integer(*, minimum: int, maximum: int | None = None, what: str | None = None) -> Validator:
+    """An int (not a bool) of at least ``minimum`` (and at most ``maximum``)."""
     rule = what or ("a positive integer" if minimum == 1 else f"an integer >= {minimum}")
+    if maximum is not None and what is None:
+        rule += f" and < 2**{maximum.bit_length()}" if maximum == 2 ** maximum.bit_length() - 1 else f" and <= {maximum}"
 
     def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
+                maximum is not None and value > maximum):
             raise ValueError(f"{attribute.name} must be {rule}, got {value!r}")
 
     return check

@@ -88,7 +88,7 @@ class Learn2PDPolicy:
             final[rows, view.block_start:view.block_end] = probability > self.threshold
         chosen = view.candidates & final
         if self.topk:
-            chosen |= top_k_mask(view.candidate_confidence, view.schedule_k)
+            chosen |= top_k_mask(view.candidate_confidence, view.schedule_k, block=view.block)
         return chosen
 
 

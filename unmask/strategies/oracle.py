@@ -39,7 +39,7 @@ class OraclePolicy:
         target[:, view.gen_start:] = self.reference[:, :span].to(view.x.device)
         commit = view.candidates & (view.x0 == target)
         stalled = view.row_active & ~commit.any(1)
-        fallback = top_k_mask(view.candidate_confidence, stalled.long())
+        fallback = top_k_mask(view.candidate_confidence, stalled.long(), block=view.block)
         return Commit(mask=commit | fallback, tokens=target)
 
 

@@ -19,5 +19,5 @@ class ThresholdPolicy:
 
     def select(self, view: StepView) -> torch.Tensor:
         confidence = view.candidate_confidence
-        top1 = top_k_mask(confidence, torch.ones_like(view.schedule_k))
+        top1 = top_k_mask(confidence, torch.ones_like(view.schedule_k), block=view.block)
         return top1 | (confidence >= self.tau)

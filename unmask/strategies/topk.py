@@ -21,7 +21,7 @@ class TopKPolicy:
 
     def select(self, view: StepView) -> torch.Tensor:
         k = view.schedule_k if self.k is None else torch.full_like(view.schedule_k, self.k)
-        return top_k_mask(view.candidate_confidence, k)
+        return top_k_mask(view.candidate_confidence, k, block=view.block)
 
 
 @frozen(kw_only=True)
@@ -40,4 +40,4 @@ class RandomPolicy:
         noise = torch.rand(view.x.shape, generator=view.generator, device=view.x.device)
         scores = noise.masked_fill(~view.candidates, float("-inf"))
         k = view.schedule_k if self.k is None else torch.full_like(view.schedule_k, self.k)
-        return top_k_mask(scores, k)
+        return top_k_mask(scores, k, block=view.block)

@@ -34,8 +34,9 @@ def process_results(doc, results):
 def export_tasks(directory: str | Path, *, tasks: Sequence[str], n: int, seed: int, overwrite: bool = False) -> Path:
     """Write lm-eval task configs ``unmask_<task>`` (YAML, JSONL data, the scorer hook) into ``directory``;
     run them with ``--include_path directory``."""
-    from unmask.contrib.tasks import samples
+    from unmask.contrib.tasks import check_evaluation_seeds, samples
 
+    check_evaluation_seeds(n, seed)
     directory = Path(directory)
     with staged_directory(directory, command="export-tasks", overwrite=overwrite) as staging:
         (staging / "unmask_scoring.py").write_text(SCORING)

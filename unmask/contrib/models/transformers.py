@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import math
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -132,6 +134,7 @@ def load(
     dtype: str | torch.dtype | None = None,
     shift_logits: bool | None = None,
     device_map: Any = None,
+    download: bool = False,
 ) -> tuple[TransformersDenoiser, Any]:
     """Load a dLLM as ``(model, tokenizer)``: a registered model name (``reference``: the bundled model),
     a local checkpoint directory or a Hub id.
@@ -155,7 +158,9 @@ def load(
         if shift_logits is not None:
             adapter.shift_logits = shift_logits
         return adapter, tokenizer
-    config = _load_config(AutoConfig, source, trust_remote_code)
+    hub = {"local_files_only": not download}
+    config = _load_config(AutoConfig, source, trust_remote_code, hub)
+    check_model_size(config, source, on_cpu=device_map is None and torch.device(device).type == "cpu")
     remote = bool(getattr(config, "auto_map", None))
     architectures = getattr(config, "architectures", None) or []
     if any(name.endswith("ForMaskedLM") for name in architectures):
@@ -169,10 +174,10 @@ def load(
                 "(set is_causal: false in its config.json)"
             )
         loader = AutoModelForCausalLM
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **hub)
     try:
         model = loader.from_pretrained(source, trust_remote_code=trust_remote_code, dtype=torch_dtype,
-                                       device_map=device_map)
+                                       device_map=device_map, **hub)
     except (SafetensorError, OSError, RuntimeError) as error:  # truncated or corrupt weights, shapes that do not fit the config
         raise ValueError(f"--model {source}: the weights do not load ({type(error).__name__}: {error})") from error
     model = (model if device_map is not None else model.to(device)).eval()
@@ -207,11 +212,18 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str], *, chat: bool | None 
 
 
 def decode_answers(tokenizer: Any, result: DecodeResult) -> list[str]:
-    """Each row's answer: tokens before its first EOS, special tokens removed."""
-    return [
-        tokenizer.decode(row[: int(length)].tolist(), skip_special_tokens=True).strip()
-        for row, length in zip(result.tokens, result.answer_lengths)
-    ]
+    """Each row's answer: its tokens before the first EOS, special ones included (an ``[UNK]`` or a left
+    ``[MASK]`` inside an answer makes it wrong), less trailing end-of-turn markers such as a chat model's
+    ``<|eot_id|>`` before its EOS padding."""
+    trailing = set(getattr(tokenizer, "all_special_ids", [])) - {tokenizer.unk_token_id,
+                                                                  getattr(tokenizer, "mask_token_id", None)}
+    answers = []
+    for row, length in zip(result.tokens, result.answer_lengths):
+        tokens = row[: int(length)].tolist()
+        while tokens and tokens[-1] in trailing:
+            tokens.pop()
+        answers.append(tokenizer.decode(tokens, skip_special_tokens=False).strip())
+    return answers
 
 
 def decode_text(
@@ -228,7 +240,9 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source or source.endswith("/")
 
 
-def _load_config(auto_config: Any, source: str, trust_remote_code: bool) -> Any:
+def _load_config(auto_config: Any, source: str, trust_remote_code: bool, hub: dict[str, Any]) -> Any:
+    from unmask.core.plugins import registry
+
     path = Path(source).expanduser()
     if path.exists() and not path.is_dir():
         raise ValueError(f"--model {source}: is a file; give the checkpoint's directory")
@@ -237,7 +251,14 @@ def _load_config(auto_config: Any, source: str, trust_remote_code: bool) -> Any:
     if path.is_dir() and not (path / "config.json").is_file():
         raise FileNotFoundError(f"--model {source}: the directory has no config.json (not a transformers checkpoint)")
     try:
-        return auto_config.from_pretrained(source, trust_remote_code=trust_remote_code)
+        return auto_config.from_pretrained(source, trust_remote_code=trust_remote_code, **hub)
+    except OSError as error:
+        if path.is_dir() or not hub["local_files_only"]:
+            raise ValueError(f"--model {source}: the config does not load ({' '.join(str(error).split())})") from None
+        raise ValueError(
+            f"--model {source}: neither a registered model ({', '.join(registry().names('models'))}), a checkpoint "
+            "directory, nor a Hub id in the local Hugging Face cache; pass --download (download=True) to fetch it"
+        ) from None
     except ValueError as error:
         if "trust_remote_code" in str(error) and not trust_remote_code:
             raise ValueError(
@@ -245,6 +266,52 @@ def _load_config(auto_config: Any, source: str, trust_remote_code: bool) -> Any:
                 "(--trust-remote-code) to run it"
             ) from error
         raise
+
+
+def least_parameters(config: Any) -> int | None:
+    """A lower bound on the parameters a config describes (one embedding; per layer the attention's query
+    and output projections and two MLP matrices), or None where it lacks the sizes."""
+    sizes = [getattr(config, key, None) for key in ("hidden_size", "num_hidden_layers", "vocab_size")]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
+        return None
+    hidden, layers, vocab = sizes
+    intermediate = getattr(config, "intermediate_size", None)
+    intermediate = intermediate if isinstance(intermediate, int) and intermediate > 0 else hidden
+    return vocab * hidden + layers * (2 * hidden * hidden + 2 * hidden * intermediate)
+
+
+def stored_parameters(directory: Path) -> int | None:
+    """The parameters a checkpoint directory's safetensors files hold (read from their headers), or None."""
+    from safetensors import SafetensorError, safe_open
+
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for path in files:
+        try:
+            with safe_open(path, framework="pt") as reader:
+                total += sum(math.prod(reader.get_slice(name).get_shape()) for name in reader.keys())
+        except (SafetensorError, OSError):
+            return None  # the load itself says which file is damaged
+    return total
+
+
+def check_model_size(config: Any, source: str, *, on_cpu: bool) -> None:
+    """Refuse a config that describes far more than its weights hold, or more than this machine's memory,
+    before transformers allocates it (a damaged num_hidden_layers would otherwise run for minutes)."""
+    least = least_parameters(config)
+    if least is None:
+        return
+    path = Path(source).expanduser()
+    stored = stored_parameters(path) if path.is_dir() else None
+    if stored is not None and least > 2 * stored + 1_000_000:
+        raise ValueError(f"--model {source}: config.json describes at least {least:,} parameters, but the weights "
+                         f"hold {stored:,}; the config does not belong to these weights")
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if on_cpu and least * 2 > memory:  # 2 bytes a parameter even in bfloat16
+        raise ValueError(f"--model {source}: config.json describes at least {least:,} parameters, more than this "
+                         f"machine's {memory / 2**30:.0f} GiB of memory holds")
 
 
 def _first_id(*candidates: Any) -> int | None:
