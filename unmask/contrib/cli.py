@@ -26,10 +26,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = argparse.Namespace(command="lm-eval", run=run_lm_eval, arguments=argv[1:])
     else:
         args = parser.parse_args(argv)
+    from safetensors import SafetensorError
+
     try:
         status = args.run(args)
     except (ValueError, TypeError, ImportError, OSError, RuntimeError) as error:
         print(f"unmask {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except (SafetensorError, KeyError) as error:  # a damaged file that a reader above did not name
+        print(f"unmask {args.command}: error: {type(error).__name__}: {_one_line(error)}", file=sys.stderr)
         return 2
     distributed.finish()  # a data-parallel run's processes leave together
     return status
