@@ -159,7 +159,7 @@ def test_observers_see_every_step(model):
 def test_chunked_scoring_samples_like_llada_across_chunk_borders(temperature):
     """LLaDA's sampler (generate.py add_gumbel_noise): argmax of exp(l) / (-log u)^T with u drawn in float64 over
     the whole span; the engine scores 32 columns at a time, so a span of 70 crosses two borders."""
-    from unmask.core.engine import SCORE_COLUMNS, _predict
+    from unmask.core.scoring import SCORE_COLUMNS, predict as _predict
 
     logits = torch.randn(2, 70, 50, generator=torch.Generator().manual_seed(1)) * 3
     logits[..., 49] = -100.0  # the mask id: never the prediction, so no runner-up rule applies

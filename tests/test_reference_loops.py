@@ -127,7 +127,7 @@ class Sharpened(torch.nn.Module):
 
 def test_near_saturated_confidences_are_softmax_in_float64():
     """exp(l - logsumexp) rounds a sure prediction to exactly 1.0 where softmax in float64 stays below it."""
-    from unmask.core.engine import _predict
+    from unmask.core.scoring import predict as _predict
 
     logits = torch.tensor([[[40.0, 0.0, 5.0], [40.0, 0.0, 4.0]]])
     _, confidence = _predict(logits, 0.0, torch.Generator(), mask_id=1)

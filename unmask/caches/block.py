@@ -50,7 +50,8 @@ class _BlockCacheManager:
 
             self._cache = BlockKVCache(_DTYPES[self.dtype] if self.dtype else None)
             self._stored_width, self._block_start = width, state.block_start
-            return ForwardPlan(start=0, end=width, attention_mask=state.attention_mask, past_key_values=self._cache)
+            return ForwardPlan(start=0, end=width, attention_mask=state.attention_mask, past_key_values=self._cache,
+                               fills_cache=True)
         return self._partial_plan(state, state.block_start - state.lookbehind, width)
 
     def _partial_plan(self, state: CanvasState, start: int, width: int) -> ForwardPlan:

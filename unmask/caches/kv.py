@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from copy import copy as shallow_copy
 from typing import Any
 
 import torch
@@ -63,6 +64,18 @@ class BlockKVCache(Cache):
             layer.mode, layer.start, layer.storage_dtype = self.mode, self.start, self.storage_dtype
             self.layers.append(layer)
         return self.layers[layer_idx].update(key_states, value_states)
+
+    def repeated(self, times: int) -> BlockKVCache:
+        """A copy whose rows are this cache's rows ``times`` over (row r of copy k is row r), in the same mode:
+        candidate canvases are scored against it in one batch, and this cache is left as it was."""
+        copy = BlockKVCache(self.storage_dtype)
+        copy.set_mode(self.mode, self.start)
+        for layer in self.layers:
+            twin = shallow_copy(layer)  # its mode, start and transformers' own bookkeeping
+            if getattr(layer, "is_initialized", False):  # new tensors: an overwrite never reaches this cache
+                twin.keys, twin.values = layer.keys.repeat(times, 1, 1, 1), layer.values.repeat(times, 1, 1, 1)
+            copy.layers.append(twin)
+        return copy
 
     def keep_first(self, length: int) -> None:
         for layer in self.layers:

@@ -12,7 +12,9 @@ from typing import Any, Sequence
 import attrs
 import torch
 
+from unmask.core.candidates import CandidateScorer, Reuse
 from unmask.core.plugins import create, describe, plugin_manager
+from unmask.core.scoring import check_logits, on_canvas, predict
 from unmask.core.spec import Spec
 from unmask.core.types import (
     CacheManager, CanvasState, Commit, DecodeConfig, DecodeResult, DenoiserModel, StepObserver, StepView,
@@ -41,45 +43,6 @@ def pad_prompts(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[to
             input_ids[row, width - len(prompt):] = torch.as_tensor(list(prompt), dtype=torch.long)
             attention_mask[row, width - len(prompt):] = 1
     return input_ids, attention_mask
-
-
-SCORE_COLUMNS = 32  # columns scored together in float64: bounds the copy at (B, 32, V) whatever the canvas
-
-
-def _column_chunks(width: int) -> list[slice]:
-    """``[0, width)`` in slices of ``SCORE_COLUMNS`` columns."""
-    return [slice(start, start + SCORE_COLUMNS) for start in range(0, width, SCORE_COLUMNS)]
-
-
-def _predict(
-    logits: torch.Tensor, temperature: float, generator: torch.Generator, mask_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, S, V) logits -> predicted tokens and their softmax probability, both (B, S)."""
-    if temperature > 0:
-        # LLaDA's Gumbel-max in float64, written in log space: argmax(l - T * log(-log(u))). The uniforms
-        # are drawn in one call (the reference samplers' stream); the rest is done in place, a few columns
-        # at a time, so that they stay the only full-span float64 tensor.
-        noisy = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
-        for columns in _column_chunks(logits.shape[1]):
-            noisy[:, columns].log_().neg_().log_().mul_(-temperature).add_(logits[:, columns])
-    else:
-        noisy = logits
-    x0 = noisy.argmax(-1)
-    # Committing [MASK] would leave the position masked; take the runner-up there (rare).
-    predicted_mask = x0 == mask_id
-    if predicted_mask.any():
-        x0[predicted_mask] = noisy[predicted_mask].topk(2, dim=-1).indices[:, 1]
-    del noisy
-    # float64 like the reference samplers, so near-ties between confidences break the same way; a few
-    # columns at a time, so the float64 copy is (B, SCORE_COLUMNS, V), not the whole span's.
-    confidence = torch.empty(x0.shape, dtype=torch.float64, device=logits.device)
-    for columns in _column_chunks(logits.shape[1]):
-        # softmax, not exp(l - logsumexp): near 1 the subtraction rounds to 0 and a sure prediction
-        # ties at exactly 1.0 with others that the reference samplers still rank apart.
-        probability = torch.softmax(logits[:, columns].double(), dim=-1)
-        confidence[:, columns] = probability.gather(-1, x0[:, columns, None]).squeeze(-1)
-        del probability
-    return x0, confidence  # softmax probability of x0
 
 
 def check_config(components: Sequence[Any], config: DecodeConfig) -> None:
@@ -143,6 +106,9 @@ def decode(
     columns = torch.arange(width, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     nfe = torch.zeros(batch, dtype=torch.long, device=device)
+    candidate_rows = torch.zeros(batch, dtype=torch.long, device=device)
+    reach_canvas = getattr(unmask_policy, "reach", "block") == "canvas"
+    reuse: Reuse | None = None  # logits of a committed candidate, for the next step
     generator = torch.Generator(device=device).manual_seed(config.seed)
     cache_manager.reset(model)
     global_step = 0
@@ -164,24 +130,40 @@ def decode(
                 if not row_active.any():
                     break
 
-                # Forward what the cache plans; columns past a row's end are hidden from it.
-                visible = int(canvas.row_end.max())
-                attention = real[:, :visible] * (columns[None, :visible] < canvas.row_end[:, None])
-                state = CanvasState(
-                    input_ids=x[:, :visible], attention_mask=attention,
-                    position_ids=(attention.cumsum(-1) - 1).clamp(min=0),
-                    block_start=block_start, block_end=block_end, step=step, lookbehind=lookbehind,
-                )
+                # Forward what the cache plans (or take a committed candidate's logits); columns past a
+                # row's end are hidden from it.
+                def canvas_state(x: torch.Tensor, step: int = step) -> CanvasState:
+                    visible = int(canvas.row_end.max())
+                    attention = real[:, :visible] * (columns[None, :visible] < canvas.row_end[:, None])
+                    return CanvasState(
+                        input_ids=x[:, :visible], attention_mask=attention,
+                        position_ids=(attention.cumsum(-1) - 1).clamp(min=0),
+                        block_start=block_start, block_end=block_end, step=step, lookbehind=lookbehind,
+                    )
+
+                state = canvas_state(x)
                 plan = cache_manager.plan(state)
-                logits = model(
-                    x[:, plan.start:plan.end], position_ids=state.position_ids[:, plan.start:plan.end],
-                    attention_mask=plan.attention_mask, past_key_values=plan.past_key_values,
-                )  # (B, end - start, V)
-                _check_logits(logits, (batch, plan.end - plan.start), max(mask_id, eos_id), global_step)
-                nfe += row_active.long()
+                # Rows whose canvas is a candidate scored last step take its logits and count no forward.
+                reused = reuse.rows(plan, x) if reuse is not None else torch.zeros_like(row_active)
+                if reuse is not None and not (row_active & ~reused).any():
+                    logits = reuse.logits
+                else:
+                    logits = model(
+                        x[:, plan.start:plan.end], position_ids=state.position_ids[:, plan.start:plan.end],
+                        attention_mask=plan.attention_mask, past_key_values=plan.past_key_values,
+                    )  # (B, end - start, V)
+                    check_logits(logits, (batch, plan.end - plan.start), max(mask_id, eos_id), global_step)
+                    nfe += (row_active & ~reused).long()
+                    if reuse is not None and reused.any():
+                        logits = torch.where(reused[:, None, None], reuse.logits, logits)
+                scorer = CandidateScorer(
+                    model=model, cache_manager=cache_manager, next_state=lambda x: canvas_state(x, step + 1), x=x,
+                    row_active=row_active, nfe=nfe, candidate_rows=candidate_rows, temperature=config.temperature,
+                    generator=generator, mask_id=mask_id, largest_id=max(mask_id, eos_id), global_step=global_step,
+                )
 
                 # Score the fed span: x0 and its probability at masked positions.
-                x0, confidence = _on_canvas(x, masked, plan.start, *_predict(logits, config.temperature, generator, mask_id))
+                x0, confidence = on_canvas(x, masked, plan.start, *predict(logits, config.temperature, generator, mask_id))
                 view = StepView(
                     x=x, x0=x0, confidence=confidence, masked=masked, window=window, row_active=row_active,
                     # Past the schedule's last step (a policy that committed less), one token per step.
@@ -189,15 +171,20 @@ def decode(
                     nfe=nfe.clone(), logits=_block_logits(logits, plan.start, block_start, block_end),
                     generator=generator, gen_start=gen_start, block_start=block_start, block_end=block_end,
                     block_index=block_index, step=step, mask_token_id=mask_id, eos_token_id=eos_id,
+                    global_step=global_step, total_steps=config.num_steps, span_logits=logits,
+                    span_start=plan.start, evaluate=scorer,
                 )
 
                 # The policy chooses; the engine checks it and applies the progress floor.
-                commit, tokens = _checked_commit(unmask_policy.select(view), view, config.progress_floor,
-                                                 logits.shape[-1])
+                decision = unmask_policy.select(view)
+                commit, tokens = _checked_commit(decision, view, config.progress_floor, logits.shape[-1],
+                                                 reach_canvas)
                 canvas.commit(commit, tokens, global_step)
+                if isinstance(decision, Commit) and decision.evaluated is not None:
+                    reuse = scorer.reuse(decision.evaluated, canvas.x, reuse)
 
                 # Stop criteria: finished rows, and EoTP's cut after the answer's end.
-                view = attrs.evolve(view, x=canvas.x, committed=commit)
+                view = attrs.evolve(view, x=canvas.x, committed=commit, nfe=nfe.clone(), evaluate=None)
                 decision = stop_criterion.check(view)
                 if decision.end is not None and (decision.end >= 0).any():
                     canvas.cut(decision.end, global_step)
@@ -222,7 +209,7 @@ def decode(
     }
     return DecodeResult(
         tokens=tokens, answer_lengths=answer_lengths, nfe=nfe, commit_step=canvas.commit_step,
-        wall_s=time.perf_counter() - started, config=config, components=components,
+        wall_s=time.perf_counter() - started, config=config, components=components, candidate_rows=candidate_rows,
     )
 
 
@@ -254,20 +241,6 @@ def _check_prompts(input_ids: torch.Tensor, prompt_mask: torch.Tensor, model: An
                          f"exceeds the model's {positions} positions")
 
 
-def _check_logits(logits: Any, expected: tuple[int, int], largest_id: int, step: int) -> None:
-    """A model must return one finite score per fed column and vocabulary entry, or decoding cannot go on."""
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or tuple(logits.shape[:2]) != expected:
-        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"step {step}: the model returned logits {got}; expected (batch, fed columns, vocab) "
-                         f"with batch and fed columns {expected}")
-    if logits.shape[-1] <= largest_id:
-        raise ValueError(f"step {step}: the model returned {logits.shape[-1]} vocabulary entries, fewer than the "
-                         f"mask and EOS ids need ({largest_id + 1})")
-    # A few columns at a time: isfinite over the whole span would allocate several copies of the logits.
-    if not all(torch.isfinite(logits[:, columns]).all() for columns in _column_chunks(logits.shape[1])):
-        raise ValueError(f"step {step}: the model returned NaN or infinite logits")
-
-
 def _prompt_tensors(
     input_ids: torch.Tensor | Sequence[Sequence[int]], attention_mask: torch.Tensor | None, pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -288,19 +261,6 @@ def _prompt_tensors(
     return input_ids.long(), attention_mask.long()
 
 
-def _on_canvas(
-    x: torch.Tensor, masked: torch.Tensor, start: int, span_x0: torch.Tensor, span_confidence: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Span predictions placed on the (B, L) canvas: x0 = x and confidence = -inf where not predicted."""
-    predicted = torch.zeros_like(masked)
-    predicted[:, start:start + span_x0.shape[1]] = True
-    predicted &= masked
-    x0, confidence = x.clone(), torch.full(x.shape, float("-inf"), dtype=span_confidence.dtype, device=x.device)
-    x0[:, start:start + span_x0.shape[1]] = span_x0
-    confidence[:, start:start + span_x0.shape[1]] = span_confidence
-    return torch.where(predicted, x0, x), confidence.masked_fill(~predicted, float("-inf"))
-
-
 def _block_logits(logits: torch.Tensor, start: int, block_start: int, block_end: int) -> torch.Tensor:
     """The block's slice of the span's logits; a block cut short by EoTP gives fewer columns."""
     if block_start < start or block_start >= start + logits.shape[1]:
@@ -309,7 +269,7 @@ def _block_logits(logits: torch.Tensor, start: int, block_start: int, block_end:
 
 
 def _checked_commit(
-    decision: Any, view: StepView, progress_floor: bool, vocab_size: int
+    decision: Any, view: StepView, progress_floor: bool, vocab_size: int, reach_canvas: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     commit, tokens = (decision.mask, decision.tokens) if isinstance(decision, Commit) else (decision, view.x0)
     if not isinstance(commit, torch.Tensor) or commit.dtype != torch.bool or commit.shape != view.x.shape:
@@ -323,8 +283,13 @@ def _checked_commit(
         if ((chosen < 0) | (chosen >= vocab_size)).any():
             raise ValueError(f"Commit.tokens holds ids outside the vocabulary [0, {vocab_size})")
     candidates = view.candidates
-    if (commit & ~candidates).any():
-        raise ValueError("the policy committed positions that are not masked positions of the current block")
+    # A policy that declares reach = "canvas" may commit any masked answer position of an active row.
+    allowed = view.masked & view.row_active[:, None] if reach_canvas else candidates
+    if reach_canvas:
+        allowed[:, :view.gen_start] = False
+    if (commit & ~allowed).any():
+        where = "masked answer positions" if reach_canvas else "masked positions of the current block"
+        raise ValueError(f"the policy committed positions that are not {where}")
     if (commit & (tokens == view.mask_token_id)).any():
         raise ValueError("the policy committed the mask token, which would leave the position masked")
     stalled = view.row_active & ~commit.any(1)

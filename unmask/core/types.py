@@ -100,6 +100,14 @@ class StepView:
     step: int = 0  # step within the block
     mask_token_id: int = 0
     eos_token_id: int = 0
+    global_step: int = 0  # steps of the whole decode before this one
+    total_steps: int = 0  # the decode's step budget (DecodeConfig.num_steps), for progress
+    # The forward's logits over the columns it was fed, [span_start, span_start + S): every column with no
+    # cache, the block and what follows under the prefix cache, the block alone under the dual cache.
+    span_logits: torch.Tensor | None = tensor_field(default=None)  # (B, S, V)
+    span_start: int = 0
+    # The engine's call to score candidate canvases of these rows (see ``Evaluate``); None for stops.
+    evaluate: Any = field(default=None, eq=False, repr=False)
 
     @property
     def block(self) -> tuple[int, int]:
@@ -116,6 +124,16 @@ class StepView:
         """(B, L) confidence with ``-inf`` outside the candidates."""
         return self.confidence.masked_fill(~self.candidates, float("-inf"))
 
+    def logits_at(self, start: int, end: int) -> torch.Tensor | None:
+        """(B, end - start, V) logits of canvas columns ``[start, end)``, committed or not, in the block or
+        not; None where this step's forward did not feed all of them (a cache fed less)."""
+        if self.span_logits is None:
+            return None
+        first, last = start - self.span_start, end - self.span_start
+        if first < 0 or last > self.span_logits.shape[1] or first >= last:
+            return None
+        return self.span_logits[:, first:last]
+
 
 @frozen(kw_only=True)
 class Commit:
@@ -123,6 +141,21 @@ class Commit:
 
     mask: torch.Tensor = tensor_field()  # (B, L) bool
     tokens: torch.Tensor = tensor_field()  # (B, L) long, read at committed positions only
+    # (B,) long: the candidate (an index into what ``view.evaluate`` returned) that each row's canvas equals
+    # after this commit, -1 for none. Where every active row names one, the next step reuses that
+    # candidate's logits instead of running the model again.
+    evaluated: torch.Tensor | None = tensor_field(default=None)
+
+
+@frozen(kw_only=True)
+class Candidates:
+    """What ``view.evaluate`` returns for K candidate canvases: per candidate the predictions the engine
+    would make on it (as in a ``StepView``) and the logits of the columns it fed."""
+
+    x0: torch.Tensor = tensor_field()  # (K, B, L)
+    confidence: torch.Tensor = tensor_field()  # (K, B, L), -inf where not masked or not fed
+    span_logits: torch.Tensor = tensor_field()  # (K, B, S, V)
+    span_start: int
 
 
 @frozen(kw_only=True)
@@ -154,6 +187,9 @@ class ForwardPlan:
     end: int
     attention_mask: torch.Tensor = tensor_field()  # (B, keys)
     past_key_values: Any = field(default=None, eq=False, repr=False)
+    # The forward writes the cache that later steps read (a refresh): its logits cannot be taken from a
+    # forward on another canvas, and candidate canvases are scored on a copy of the cache.
+    fills_cache: bool = False
 
 
 @frozen(kw_only=True)
@@ -162,17 +198,19 @@ class DecodeResult:
 
     tokens: torch.Tensor = tensor_field()  # (B, gen_length), EOS after each answer
     answer_lengths: torch.Tensor = tensor_field()  # (B,) tokens before the first EOS
-    nfe: torch.Tensor = tensor_field()  # (B,) forwards each row took part in
+    nfe: torch.Tensor = tensor_field()  # (B,) forwards each row took part in (a batch of candidates: one)
     commit_step: torch.Tensor = tensor_field()  # (B, gen_length) global step of each commit, -1 if cut
     wall_s: float
     config: DecodeConfig
     components: dict[str, Any]  # kind -> {"name", "params", "provider", "version"}
+    candidate_rows: torch.Tensor | None = tensor_field(default=None)  # (B,) candidate canvases forwarded
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "tokens": self.tokens.tolist(),
             "answer_lengths": self.answer_lengths.tolist(),
             "nfe": self.nfe.tolist(),
+            "candidate_rows": None if self.candidate_rows is None else self.candidate_rows.tolist(),
             "wall_s": self.wall_s,
             "config": attrs.asdict(self.config),
             "components": self.components,

@@ -28,6 +28,11 @@ class UnionPolicy:
 
     policies: tuple[Any, ...] = field(converter=_policies)
 
+    @property
+    def reach(self) -> str:
+        """The union commits past the block (reach "canvas") if any member does."""
+        return "canvas" if any(getattr(p, "reach", "block") == "canvas" for p in self.policies) else "block"
+
     def check_config(self, config: DecodeConfig) -> None:
         check_config(self.policies, config)
 

@@ -12,7 +12,7 @@ import attrs
 import torch
 from hypothesis import HealthCheck, given, settings
 
-from unmask.core.engine import decode, pad_prompts
+from unmask.core.engine import check_config, decode, pad_prompts
 from unmask.core.plugins import registry
 from unmask.core.spec import parse_spec
 from unmask.core.types import Commit, DecodeConfig, StepView, StopDecision
@@ -46,7 +46,8 @@ def build_component(
 
 
 def check_unmask_policy(policy: Any, *, max_examples: int = 40) -> None:
-    """Commits are a bool (B, L) mask inside masked ∩ block of active rows; inputs are not mutated; the
+    """Commits are a bool (B, L) mask inside masked ∩ block of active rows (masked answer positions of
+    active rows for a policy whose ``reach`` is "canvas"); inputs are not mutated; the
     same view gives the same commits; decodes keep committed tokens, progress and are deterministic."""
 
     def make(rows: Sequence[int], gen_length: int, vocab: int, mask_id: int) -> Any:
@@ -62,7 +63,8 @@ def check_unmask_policy(policy: Any, *, max_examples: int = 40) -> None:
         first = _unchanged(attrs.evolve(view, generator=torch.Generator().manual_seed(7)), component.select)
         second = component.select(attrs.evolve(view, generator=torch.Generator().manual_seed(7)))
         mask = _commit_mask(first, view)
-        assert not (mask & ~view.candidates).any(), "committed outside masked ∩ block ∩ active rows"
+        assert not (mask & ~_allowed(view, _reach(component))).any(), \
+            f"committed outside masked ∩ {_reach(component)} ∩ active rows"
         assert torch.equal(mask, _commit_mask(second, view)), "the same view gave different commits"
 
     on_views()
@@ -121,10 +123,14 @@ def _check_decodes(
 ) -> None:
     """``components(rows, gen_length, vocab_size, mask_token_id)`` gives the decode's components."""
     # The second fake model predicts EOS late in the canvas, so EoTP cuts happen.
+    served = 0
     for model in models or (FakeDenoiser(), FakeDenoiser(seed=1, eos_bias=4.0, eos_from=9)):
         for config in CONFIGS:
             context = (config.gen_length, model.vocab_size, model.mask_token_id)
             rows = range(len(PROMPTS))
+            if not _serves(components(rows, *context), config):
+                continue  # a config the component refuses up front (check_config), e.g. sampling for a greedy method
+            served += 1
             first = _watched_decode(model, PROMPTS, config, components(rows, *context))
             second = decode(model, list(PROMPTS), config=config, **components(rows, *context))
             assert torch.equal(first.tokens, second.tokens), f"same seed, different tokens ({config})"
@@ -136,6 +142,18 @@ def _check_decodes(
                 alone = decode(model, [prompt], config=config, **components([row], *context))
                 assert torch.equal(alone.tokens[0], first.tokens[row]), f"row {row} decodes differently in a batch"
                 assert alone.nfe[0] == first.nfe[row], f"row {row} takes different NFE in a batch"
+    assert served, "the components refused every configuration of the checks"
+
+
+def _serves(components: dict[str, Any], config: DecodeConfig) -> bool:
+    """Whether the components accept ``config`` (their optional ``check_config``)."""
+    kinds = {"policy": "policies", "stop": "stops", "cache": "caches"}
+    made = [registry().create(kinds[key], spec) for key, spec in components.items()]
+    try:
+        check_config(made, config)
+    except ValueError:
+        return False
+    return True
 
 
 def _watched_decode(model: Any, prompts: Sequence[Sequence[int]], config: DecodeConfig, components: dict) -> Any:
@@ -143,9 +161,11 @@ def _watched_decode(model: Any, prompts: Sequence[Sequence[int]], config: Decode
     ids_before, mask_before = ids.clone(), mask.clone()
     previous: list[torch.Tensor] = []
 
+    reach = _reach(components.get("policy", "topk"))
+
     def watch(view: StepView) -> None:
         committed = view.committed
-        assert not (committed & ~(view.masked & view.window)).any(), "a commit left masked ∩ block"
+        assert not (committed & ~_allowed(view, reach)).any(), f"a commit left masked ∩ {reach}"
         assert committed[view.row_active].any(1).all(), "an active row committed nothing"
         assert not committed[~view.row_active].any(), "an inactive row committed"
         if previous:
@@ -156,6 +176,21 @@ def _watched_decode(model: Any, prompts: Sequence[Sequence[int]], config: Decode
     result = decode(model, ids, attention_mask=mask, config=config, on_step=watch, **components)
     assert torch.equal(ids, ids_before) and torch.equal(mask, mask_before), "decode mutated its inputs"
     return result
+
+
+def _reach(policy: Any) -> str:
+    """Where a policy may commit: its ``reach`` ("block", the default, or "canvas": any masked answer position)."""
+    if isinstance(policy, (str, tuple)):
+        policy = registry().create("policies", policy)
+    return str(getattr(policy, "reach", "block"))
+
+
+def _allowed(view: StepView, reach: str) -> torch.Tensor:
+    if reach != "canvas":
+        return view.candidates
+    allowed = view.masked & view.row_active[:, None]
+    allowed[:, :view.gen_start] = False
+    return allowed
 
 
 def _view_context(view: StepView) -> tuple[range, int, int, int]:

@@ -52,6 +52,7 @@ def step_views(draw: st.DrawFn, *, max_batch: int = 3, max_block: int = 8, max_b
     window[:, block_start:block_end] = True
     done = torch.rand(batch, generator=generator) < 0.15
     step = draw(st.integers(0, block - 1))
+    total_steps = blocks * block
     return StepView(
         x=x, x0=torch.where(masked, prediction, x), confidence=confidence.masked_fill(~masked, float("-inf")),
         masked=masked, window=window, row_active=~done & (masked & window).any(1),
@@ -59,7 +60,8 @@ def step_views(draw: st.DrawFn, *, max_batch: int = 3, max_block: int = 8, max_b
         nfe=torch.randint(step + 1, 4 * width + 2, (batch,), generator=generator),
         logits=logits[:, block_start:block_end], generator=torch.Generator().manual_seed(seed),
         gen_start=prompt, block_start=block_start, block_end=block_end, block_index=block_index, step=step,
-        mask_token_id=mask_id, eos_token_id=eos_id,
+        mask_token_id=mask_id, eos_token_id=eos_id, global_step=block_index * block + step, total_steps=total_steps,
+        span_logits=logits.float(), span_start=0,  # a forward without cache: every column
     )
 
 

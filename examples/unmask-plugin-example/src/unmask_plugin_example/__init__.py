@@ -1,7 +1,8 @@
-"""An unmask plug-in from outside the project: one unmask policy and one stop criterion.
+"""An unmask plug-in from outside the project: two unmask policies and a stop criterion.
 
 Installed with ``pip install -e examples/unmask-plugin-example``, its entry point (group ``unmask``)
-registers ``margin`` and ``prophet``; ``unmask list`` shows them with this package as provider.
+registers ``margin``, ``all_in`` and ``confident_finish``; ``unmask list`` shows them with this package
+as provider.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from attrs import field, frozen
 import unmask
 from unmask import StepView, StopDecision
 
-__all__ = ["MarginPolicy", "ProphetStop"]
+__all__ = ["MarginPolicy", "AllInPolicy", "ConfidentFinishStop"]
 
 
 def _fraction(instance: object, attribute: object, value: float) -> None:
@@ -44,12 +45,32 @@ class MarginPolicy:
 
 
 @frozen(kw_only=True)
-class ProphetStop:
-    """Finish a row early once every still-masked position it predicted this step has probability
-    >= ``tau``: the rest of the answer is committed at once from the current prediction.
+class AllInPolicy:
+    """Commit the schedule's k most confident positions of the block; once every masked position of the
+    answer that this step predicted, in any block, has probability >= ``tau``, commit them all at once.
 
-    Prophet's early-commit decoding (Li et al. 2025, arXiv 2508.19982): answers often converge long
-    before the last step.
+    A policy that reaches past its block (``reach = "canvas"``), after Prophet's all-in fill (Li et al.
+    2025, arXiv 2508.19982), which watches the logit gap of an answer region instead.
+    """
+
+    tau: float = field(default=0.95, validator=_fraction)
+    reach = "canvas"  # may commit any masked answer position, not only the block's
+
+    def select(self, view: StepView) -> torch.Tensor:
+        block = unmask.registry().create("policies", "topk").select(view)
+        remaining = view.masked & view.row_active[:, None]
+        remaining[:, :view.gen_start] = False
+        # Positions this step did not predict (outside a cache's fed span) have -inf: not sure.
+        sure = ((view.confidence >= self.tau) | ~remaining).all(dim=1)
+        return block | (remaining & sure[:, None])
+
+
+@frozen(kw_only=True)
+class ConfidentFinishStop:
+    """Finish a row once every still-masked position it predicted this step has probability >= ``tau``:
+    the engine fills the rest of the answer from the current prediction.
+
+    An early-commit stop after Prophet (Li et al. 2025, arXiv 2508.19982).
     """
 
     tau: float = field(default=0.95, validator=_fraction)
@@ -67,8 +88,9 @@ class ProphetStop:
 @unmask.hookimpl
 def unmask_register_policies(registry):
     registry.add("margin", MarginPolicy)
+    registry.add("all_in", AllInPolicy)
 
 
 @unmask.hookimpl
 def unmask_register_stops(registry):
-    registry.add("prophet", ProphetStop)
+    registry.add("confident_finish", ConfidentFinishStop)
