@@ -12,8 +12,8 @@ from unmask.core.plugins import (  # noqa: E402
 )
 from unmask.core.spec import SpecError, parse_spec  # noqa: E402
 from unmask.core.types import (  # noqa: E402
-    CacheManager, Commit, DecodeConfig, DecodeResult, DenoiserModel, StepView, StopCriterion, StopDecision,
-    UnmaskPolicy,
+    CacheManager, Candidates, Commit, DecodeConfig, DecodeResult, DenoiserModel, StepView, StopCriterion,
+    StopDecision, UnmaskPolicy,
 )
 
 
@@ -32,6 +32,6 @@ def __getattr__(name: str):
 
 __all__ = [
     "load", "ablate", "__version__", "decode", "linear_schedule", "pad_prompts", "create", "describe", "hookimpl",
-    "register_plugin", "unregister_plugin", "registry", "SpecError", "parse_spec", "CacheManager", "Commit",
+    "register_plugin", "unregister_plugin", "registry", "SpecError", "parse_spec", "CacheManager", "Candidates", "Commit",
     "DecodeConfig", "DecodeResult", "DenoiserModel", "StepView", "StopCriterion", "StopDecision", "UnmaskPolicy",
 ]

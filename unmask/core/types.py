@@ -15,7 +15,7 @@ from attrs import field, frozen
 from unmask.core.validators import integer, number, optional
 
 __all__ = [
-    "Commit", "DecodeConfig", "DecodeResult", "StepView", "StopDecision", "CanvasState", "ForwardPlan",
+    "Candidates", "Commit", "DecodeConfig", "DecodeResult", "StepView", "StopDecision", "CanvasState", "ForwardPlan",
     "UnmaskPolicy", "StopCriterion", "CacheManager", "DenoiserModel",
 ]
 

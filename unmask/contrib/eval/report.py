@@ -37,12 +37,17 @@ def mean_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return means
 
 
+# The parameters along which the built-in policies trade accuracy for parallelism: a threshold's tau, the
+# entropy bound h, FreeDave's number of drafts.
+SWEEP_PARAMETERS = ("tau", "h", "draft_steps")
+
+
 def family(policy: str) -> str:
-    """The policy spec without its ``tau``: the points of one sweep share it."""
+    """The policy spec without its sweep parameter (``SWEEP_PARAMETERS``): the points of one sweep share it."""
     if "+" in policy:
         return policy
     name, params = parse_spec(policy)
-    return format_spec(name, {k: v for k, v in params.items() if k != "tau"})
+    return format_spec(name, {k: v for k, v in params.items() if k not in SWEEP_PARAMETERS})
 
 
 def _label(row: dict[str, Any], policy: str | None = None) -> str:
