@@ -28,9 +28,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=10, help="rows decoded together (default: 10)")
     parser.add_argument("--drafts", default="2,4,8", help="draft_steps values, comma-separated (default: 2,4,8)")
     parser.add_argument("--caches", default="none,prefix,dual", help="caches, comma-separated (default: all)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     model, tokenizer = load_reference_model()
     prompts = [s.prompt for task in SUITE for s in samples(task, args.n, 0)]
     settings = dict(gen_length=args.gen_length, block_length=args.block_length)

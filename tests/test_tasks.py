@@ -5,8 +5,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from unmask.contrib.tasks import SUITE, TASKS, TRAIN_SEED, get_task, samples, score, valid_answer
+from unmask.contrib.tasks import LONG_SUITE, SUITE, TASKS, TRAIN_SEED, get_task, samples, score, valid_answer
 from unmask.contrib.tasks.lists import ITEMS, LIST_TASKS, ROW_SEPARATOR, SYMBOLS, latin_squares
+from unmask.contrib.tasks.long import LONG_TASKS, random_latin_square, reduced_latin_squares
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -14,18 +15,19 @@ def test_sample_sets_are_reproducible_and_scored_exactly(task):
     first, again = samples(task, 5, seed=7), samples(task, 5, seed=7)
     assert [(s.prompt, s.answer) for s in first] == [(s.prompt, s.answer) for s in again]
     assert all(score(s, s.answer) for s in first)
-    assert not any(score(s, s.answer + "0") for s in first)
+    assert not any(score(s, s.answer + "1") for s in first)  # ("00" is a valid 0)
 
 
 @pytest.mark.parametrize("task", ["chain_sum", "copy", "latin_square"])
 def test_seeds_index_items(task):
-    # Item i of a set is made from seed + i: sets overlap when their seed ranges do.
-    assert samples(task, 3, 10)[1].prompt == samples(task, 1, 11)[0].prompt
-    assert samples(task, 1, 10)[0].seed == 10 and TRAIN_SEED > 10_000
+    # A set holds the first items of its part from its seed on: sets overlap when their seed ranges do.
+    drawn = samples(task, 3, 10)
+    assert [s.prompt for s in samples(task, 2, drawn[0].seed + 1)] == [s.prompt for s in drawn[1:]]
+    assert drawn[0].seed >= 10 and TRAIN_SEED > 10_000
 
 
 def test_every_task_documents_its_rule_and_source():
-    for name in SUITE:
+    for name in SUITE + LONG_SUITE:
         task = get_task(name)
         assert len(task.description) > 10 and task.source, name
 
@@ -37,7 +39,7 @@ def test_unknown_task_and_bad_n():
         samples("chain_sum", 0, 0)
 
 
-list_samples = st.builds(lambda task, seed: samples(task, 1, seed)[0], st.sampled_from(sorted(LIST_TASKS)),
+list_samples = st.builds(lambda task, seed: samples(task, 1, seed)[0], st.sampled_from(sorted({**LIST_TASKS, **LONG_TASKS})),
                          st.integers(0, 10**9))
 
 
@@ -90,3 +92,35 @@ def test_latin_squares():
     for square in latin_squares(4):
         assert all(sorted(row) == [0, 1, 2, 3] for row in square)
         assert all(sorted(column) == [0, 1, 2, 3] for column in zip(*square))
+
+
+def test_long_tasks_have_long_answers():
+    from unmask.contrib.models.reference import load_reference_model
+
+    _, tokenizer = load_reference_model()
+    for task in LONG_SUITE:
+        lengths = [len(tokenizer(s.answer)["input_ids"]) for s in samples(task, 40, 0)]
+        assert min(lengths) >= 20 and max(lengths) <= 256, (task, min(lengths), max(lengths))
+    chains = [len(tokenizer(s.answer)["input_ids"]) for s in samples("chain_sum_long", 40, 0)]
+    assert min(chains) >= 100 and max(chains) <= 250
+
+
+def test_running_sums_stay_in_range_and_ignore_spacing():
+    for sample in samples("chain_sum_long", 30, 0):
+        totals = [int(word) for word in sample.answer.split()[::4]]  # the start, then each partial sum
+        assert all(0 <= t <= 99 for t in totals) and len(totals) == len(sample.entry["terms"])
+        assert score(sample, sample.answer.replace(" ", ""))
+        wrong = sample.answer.split()
+        wrong[-1] = str(int(wrong[-1]) + 1)
+        assert not score(sample, " ".join(wrong))
+
+
+def test_long_latin_squares_are_drawn_uniformly():
+    assert len(reduced_latin_squares(5)) == 56 and len(reduced_latin_squares(6)) == 9408
+    rng = random.Random(0)
+    squares = Counter(tuple(map(tuple, random_latin_square(5, rng))) for _ in range(20000))
+    assert all(sorted(row) == [0, 1, 2, 3, 4] for square in squares for row in square)
+    # 161,280 squares: 20,000 draws are nearly all distinct, and every first row is as likely as another
+    assert len(squares) > 18000
+    first_rows = Counter(square[0] for square in squares.elements())
+    assert len(first_rows) == 120 and max(first_rows.values()) < 3 * 20000 / 120

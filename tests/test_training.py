@@ -55,3 +55,21 @@ def test_training_resumes_from_its_checkpoint_and_writes_a_loadable_model(tmp_pa
     result = unmask.decode(model, [tokenizer(sample.prompt)["input_ids"]], gen_length=16)
     assert result.tokens.shape == (1, 16)
     assert "unmask train-model" in (out / "README.md").read_text()
+
+
+def test_training_continues_a_model_on_long_tasks_keeping_its_token_ids(tmp_path):
+    first = train_reference_model(tmp_path / "first", attrs.evolve(TINY, steps=2), progress=False)
+    config = attrs.evolve(TINY, steps=3, init_from=str(first), long_tasks=("chain_sum_long", "copy_long"),
+                          long_task_weights=(1.0, 1.0), long_fraction=0.5, long_batch_size=2)
+    second = train_reference_model(tmp_path / "second", config, progress=False)
+    _, old = unmask.load(str(first))
+    model, new = unmask.load(str(second))
+    assert {word: new.get_vocab()[word] for word in old.get_vocab()} == old.get_vocab()
+    assert {"▁running", "▁sum"} <= set(new.get_vocab()) - set(old.get_vocab())
+    assert model.vocab_size == len(new) == model.model.get_input_embeddings().weight.shape[0]
+    prompt = samples("chain_sum_long", 1, 0)[0].prompt
+    assert new.unk_token_id not in new(prompt)["input_ids"]
+    with pytest.raises(ValueError, match="another architecture: hidden_size 32 .config 48."):
+        train_reference_model(tmp_path / "third", attrs.evolve(config, hidden_size=48), progress=False)
+    with pytest.raises(ValueError, match="long_tasks need one weight each"):
+        train_reference_model(tmp_path / "third", attrs.evolve(config, long_task_weights=(1.0,)), progress=False)

@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from OUT.checkpoint (written every few "
                        "minutes)")
     train.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default: 2)")
+    train.add_argument("--init-from", default=None, metavar="DIR", help="continue from this train-model output "
+                       "(or 'reference', the bundled model): its weights and token ids are kept, new words appended")
     train.set_defaults(run=run_train_model)
 
     ablate = commands.add_parser("ablate", help="run an ablation grid (TOML), resumable; write a report and plots")
@@ -380,7 +382,7 @@ def run_train_model(args: argparse.Namespace) -> int:
 
     from unmask.contrib.train.model import TrainingConfig, train_reference_model
 
-    config = TrainingConfig(seed=args.seed, threads=args.threads)
+    config = TrainingConfig(seed=args.seed, threads=args.threads, init_from=args.init_from)
     if args.steps is not None:
         config = attrs.evolve(config, steps=args.steps)
     print(train_reference_model(args.out, config, overwrite=args.overwrite, resume=args.resume))

@@ -23,7 +23,8 @@ __all__ = ["ITEMS", "SYMBOLS", "ListTask", "LIST_TASKS", "latin_squares"]
 # The closed item vocabulary: short made-up names, one token each.
 ITEMS = ("ada", "ben", "cal", "dov", "eli", "fay", "gus", "hal", "ivo", "jan", "kim", "lev",
          "mia", "ned", "oda", "pam", "raj", "sal", "ted", "uma", "val", "wes", "yul", "zoe")
-SYMBOLS = ("A", "B", "C", "D", "E", "F", "G", "H")
+SYMBOLS = tuple("ABCDEFGHIJKLMNOP")
+SQUARE_SYMBOLS = SYMBOLS[:8]  # latin_square's; the long variant draws from all of SYMBOLS
 ROW_SEPARATOR = "/"
 
 
@@ -138,6 +139,6 @@ LIST_TASKS: dict[str, ListTask] = {task.name: task for task in (
              valid=lambda e, t: _one_edit(e["items"], t, "replace", e["extra"])),
     ListTask(name="latin_square", description="any 3x3 or 4x4 Latin square on the given symbols, rows split by /",
              multi_answer=True, instruction=lambda e: f"latin square: {' '.join(e['symbols'])}",
-             draw=lambda rng: {"symbols": rng.sample(SYMBOLS, rng.choice((3, 4)))},
+             draw=lambda rng: {"symbols": rng.sample(SQUARE_SYMBOLS, rng.choice((3, 4)))},
              target=_latin_target, valid=_latin_valid),
 )}

@@ -18,12 +18,15 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from attrs import asdict, field, frozen
 
 from unmask._files import check_output_directory, read_json, read_safetensors, staged_directory
+
+if TYPE_CHECKING:
+    from unmask.contrib.tasks import Sample
 
 __all__ = ["TrainingConfig", "build_tokenizer", "build_model", "train_reference_model", "EOS", "MASK"]
 
@@ -65,10 +68,21 @@ class TrainingConfig:
     seed: int = 0
     threads: int = 2
     checkpoint_minutes: float = 4.0
+    # Long-answer tasks get steps of their own (a long row would pad a whole batch of short ones): a share
+    # long_fraction of the steps draws long_batch_size rows of them, on tight canvases or long_gen_length.
+    long_tasks: tuple[str, ...] = field(default=(), converter=tuple)
+    long_task_weights: tuple[float, ...] = field(default=(), converter=tuple)
+    long_fraction: float = 0.0
+    long_batch_size: int = 24
+    long_gen_length: int = 256
+    # A model directory (or "reference", the bundled one) to continue from: its weights, and its token ids
+    # with the words of new tasks appended; its architecture must match the fields above.
+    init_from: str | None = None
 
 
-def build_tokenizer(texts: Sequence[str]) -> Any:
-    """A word-level tokenizer: one word, list item, symbol, punctuation mark or digit per token."""
+def build_tokenizer(texts: Sequence[str], base: Any = None) -> Any:
+    """A word-level tokenizer: one word, list item, symbol, punctuation mark or digit per token. With
+    ``base`` (a tokenizer this function built), its ids stay and the new words of ``texts`` are appended."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -78,10 +92,47 @@ def build_tokenizer(texts: Sequence[str]) -> Any:
         pre_tokenizers.Split(pattern=":", behavior="isolated"),
     ])
     backend.decoder = decoders.Metaspace()
-    backend.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=[EOS, MASK, UNKNOWN],
-                                                                 show_progress=False))
+    if base is None:
+        backend.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=[EOS, MASK, UNKNOWN],
+                                                                     show_progress=False))
+    else:
+        vocab = dict(base.get_vocab())
+        words = {piece for text in texts for piece, _ in backend.pre_tokenizer.pre_tokenize_str(text)}
+        vocab.update({word: len(vocab) + i for i, word in enumerate(sorted(words - set(vocab)))})
+        backend.model = models.WordLevel(vocab=vocab, unk_token=UNKNOWN)
+        backend.add_special_tokens([EOS, MASK, UNKNOWN])
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS, mask_token=MASK, pad_token=EOS,
                                    unk_token=UNKNOWN)
+
+
+def source_directory(init_from: str) -> Path:
+    """The model directory ``init_from`` names: "reference" (the bundled model) or a path."""
+    if init_from == "reference":
+        from unmask.contrib.models.reference import REFERENCE_MODEL_DIR
+
+        return REFERENCE_MODEL_DIR
+    if not (Path(init_from) / "config.json").is_file() or not (Path(init_from) / "tokenizer.json").is_file():
+        raise ValueError(f"init_from={init_from!r}: not a model directory of train-model (config.json and "
+                         "tokenizer.json), nor 'reference'")
+    return Path(init_from)
+
+
+def _continued_model(tokenizer: Any, config: TrainingConfig) -> Any:
+    """The model of ``config.init_from`` with rows for the tokenizer's new words (drawn like transformers'
+    resizing: around the mean of the trained embeddings)."""
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(str(source_directory(config.init_from)))
+    source = model.config
+    expected = {"hidden_size": config.hidden_size, "num_hidden_layers": config.num_layers,
+                "num_attention_heads": config.num_heads, "intermediate_size": config.intermediate_size}
+    differ = [f"{key} {getattr(source, key)} (config {value})" for key, value in expected.items()
+              if getattr(source, key) != value]
+    if differ:
+        raise ValueError(f"init_from={config.init_from!r} has another architecture: {', '.join(differ)}")
+    torch.manual_seed(config.seed)
+    model.resize_token_embeddings(len(tokenizer))
+    return model
 
 
 def build_model(tokenizer: Any, config: TrainingConfig) -> Any:
@@ -100,8 +151,9 @@ def build_model(tokenizer: Any, config: TrainingConfig) -> Any:
 
 
 class _Examples:
-    """Training rows (prompt ids, target ids): list tasks made per row from seeds at TRAIN_SEED and up, with
-    a fresh valid answer each time; arithmetic from a pool of reasoning-gym items."""
+    """Training rows (prompt ids, target ids) from the tasks' "train" part only: list tasks made per row from
+    seeds at TRAIN_SEED and up, with a fresh valid answer each time; arithmetic from a pool of reasoning-gym
+    items."""
 
     def __init__(self, config: TrainingConfig) -> None:
         from unmask.contrib.tasks import TRAIN_SEED, get_task, samples
@@ -109,24 +161,37 @@ class _Examples:
         from unmask.contrib.tasks.lists import ITEMS, SYMBOLS
 
         self.config = config
-        self.pools = {task: samples(task, config.arithmetic_items, TRAIN_SEED) for task in config.tasks
+        self.pools = {task: samples(task, config.arithmetic_items, TRAIN_SEED, part="train") for task in config.tasks
                       if isinstance(get_task(task), GymTask)}
-        corpus = [text for task in config.tasks for s in samples(task, 2000, TRAIN_SEED)
-                  for text in (s.prompt, s.answer)]
-        self.tokenizer = build_tokenizer(corpus + [" ".join(ITEMS + SYMBOLS + tuple("0123456789"))])
+        corpus = [text for task in config.tasks + config.long_tasks
+                  for s in samples(task, 2000, TRAIN_SEED, part="train") for text in (s.prompt, s.answer)]
+        corpus.append(" ".join(ITEMS + SYMBOLS + tuple("0123456789")))
+        base = None
+        if config.init_from is not None:
+            from transformers import AutoTokenizer
 
-    def draw(self, rng: random.Random, rows: int) -> list[tuple[list[int], list[int]]]:
+            base = AutoTokenizer.from_pretrained(str(source_directory(config.init_from)))
+        self.tokenizer = build_tokenizer(corpus, base)
+
+    def draw_text(self, rng: random.Random, rows: int, long: bool = False) -> list[tuple[Sample, str]]:
+        """``rows`` training items (of the long tasks if ``long``) and a valid answer of each (drawn afresh on
+        multi-answer tasks)."""
         from unmask.contrib.tasks import TRAIN_SEED, samples, valid_answer
 
-        pairs = []
-        for task in rng.choices(self.config.tasks, weights=self.config.task_weights, k=rows):
+        tasks, weights = ((self.config.long_tasks, self.config.long_task_weights) if long
+                          else (self.config.tasks, self.config.task_weights))
+        drawn = []
+        for task in rng.choices(tasks, weights=weights, k=rows):
             if task in self.pools:
                 sample = self.pools[task][rng.randrange(len(self.pools[task]))]
             else:
-                sample = samples(task, 1, TRAIN_SEED + rng.randrange(10**9))[0]
-            answer = valid_answer(sample, rng)
-            pairs.append((self.tokenizer(sample.prompt)["input_ids"], self.tokenizer(answer)["input_ids"]))
-        return pairs
+                sample = samples(task, 1, TRAIN_SEED + rng.randrange(10**9), part="train")[0]
+            drawn.append((sample, valid_answer(sample, rng)))
+        return drawn
+
+    def draw(self, rng: random.Random, rows: int, long: bool = False) -> list[tuple[list[int], list[int]]]:
+        return [(self.tokenizer(sample.prompt)["input_ids"], self.tokenizer(answer)["input_ids"])
+                for sample, answer in self.draw_text(rng, rows, long)]
 
 
 def _batch(pairs: Sequence[tuple[list[int], list[int]]], eos: int,
@@ -250,6 +315,11 @@ def train_reference_model(out: str | Path, config: TrainingConfig = TrainingConf
     check_output_directory(out, command="train-model", overwrite=overwrite)  # before the hour of training
     if len(config.task_weights) != len(config.tasks):
         raise ValueError(f"task_weights has {len(config.task_weights)} entries for {len(config.tasks)} tasks")
+    if len(config.long_task_weights) != len(config.long_tasks) or (config.long_fraction > 0) != bool(config.long_tasks):
+        raise ValueError("long_tasks need one weight each (long_task_weights) and a long_fraction above 0, and "
+                         "long_fraction needs long_tasks")
+    if config.init_from is not None:
+        source_directory(config.init_from)
     checkpoint = checkpoint_directory(out)
     if resume and not (checkpoint / "progress.json").is_file():
         raise ValueError(f"--resume: no checkpoint at {checkpoint}")
@@ -259,7 +329,7 @@ def train_reference_model(out: str | Path, config: TrainingConfig = TrainingConf
     torch.set_num_threads(config.threads)
     examples = _Examples(config)
     tokenizer = examples.tokenizer
-    model = build_model(tokenizer, config)
+    model = build_model(tokenizer, config) if config.init_from is None else _continued_model(tokenizer, config)
     # Eager attention trains ~1.3x faster than SDPA at these sizes on the CPU; it is not saved with the
     # weights, so the loaded model uses transformers' default again.
     model.set_attn_implementation("eager")
@@ -281,10 +351,14 @@ def train_reference_model(out: str | Path, config: TrainingConfig = TrainingConf
     bar = tqdm(range(state["step"], config.steps), desc="training", disable=not progress, mininterval=5,
                initial=state["step"], total=config.steps)
     for step in bar:
+        long = config.long_fraction > 0 and rng.random() < config.long_fraction  # (the old stream otherwise)
         tight = rng.random() < config.tight_fraction
-        drawn = 0 if tight else rng.choices(config.gen_lengths, weights=config.gen_length_weights)[0]
-        rows = config.batch_size if drawn <= 64 else max(8, config.batch_size * 64 // drawn)
-        pairs = examples.draw(rng, rows)
+        if long:
+            drawn, rows = (0 if tight else config.long_gen_length), config.long_batch_size
+        else:
+            drawn = 0 if tight else rng.choices(config.gen_lengths, weights=config.gen_length_weights)[0]
+            rows = config.batch_size if drawn <= 64 else max(8, config.batch_size * 64 // drawn)
+        pairs = examples.draw(rng, rows, long)
         longest = max(len(answer) for _, answer in pairs)
         if tight:  # each row its own canvas: its answer and 1-8 end-of-text tokens
             gen_lengths = [len(answer) + rng.randint(1, 8) for _, answer in pairs]

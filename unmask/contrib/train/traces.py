@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 
 __all__ = ["FILTER_SEED", "collect", "read_prompts", "Traces"]
 
-# Prompts for filter training come from here upward: past the items the bundled model was trained on
-# (which start at tasks.TRAIN_SEED) and never from the evaluation seeds below TRAIN_SEED.
+# Prompts for filter training: the tasks' "train" part (never an evaluated prompt), from seeds past those
+# the bundled model was trained on (which start at tasks.TRAIN_SEED).
 FILTER_SEED = 2_000_000
 MANIFEST = "manifest.json"
 FORMAT = "unmask-traces/2"  # 2: block statistics hold the block's tokens
@@ -87,7 +87,8 @@ def collect(
         if mine is not None:
             task, start = mine
             count = min(batch_size, n - start)
-            drawn = samples(task, count, seed + start) if prompts is None else None
+            # the task's first n train-part items, this shard's slice (a later start must not repeat them)
+            drawn = samples(task, n, seed, part="train")[start:start + count] if prompts is None else None
             if drawn is not None:
                 items = [(s.seed, s.prompt) for s in drawn]
             else:
