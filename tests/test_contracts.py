@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import unmask
-from unmask.testing import check_cache_manager, check_stop_criterion, check_unmask_policy
+from unmask.testing import check_cache_manager, check_constraint, check_stop_criterion, check_unmask_policy
 
 REGISTRY = unmask.registry()
 
@@ -23,6 +23,15 @@ def test_stop_contract(name):
 @pytest.mark.parametrize("name", REGISTRY.names("caches"))
 def test_cache_contract(name, kv_models):
     check_cache_manager(name, models=kv_models)
+
+
+@pytest.mark.parametrize("name", REGISTRY.names("constraints"))
+def test_constraint_contract(name, tmp_path):
+    if name == "json_schema":
+        schema = tmp_path / "schema.json"
+        schema.write_text('{"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}')
+        name = f"json_schema:schema='{schema}'"
+    check_constraint(name)
 
 
 def test_combined_specs_pass_the_contract():

@@ -272,6 +272,8 @@ def add_decode_arguments(
         parser.add_argument("--policy", default="topk", help=f"unmask policy: {COMPONENT_HELP} (default: topk)")
         parser.add_argument("--stop", default=None, help=f"stop criterion, e.g. eotp: {COMPONENT_HELP}")
         parser.add_argument("--cache", default="none", help="KV-cache manager (default: none)")
+        parser.add_argument("--constraint", default=None, help="structured output, e.g. \"regex:pattern='[a-z ]+'\" "
+                            "(quote values holding , + : = or spaces); default: none")
     parser.add_argument("--gen-length", type=positive_int, default=64, help="tokens to generate (default: 64)")
     parser.add_argument("--block-length", type=positive_int, default=32, help="semi-autoregressive block (default: 32)")
     parser.add_argument("--steps", type=positive_int, default=None, help="schedule steps (default: gen length)")
@@ -338,7 +340,7 @@ def run_generate(args: argparse.Namespace) -> int:
         policy.warn_if_trained_on_another_model(weights_hash(model))
     answer, result = decode_text(
         model, tokenizer, [args.prompt], config=_decode_config(args), policy=policy, stop=args.stop,
-        cache=args.cache,
+        cache=args.cache, constraint=args.constraint,
     )
     if args.json:
         record = {"prompt": args.prompt, "answer": answer[0], "nfe": int(result.nfe[0]), "wall_s": result.wall_s,

@@ -13,11 +13,12 @@ import attrs
 import torch
 
 from unmask.core.candidates import CandidateScorer, Reuse
+from unmask.core.constraints import choose, forced_ends, restrict, vocabulary_of
 from unmask.core.plugins import create, describe, plugin_manager
 from unmask.core.scoring import check_logits, on_canvas, predict
 from unmask.core.spec import Spec
 from unmask.core.types import (
-    CacheManager, CanvasState, Commit, DecodeConfig, DecodeResult, DenoiserModel, StepObserver, StepView,
+    CacheManager, CanvasState, Commit, Constraint, DecodeConfig, DecodeResult, DenoiserModel, StepObserver, StepView,
     StopCriterion, UnmaskPolicy,
 )
 
@@ -63,6 +64,8 @@ def decode(
     policy: UnmaskPolicy | Spec = "topk",
     stop: StopCriterion | Spec | Sequence[StopCriterion | Spec] | None = "none",
     cache: CacheManager | Spec = "none",
+    constraint: Constraint | Spec | None = None,
+    tokenizer: Any = None,
     on_step: StepObserver | None = None,
     **settings: Any,
 ) -> DecodeResult:
@@ -70,8 +73,9 @@ def decode(
 
     ``input_ids`` is a left-padded (B, P) tensor with its ``attention_mask``, or a list of token lists.
     ``policy``, ``stop`` and ``cache`` are components or specs (``"threshold:tau=0.9"``, ``("topk", {"k": 2})``);
-    a list of stops is their ``any`` and ``None`` is ``"none"``. ``settings`` are :class:`DecodeConfig`
-    fields when no ``config`` is given.
+    a list of stops is their ``any`` and ``None`` is ``"none"``. ``constraint`` (``"regex:pattern='...'"``)
+    keeps every answer completable into a word of its language; it reads the tokens' text through
+    ``tokenizer``. ``settings`` are :class:`DecodeConfig` fields when no ``config`` is given.
     """
     if config is None:
         config = DecodeConfig(**settings)
@@ -88,7 +92,13 @@ def decode(
         stop = ("any", {"stops": stop})
     stop_criterion = create("stops", "none" if stop is None else stop)
     cache_manager = create("caches", cache)
-    check_config((unmask_policy, stop_criterion, cache_manager), config)
+    constrainer = None if constraint is None else create("constraints", constraint)
+    check_config((unmask_policy, stop_criterion, cache_manager, constrainer), config)
+    if constrainer is not None:
+        if tokenizer is None:
+            raise ValueError("constraint: pass tokenizer= too; a constraint reads the text of each token")
+        constrainer.prepare(vocabulary_of(tokenizer, model.vocab_size, eos_id, mask_id), input_ids.shape[1])
+        constraint_name = describe("constraints", constrainer)["name"]
     observers = plugin_manager().hook.unmask_on_step
     notify = bool(observers.get_hookimpls())
 
@@ -162,24 +172,48 @@ def decode(
                     generator=generator, mask_id=mask_id, largest_id=max(mask_id, eos_id), global_step=global_step,
                 )
 
-                # Score the fed span: x0 and its probability at masked positions.
-                x0, confidence = on_canvas(x, masked, plan.start, *predict(logits, config.temperature, generator, mask_id))
-                view = StepView(
-                    x=x, x0=x0, confidence=confidence, masked=masked, window=window, row_active=row_active,
-                    # Past the schedule's last step (a policy that committed less), one token per step.
-                    schedule_k=schedule[:, step] if step < config.steps_per_block else torch.ones_like(nfe),
-                    nfe=nfe.clone(), logits=_block_logits(logits, plan.start, block_start, block_end),
-                    generator=generator, gen_start=gen_start, block_start=block_start, block_end=block_end,
-                    block_index=block_index, step=step, mask_token_id=mask_id, eos_token_id=eos_id,
-                    global_step=global_step, total_steps=config.num_steps, span_logits=logits,
-                    span_start=plan.start, evaluate=scorer,
-                )
+                def score(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                    """x0 and its probability at masked positions of the fed span."""
+                    return on_canvas(x, masked, plan.start, *predict(logits, config.temperature, generator, mask_id))
 
-                # The policy chooses; the engine checks it and applies the progress floor.
-                decision = unmask_policy.select(view)
-                commit, tokens = _checked_commit(decision, view, config.progress_floor, logits.shape[-1],
-                                                 reach_canvas)
+                def step_view(x0: torch.Tensor, confidence: torch.Tensor) -> StepView:
+                    return StepView(
+                        x=x, x0=x0, confidence=confidence, masked=masked, window=window, row_active=row_active,
+                        # Past the schedule's last step (a policy that committed less), one token per step.
+                        schedule_k=schedule[:, step] if step < config.steps_per_block else torch.ones_like(nfe),
+                        nfe=nfe.clone(), logits=_block_logits(logits, plan.start, block_start, block_end),
+                        generator=generator, gen_start=gen_start, block_start=block_start, block_end=block_end,
+                        block_index=block_index, step=step, mask_token_id=mask_id, eos_token_id=eos_id,
+                        global_step=global_step, total_steps=config.num_steps, span_logits=logits,
+                        span_start=plan.start, evaluate=scorer,
+                    )
+
+                if constrainer is not None:  # tokens it does not allow are banned before scoring
+                    logits = logits.clone()  # (reused candidate logits stay as they were scored)
+                    reach = masked & row_active[:, None] & (window if not reach_canvas else columns >= gen_start)
+                    restrict(constrainer, step_view(x, torch.zeros(x.shape, dtype=torch.float64)), reach, logits,
+                             plan.start, constraint_name)
+                view = step_view(*score(logits))
+
+                # The policy chooses; the engine checks it and applies the progress floor (and, with a
+                # constraint, chooses again while it refuses a commit).
+                chosen: list[Any] = []
+
+                def select(view: StepView) -> tuple[torch.Tensor, torch.Tensor]:
+                    chosen[:] = [unmask_policy.select(view)]
+                    return _checked_commit(chosen[0], view, config.progress_floor, logits.shape[-1], reach_canvas)
+
+                if constrainer is None:
+                    commit, tokens = select(view)
+                else:
+                    commit, tokens, view = choose(constrainer, view, select, logits, plan.start, score, constraint_name)
+                decision = chosen[0]
                 canvas.commit(commit, tokens, global_step)
+                if constrainer is not None and (commit & (tokens == eos_id)).any():
+                    # An answer the constraint has ended at an EOS: the rest of the row is EOS, now.
+                    ends = forced_ends(constrainer, attrs.evolve(view, x=canvas.x, masked=canvas.x == mask_id))
+                    if (ends >= 0).any():
+                        canvas.cut(ends, global_step)
                 if isinstance(decision, Commit) and decision.evaluated is not None:
                     reuse = scorer.reuse(decision.evaluated, canvas.x, reuse)
 
@@ -190,7 +224,7 @@ def decode(
                     canvas.cut(decision.end, global_step)
                 newly_done = decision.done & ~done
                 if newly_done.any():
-                    canvas.finalise(x0, newly_done, global_step)
+                    canvas.finalise(view.x0, newly_done, global_step)
                     done |= newly_done
                 if on_step is not None:
                     on_step(view)
@@ -207,6 +241,8 @@ def decode(
         "stop": describe("stops", stop_criterion),
         "cache": describe("caches", cache_manager),
     }
+    if constrainer is not None:
+        components["constraint"] = describe("constraints", constrainer)
     return DecodeResult(
         tokens=tokens, answer_lengths=answer_lengths, nfe=nfe, commit_step=canvas.commit_step,
         wall_s=time.perf_counter() - started, config=config, components=components, candidate_rows=candidate_rows,

@@ -32,6 +32,7 @@ KINDS: dict[str, tuple[str, str | None]] = {
     "policies": ("unmask_register_policies", "union"),
     "stops": ("unmask_register_stops", "any"),
     "caches": ("unmask_register_caches", None),
+    "constraints": ("unmask_register_constraints", None),
     "filters": ("unmask_register_filters", None),
     "trained_filters": ("unmask_register_trained_filters", None),
     "features": ("unmask_register_features", None),
@@ -41,6 +42,7 @@ KINDS: dict[str, tuple[str, str | None]] = {
 # What an object passed instead of a spec must have, per kind.
 REQUIRED_METHODS: dict[str, tuple[str, ...]] = {
     "policies": ("select",), "stops": ("check",), "caches": ("reset", "plan"),
+    "constraints": ("prepare", "allowed", "refuse"),
     "filters": ("fit", "predict_proba"),
 }
 
@@ -59,6 +61,11 @@ class Hooks:
     @hookspec
     def unmask_register_caches(self, registry: Registrar) -> None:
         """Add KV-cache managers: ``registry.add(name, factory)``; the factory returns a ``CacheManager``."""
+
+    @hookspec
+    def unmask_register_constraints(self, registry: Registrar) -> None:
+        """Add structured-output constraints: ``registry.add(name, factory)``; the factory returns a
+        ``Constraint``."""
 
     @hookspec
     def unmask_register_filters(self, registry: Registrar) -> None:

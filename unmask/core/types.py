@@ -16,7 +16,7 @@ from unmask.core.validators import integer, number, optional
 
 __all__ = [
     "Candidates", "Commit", "DecodeConfig", "DecodeResult", "StepView", "StopDecision", "CanvasState", "ForwardPlan",
-    "UnmaskPolicy", "StopCriterion", "CacheManager", "DenoiserModel",
+    "UnmaskPolicy", "StopCriterion", "CacheManager", "DenoiserModel", "Constraint", "Vocabulary",
 ]
 
 
@@ -268,6 +268,41 @@ class DenoiserModel(Protocol):
         attention_mask: torch.Tensor | None = None,
         past_key_values: Any = None,
     ) -> torch.Tensor: ...
+
+
+@frozen(kw_only=True)
+class Vocabulary:
+    """What a constraint knows of the tokenizer: the text each token id decodes to inside a sentence
+    (``""`` for special tokens and ids the tokenizer cannot decode alone), and the ids the canvas uses."""
+
+    strings: tuple[str, ...]
+    eos_token_id: int
+    mask_token_id: int
+    # What the tokenizer drops from the start of an answer it decodes alone: " " for word-start marks
+    # (SentencePiece's "▁"), so an answer's text is its tokens' strings joined, less this prefix.
+    prefix: str = ""
+
+
+@runtime_checkable
+class Constraint(Protocol):
+    """Keeps every row's answer completable into a word of a language (structured output).
+
+    Before the policy chooses, ``allowed`` says which tokens may go at the masked positions it could commit
+    (the engine sets the logits of the others to ``-inf``); after it chose, ``refuse`` names the committed
+    positions whose tokens, taken together with the others, would leave no completion (the engine bans those
+    (position, token) pairs and the policy chooses again from the same logits, without a new forward). An
+    answer ends at its first EOS: the engine fills the rest of the row with EOS when one is committed.
+    """
+
+    def prepare(self, vocabulary: Vocabulary, gen_start: int) -> None:
+        """Once per decode, before any step: the tokens' strings; the answer starts at column ``gen_start``."""
+
+    def allowed(self, view: StepView, positions: torch.Tensor) -> torch.Tensor:
+        """(N, 2) rows and columns of masked positions -> (N, V) bool: the tokens each may take."""
+
+    def refuse(self, view: StepView, commit: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) bool: positions of ``commit`` whose ``tokens`` must not be committed together with the rest;
+        never all of a row's commits (taken one at a time in order of confidence, the first is allowed)."""
 
 
 StepObserver = Callable[[StepView], None]

@@ -16,10 +16,10 @@ from unmask.core.engine import check_config, decode, pad_prompts
 from unmask.core.plugins import registry
 from unmask.core.spec import parse_spec
 from unmask.core.types import Commit, DecodeConfig, StepView, StopDecision
-from unmask.testing.fake_model import FakeDenoiser
+from unmask.testing.fake_model import FakeDenoiser, FakeTokenizer
 from unmask.testing.generators import committed_views, step_views
 
-__all__ = ["check_unmask_policy", "check_stop_criterion", "check_cache_manager", "build_component"]
+__all__ = ["check_unmask_policy", "check_stop_criterion", "check_cache_manager", "check_constraint", "build_component"]
 
 PROMPTS = ([1, 2, 3], [4], [5, 6, 7, 8, 9])
 CONFIGS = (
@@ -118,6 +118,46 @@ def check_cache_manager(cache: Any, *, models: Sequence[Any]) -> None:
     _check_decodes(components, stochastic=False, models=models)
 
 
+def check_constraint(constraint: Any, *, policies: Sequence[str] = ("topk", "topk:k=3", "threshold:tau=0.5")) -> None:
+    """Decodes under the constraint (with each of ``policies``, on :class:`FakeDenoiser` and the text of
+    :class:`FakeTokenizer`) keep committed tokens, progress, stay inside masked ∩ block, are deterministic
+    and the same alone as in a batch; ``allowed`` gives (N, V) bool; ``refuse`` leaves a row's first commit."""
+
+    def components(policy: str) -> Callable[..., dict[str, Any]]:
+        def make(rows: Sequence[int], gen: int, vocab: int, mask_id: int) -> dict[str, Any]:
+            made = build_component("constraints", constraint, rows=rows, gen_length=gen, vocab_size=vocab,
+                                   mask_token_id=mask_id)
+            return {"constraint": _RefusalWatch(made), "tokenizer": FakeTokenizer(vocab), "policy": policy}
+        return make
+
+    for policy in policies:
+        _check_decodes(components(policy), stochastic=False)
+
+
+class _RefusalWatch:
+    """A constraint whose answers are checked: shapes, and never all of a row's commits refused."""
+
+    def __init__(self, constraint: Any) -> None:
+        self.constraint = constraint
+
+    def prepare(self, vocabulary: Any, gen_start: int) -> None:
+        self.size = len(vocabulary.strings)
+        self.constraint.prepare(vocabulary, gen_start)
+
+    def allowed(self, view: StepView, positions: torch.Tensor) -> torch.Tensor:
+        allowed = _unchanged(view, lambda v: self.constraint.allowed(v, positions))
+        assert isinstance(allowed, torch.Tensor) and allowed.dtype == torch.bool, "allowed() must give a bool tensor"
+        assert allowed.shape == (len(positions), self.size), f"allowed() gave {tuple(allowed.shape)} for N, V = " \
+            f"{len(positions)}, {self.size}"
+        return allowed
+
+    def refuse(self, view: StepView, commit: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        refused = _unchanged(view, lambda v: self.constraint.refuse(v, commit, tokens))
+        assert refused.shape == commit.shape and refused.dtype == torch.bool, "refuse() must give a (B, L) bool"
+        assert not ((commit & ~refused).sum(1) == 0)[commit.any(1)].any(), "refuse() refused all of a row's commits"
+        return refused
+
+
 def _check_decodes(
     components: Callable[..., dict[str, Any]], *, stochastic: bool, models: Sequence[Any] | None = None
 ) -> None:
@@ -147,8 +187,8 @@ def _check_decodes(
 
 def _serves(components: dict[str, Any], config: DecodeConfig) -> bool:
     """Whether the components accept ``config`` (their optional ``check_config``)."""
-    kinds = {"policy": "policies", "stop": "stops", "cache": "caches"}
-    made = [registry().create(kinds[key], spec) for key, spec in components.items()]
+    kinds = {"policy": "policies", "stop": "stops", "cache": "caches", "constraint": "constraints"}
+    made = [registry().create(kinds[key], spec) for key, spec in components.items() if key in kinds]
     try:
         check_config(made, config)
     except ValueError:

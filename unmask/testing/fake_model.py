@@ -72,3 +72,25 @@ class FakeDenoiser(nn.Module):
             boost[..., self.eos_token_id] = self.eos_bias * (position_ids >= self.eos_from)
             logits = logits + boost
         return logits
+
+
+class FakeTokenizer:
+    """The text of a :class:`FakeDenoiser`'s tokens (vocabulary 24), for constraints: words, digits and
+    JSON punctuation, then EOS and the mask as special tokens."""
+
+    WORDS = ("{", "}", "[", "]", ":", ",", '"', " ", "a", "b", "x", "y", "ab", "0", "1", "2", "-", ".", "true",
+             "false", "null", " a")
+
+    def __init__(self, vocab_size: int = 24) -> None:
+        if vocab_size != len(self.WORDS) + 2:
+            raise ValueError(f"FakeTokenizer covers a FakeDenoiser of vocab_size {len(self.WORDS) + 2}")
+        self.all_special_ids = [vocab_size - 2, vocab_size - 1]
+
+    def __len__(self) -> int:
+        return len(self.WORDS) + 2
+
+    def decode(self, ids: Any) -> str:
+        return "".join(self.WORDS[i] for i in ids if i < len(self.WORDS))
+
+    def batch_decode(self, batch: Any) -> list[str]:
+        return [self.decode(ids) for ids in batch]

@@ -231,6 +231,8 @@ def decode_text(
 ) -> tuple[list[str], DecodeResult]:
     """Encode prompts, decode with :func:`unmask.decode` (``kwargs``), and return the answers' text."""
     input_ids, attention_mask = pad_prompts(encode_prompts(tokenizer, prompts, chat=chat), model.eos_token_id)
+    if kwargs.get("constraint") is not None:
+        kwargs.setdefault("tokenizer", tokenizer)
     result = decode(model, input_ids.to(model.device), attention_mask=attention_mask.to(model.device), **kwargs)
     return decode_answers(tokenizer, result), result
 

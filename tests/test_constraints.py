@@ -1,0 +1,208 @@
+"""Constraints: every canvas stays completable, finished answers match, and a constraint that allows
+everything changes nothing (checked against an independent brute-force completion search)."""
+
+import json
+import re
+
+import pytest
+import regex
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import unmask
+from unmask.core.constraints import choose
+from unmask.core.plugins import hookimpl, register_plugin, unregister_plugin
+from unmask.testing.fake_model import FakeDenoiser
+
+WORDS = ["a", "b", " ", "ab", "1", "2", "{", "}", '"', ":", ",", "x", "true", "false"]
+
+
+class WordTokenizer:
+    """Token i is WORDS[i]; the fake model's EOS and mask ids are the last two."""
+
+    def __init__(self):
+        self.eos, self.mask = len(WORDS), len(WORDS) + 1
+        self.all_special_ids = [self.eos, self.mask]
+
+    def __len__(self):
+        return len(WORDS) + 2
+
+    def decode(self, ids):
+        return "".join(WORDS[i] for i in ids if i < len(WORDS))
+
+    def batch_decode(self, batch):
+        return [self.decode(ids) for ids in batch]
+
+
+TOKENIZER = WordTokenizer()
+MODEL = FakeDenoiser(vocab_size=len(WORDS) + 2, seed=3)
+PROMPTS = [[0, 1, 2], [3, 4], [5, 6, 7, 8]]
+
+
+def completable(pattern, answer, mask, eos):
+    """Whether the holes of ``answer`` can be filled, one token each (EOS: the answer ends), so that the
+    answer's text fully matches ``pattern``: a search over fillings, pruned by the ``regex`` module's
+    partial matching (an engine independent of the automaton under test)."""
+    def search(i, text):
+        if regex.fullmatch(pattern, text, partial=True) is None:
+            return False
+        if i == len(answer) or answer[i] == eos:
+            rest = answer[i:]
+            return all(t in (eos, mask) for t in rest) and re.fullmatch(pattern, text) is not None
+        if answer[i] != mask:
+            return search(i + 1, text + WORDS[answer[i]])
+        if all(t in (eos, mask) for t in answer[i:]) and re.fullmatch(pattern, text):
+            return True  # this hole and the rest: EOS
+        return any(search(i + 1, text + word) for word in WORDS)
+    return search(0, "")
+
+
+def answers(result):
+    return ["".join(WORDS[t] for t in row[:length]) for row, length in zip(result.tokens.tolist(),
+                                                                           result.answer_lengths.tolist())]
+
+
+@settings(max_examples=15, deadline=None)
+@given(pattern=st.sampled_from(["(ab|a)+", "a( b)*", "[12]{2,5}", "(a|b)*1", "x?(true|false)"]),
+       policy=st.sampled_from(["topk", "topk:k=3", "threshold:tau=0.3"]), gen=st.sampled_from([6, 8]))
+def test_every_canvas_stays_completable_and_answers_match(pattern, policy, gen):
+    steps = []
+    result = unmask.decode(MODEL, PROMPTS, gen_length=gen, block_length=gen // 2, policy=policy,
+                           constraint=("regex", {"pattern": pattern}), tokenizer=TOKENIZER,
+                           on_step=lambda view: steps.append(view.x[:, view.gen_start:].clone()))
+    for canvas in steps:
+        for row in canvas.tolist():
+            assert completable(pattern, row, MODEL.mask_token_id, MODEL.eos_token_id), (pattern, row)
+    assert all(re.fullmatch(pattern, answer) for answer in answers(result)), answers(result)
+    free = unmask.decode(MODEL, PROMPTS, gen_length=gen, block_length=gen // 2, policy=policy)
+    if policy.startswith("topk"):  # a constraint never adds a forward to a fixed schedule
+        assert (result.nfe <= free.nfe).all()
+
+
+class Anything:
+    """Allows every token and refuses nothing."""
+
+    def prepare(self, vocabulary, gen_start):
+        self.size = len(vocabulary.strings)
+
+    def allowed(self, view, positions):
+        return torch.ones((len(positions), self.size), dtype=torch.bool)
+
+    def refuse(self, view, commit, tokens):
+        return torch.zeros_like(commit)
+
+
+class AnythingPlugin:
+    @hookimpl
+    def unmask_register_constraints(self, registry):
+        registry.add("anything", Anything)
+
+
+@pytest.mark.parametrize("policy", ["topk", "threshold:tau=0.5", "entropy_threshold", "local_leap"])
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_a_constraint_that_allows_everything_changes_nothing(policy, temperature):
+    plugin = AnythingPlugin()
+    register_plugin(plugin, "anything-test")
+    try:
+        settings = dict(gen_length=8, block_length=4, policy=policy, temperature=temperature, seed=5)
+        free = unmask.decode(MODEL, PROMPTS, **settings)
+        bound = unmask.decode(MODEL, PROMPTS, constraint="anything", tokenizer=TOKENIZER, **settings)
+    finally:
+        unregister_plugin(plugin)
+    assert torch.equal(free.tokens, bound.tokens) and torch.equal(free.nfe, bound.nfe)
+    assert bound.components["constraint"]["name"] == "anything"
+
+
+def test_a_refused_pair_is_never_committed_in_its_step():
+    class RefuseToken0:
+        def refuse(self, view, commit, tokens):
+            return commit & (tokens == 0)
+
+    view = _view()
+    logits = view.logits.clone()
+    picked = []
+
+    def select(view):
+        mask = torch.zeros_like(view.masked)
+        best = view.candidate_confidence.argmax(1)
+        mask[torch.arange(len(best)), best] = True
+        picked.append(view.x0[mask].tolist())
+        return mask, view.x0
+
+    def rescore(logits):
+        x0 = view.x.clone()
+        x0[:, view.gen_start:] = logits.argmax(-1)
+        confidence = torch.full(view.x.shape, float("-inf"), dtype=torch.float64)
+        confidence[:, view.gen_start:] = logits.softmax(-1).max(-1).values.double()
+        return x0, confidence.masked_fill(~view.masked, float("-inf"))
+
+    commit, tokens, _ = choose(RefuseToken0(), view, select, logits, view.gen_start, rescore, "refuse0")
+    assert not (commit & (tokens == 0)).any()
+    assert (logits[..., 0] == float("-inf")).any()  # the refused pair was banned in the step's logits
+
+
+def _view():
+    from unmask.testing.generators import step_views
+
+    logits = torch.zeros(1, 4, len(WORDS) + 2)
+    logits[..., 0] = 5.0  # token 0 is everyone's favourite
+    logits[..., 1] = 4.0
+    x = torch.tensor([[0, 1, MODEL.mask_token_id, MODEL.mask_token_id, MODEL.mask_token_id, MODEL.mask_token_id]])
+    x0 = x.clone()
+    x0[:, 2:] = 0
+    confidence = torch.full(x.shape, float("-inf"), dtype=torch.float64)
+    confidence[:, 2:] = 0.6
+    return unmask.StepView(x=x, x0=x0, confidence=confidence, masked=x == MODEL.mask_token_id,
+                           window=torch.ones_like(x, dtype=torch.bool), row_active=torch.ones(1, dtype=torch.bool),
+                           schedule_k=torch.ones(1, dtype=torch.long), nfe=torch.zeros(1, dtype=torch.long),
+                           logits=logits, generator=torch.Generator(), gen_start=2, block_start=2, block_end=6,
+                           block_index=0, step=0, mask_token_id=MODEL.mask_token_id, eos_token_id=MODEL.eos_token_id)
+
+
+def test_json_schema_output_is_valid_json_of_the_schema(tmp_path):
+    schema = tmp_path / "flag.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"x": {"type": "boolean"}}, "required": ["x"],
+                                  "additionalProperties": False}))
+    result = unmask.decode(MODEL, PROMPTS, gen_length=16, block_length=8, policy="topk:k=2",
+                           constraint=("json_schema", {"schema": str(schema)}), tokenizer=TOKENIZER)
+    for answer in answers(result):
+        assert isinstance(json.loads(answer)["x"], bool), answer
+
+
+def test_distinct_items_never_repeats_an_item_within_a_group():
+    result = unmask.decode(MODEL, PROMPTS, gen_length=12, block_length=4, policy="topk:k=4",
+                           constraint="distinct_items:separator=','", tokenizer=TOKENIZER)
+    free = unmask.decode(MODEL, PROMPTS, gen_length=12, block_length=4, policy="topk:k=4")
+    for row in result.tokens.tolist():
+        groups = [[]]
+        for word in (WORDS[t].strip() for t in row if t < len(WORDS)):
+            if word == ",":
+                groups.append([])
+            elif word:
+                groups[-1].append(word)
+        assert all(len(set(g)) == len(g) for g in groups), groups
+    assert any(len(set(r)) < len(r) for r in free.tokens.tolist())  # unconstrained, items repeat
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("regex:pattern='[a-'", r"pattern='\[a-' is not a regular expression"),
+    ("regex:pattern=''", "pattern must be a non-empty regular expression"),
+    ("regex:pattern='(ab){20}'", "no token can go at row 0, answer position 0: no answer that fits in the canvas"),
+    ("json_schema:schema=/no/such/file.json", "cannot read it"),
+])
+def test_bad_constraints_are_one_clear_error(spec, message):
+    with pytest.raises(ValueError, match=message):
+        unmask.decode(MODEL, PROMPTS, gen_length=8, block_length=4, constraint=spec, tokenizer=TOKENIZER)
+
+
+def test_a_schema_that_is_not_json_names_the_argument(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="schema=.*bad.json' is not JSON"):
+        unmask.create("constraints", f"json_schema:schema='{bad}'")
+
+
+def test_a_constraint_needs_the_tokenizer():
+    with pytest.raises(ValueError, match="constraint: pass tokenizer= too"):
+        unmask.decode(MODEL, PROMPTS, gen_length=8, block_length=4, constraint="distinct_items")
