@@ -206,3 +206,17 @@ def test_a_schema_that_is_not_json_names_the_argument(tmp_path):
 def test_a_constraint_needs_the_tokenizer():
     with pytest.raises(ValueError, match="constraint: pass tokenizer= too"):
         unmask.decode(MODEL, PROMPTS, gen_length=8, block_length=4, constraint="distinct_items")
+
+
+def test_a_grid_takes_constraints_as_a_dimension(tmp_path):
+    from unmask.contrib.eval.ablate import load_grid
+
+    grid = load_grid({"tasks": ["shuffle"], "n": 2, "policies": ["topk:k=8"], "constraints": ["none", "distinct_items"],
+                      "baseline": {"policy": "topk:k=8"},
+                      "gen_lengths": [32]})
+    assert [cell.constraint for cell in grid.cells] == ["none", "distinct_items"]
+    assert grid.cells[0].key == "shuffle | topk:k=8 | none | none | 32"  # as before constraints existed
+    assert grid.cells[1].key.endswith("| distinct_items") and grid.is_baseline(grid.cells[0])
+    assert not grid.is_baseline(grid.cells[1])
+    with pytest.raises(ValueError, match="constraint"):
+        load_grid({"tasks": ["shuffle"], "constraints": ["regex:pattern='[a-'"]})

@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "the first is the baseline of the speedups")
     bench.add_argument("--batch-size", type=positive_int, default=32, help="rows decoded together (default: 32)")
     bench.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    bench.add_argument("--constraint", default=None, help="decode every cell under this constraint, e.g. "
+                       "distinct_items (default: none)")
     add_chat_argument(bench)
     add_model_arguments(bench)
     add_decode_arguments(bench, components=False, seed_flag="--decode-seed")
@@ -366,7 +368,8 @@ def run_bench(args: argparse.Namespace) -> int:
         raise ValueError("--cell names whole combinations: give either --cell or --policy/--stop/--cache")
     settings = dict(tasks=args.tasks or list(DEFAULT_TASKS), n=args.n, seed=args.seed, policies=args.policy or ["topk"],
                     stops=args.stop or ["none"], caches=args.cache or ["none"], config=_decode_config(args),
-                    batch_size=args.batch_size, chat=args.chat, combinations=args.cell)
+                    batch_size=args.batch_size, chat=args.chat, combinations=args.cell,
+                    constraint=args.constraint or "none")
     bench_grid(**settings)  # every component and setting is checked before the model loads
     model, tokenizer, model_name = _load_model(args)
     rows = bench(model, tokenizer, **settings, model_name=model_name)

@@ -11,12 +11,14 @@ A grid is a TOML file or a dict::
     policies = ["topk", "threshold:tau=0.9"]
     stops = ["none", "eotp"]
     caches = ["none"]
+    constraints = ["none", "distinct_items"]  # optional: structured output (default: none)
     baseline = { policy = "topk", stop = "none", cache = "none" }   # speedups are against it
     dtype = "float32"                      # auto, float32, bfloat16 or float16; device = "cuda:0" etc.
     temperature = 0.0                      # with steps (default: gen length) and decode_seed: every cell's decode
     chat = true                            # prompts through the chat template (default: if the tokenizer has one)
 
-or explicit ``[[cells]]`` tables (``policy``, ``stop``, ``cache``, ``gen_length``) instead of the product.
+or explicit ``[[cells]]`` tables (``policy``, ``stop``, ``cache``, ``gen_length``, ``constraint``) instead of
+the product.
 Rows are appended as each cell finishes (the file is rewritten atomically); a rerun skips finished cells.
 """
 
@@ -37,9 +39,10 @@ from unmask.contrib.models.transformers import DTYPES
 
 __all__ = ["GridError", "Cell", "Grid", "load_grid", "ablate", "read_rows", "exclusive_writer"]
 
-FIELDS = {"model", "tasks", "n", "seed", "gen_lengths", "block_length", "policies", "stops", "caches", "baseline",
+FIELDS = {"model", "tasks", "n", "seed", "gen_lengths", "block_length", "policies", "stops", "caches", "constraints",
+          "baseline",
           "cells", "batch_size", "name", "dtype", "device", "steps", "temperature", "decode_seed", "chat"}
-CELL_FIELDS = {"policy", "stop", "cache", "gen_length"}
+CELL_FIELDS = {"policy", "stop", "cache", "gen_length", "constraint"}
 BASELINE_FIELDS = {"policy", "stop", "cache"}
 
 
@@ -76,13 +79,14 @@ def load_grid(source: str | Path | Mapping[str, Any]) -> Grid:
         for index, cell in enumerate(raw["cells"]):
             _check_keys(cell, CELL_FIELDS, f"grid: cells[{index}]")
         combos = [(c.get("policy", "topk"), str(c.get("stop", "none")), str(c.get("cache", "none")),
-                   c.get("gen_length", 128)) for c in raw["cells"]]
+                   c.get("gen_length", 128), str(c.get("constraint", "none"))) for c in raw["cells"]]
         if not combos:
             raise GridError("grid: field 'cells' is empty")
     else:
         combos = list(itertools.product(_list(raw, "policies", ["topk"]), _list(raw, "stops", ["none"]),
-                                        _list(raw, "caches", ["none"]), _list(raw, "gen_lengths", [128])))
-    cells = tuple(Cell(task, str(p), str(s), str(c), g) for task in tasks for p, s, c, g in combos)
+                                        _list(raw, "caches", ["none"]), _list(raw, "gen_lengths", [128]),
+                                        map(str, _list(raw, "constraints", ["none"]))))
+    cells = tuple(Cell(task, str(p), str(s), str(c), g, k) for task in tasks for p, s, c, g, k in combos)
     if not isinstance(raw.get("baseline", {}), Mapping):
         raise GridError("grid: field 'baseline' must be a table of policy, stop and cache")
     _check_keys(raw.get("baseline", {}), BASELINE_FIELDS, "grid: baseline")
@@ -137,8 +141,11 @@ def _check_cells(grid: Grid) -> None:
     for cell in grid.cells:
         _check_field(cell, "task", lambda: get_task(cell.task))
         _check_field(cell, "gen_length", lambda: grid.config(cell))
-        for kind, field_name in (("policies", "policy"), ("stops", "stop"), ("caches", "cache")):
+        for kind, field_name in (("policies", "policy"), ("stops", "stop"), ("caches", "cache"),
+                                 ("constraints", "constraint")):
             spec = getattr(cell, field_name)
+            if field_name == "constraint" and spec == "none":
+                continue
             _check_field(cell, field_name, lambda: check_config([create(kind, spec)], grid.config(cell)))
     if not any(grid.is_baseline(cell) for cell in grid.cells):
         raise GridError(f"grid: field 'baseline' {grid.baseline} matches no cell")

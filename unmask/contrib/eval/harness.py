@@ -22,12 +22,12 @@ __all__ = ["UnmaskLM", "register", "run_harness"]
 
 class UnmaskLM(LM):
     """lm-eval's view of a dLLM decoded by unmask. Model args: ``pretrained`` (a directory or a registered
-    model name such as ``reference``), ``policy``, ``stop``, ``cache`` (specs), ``gen_length``,
+    model name such as ``reference``), ``policy``, ``stop``, ``cache``, ``constraint`` (specs), ``gen_length``,
     ``block_length``, ``steps``, ``temperature``, ``dtype``, ``device``, ``batch_size``, ``chat`` (the
     tokenizer's chat template; default: if it has one), ``trust_remote_code``."""
 
     def __init__(self, pretrained: str = "reference", policy: str = "topk", stop: str = "none", cache: str = "none",
-                 gen_length: int = 256, block_length: int = 32, steps: int | None = None, temperature: float = 0.0,
+                 constraint: str = "none", gen_length: int = 256, block_length: int = 32, steps: int | None = None, temperature: float = 0.0,
                  dtype: str = "float32", device: str = "cpu", batch_size: int | str = 8, chat: bool | None = None,
                  trust_remote_code: bool = False, **unknown: Any) -> None:
         super().__init__()
@@ -38,14 +38,15 @@ class UnmaskLM(LM):
         if unknown:
             raise ValueError(f"model_args: unknown argument(s) {', '.join(sorted(unknown))} for the unmask model")
         # lm-eval reads "none" in model_args as None, and --batch_size as a string.
-        stop, cache = stop or "none", cache or "none"
+        stop, cache, constraint = stop or "none", cache or "none", constraint or "none"
         batch_size = int(batch_size) if isinstance(batch_size, str) and batch_size.isdigit() else batch_size
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer (not 'auto'), got {batch_size!r}")
-        check_components([policy], [stop], [cache])
+        check_components([policy], [stop], [cache], constraints=[constraint])
         self.config = DecodeConfig(gen_length=gen_length, block_length=min(block_length, gen_length), steps=steps,
                                    temperature=temperature)
-        self.components = {"policy": policy, "stop": stop, "cache": cache}
+        self.components = {"policy": policy, "stop": stop, "cache": cache,
+                           **({} if constraint == "none" else {"constraint": constraint})}
         self.batch_size, self.chat = batch_size, chat
         # Under torchrun or accelerate launch lm-eval shards the requests by rank and gathers through us.
         device = distributed.start(device)

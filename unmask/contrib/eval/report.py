@@ -25,11 +25,11 @@ COLUMNS = ("task", "policy", "stop", "cache", "gen_length", "accuracy", "nfe_mea
 
 
 def mean_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One ``task="mean"`` row per (policy, stop, cache, gen length): accuracy averaged over tasks; speedups
-    against the baseline's mean row of the same gen length."""
+    """One ``task="mean"`` row per (policy, stop, cache, constraint, gen length): accuracy averaged over tasks;
+    speedups against the baseline's mean row of the same gen length."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        groups[(row["policy"], row["stop"], row["cache"], row["gen_length"])].append(row)
+        groups[(row["policy"], row["stop"], row["cache"], row.get("constraint"), row["gen_length"])].append(row)
     means = [mean_row(group) for group in groups.values()]
     for mean in means:
         mean.update(speedups(mean, next((m for m in means if m["baseline"] and m["gen_length"] == mean["gen_length"]),
@@ -51,7 +51,8 @@ def family(policy: str) -> str:
 
 
 def _label(row: dict[str, Any], policy: str | None = None) -> str:
-    parts = [policy or row["policy"]] + [f"{k} {row[k]}" for k in ("stop", "cache") if row[k] != "none"]
+    parts = [policy or row["policy"]] + [f"{k} {row[k]}" for k in ("stop", "cache", "constraint")
+                                         if row.get(k, "none") != "none"]
     return " ".join(parts)
 
 

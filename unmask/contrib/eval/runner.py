@@ -45,10 +45,13 @@ class Cell:
     stop: str
     cache: str
     gen_length: int
+    constraint: str = "none"
 
     @property
     def key(self) -> str:
-        return f"{self.task} | {self.policy} | {self.stop} | {self.cache} | {self.gen_length}"
+        # unconstrained cells keep the key they had before constraints existed (rows of older runs resume)
+        extra = "" if self.constraint == "none" else f" | {self.constraint}"
+        return f"{self.task} | {self.policy} | {self.stop} | {self.cache} | {self.gen_length}{extra}"
 
 
 @frozen(kw_only=True)
@@ -75,8 +78,8 @@ class Grid:
         check_evaluation_seeds(self.n, self.seed)
 
     def is_baseline(self, cell: Cell) -> bool:
-        return (cell.policy, cell.stop, cell.cache) == (self.baseline["policy"], self.baseline["stop"],
-                                                        self.baseline["cache"])
+        return (cell.policy, cell.stop, cell.cache, cell.constraint) == (
+            self.baseline["policy"], self.baseline["stop"], self.baseline["cache"], self.baseline.get("constraint", "none"))
 
     def config(self, cell: Cell) -> DecodeConfig:
         return DecodeConfig(gen_length=cell.gen_length, block_length=self.block_length, steps=self.steps,
@@ -99,7 +102,8 @@ def run_grid(
 
     from unmask.contrib.models.transformers import weights_hash
 
-    check_components(*([getattr(cell, kind) for cell in grid.cells] for kind in ("policy", "stop", "cache")))
+    check_components(*([getattr(cell, kind) for cell in grid.cells] for kind in ("policy", "stop", "cache")),
+                     constraints=[cell.constraint for cell in grid.cells])
     settings = {**grid.settings(), "model_sha256": weights_hash(model)}
     filters = {}  # a Learn2PD spec's filter, by fingerprint: a row of another filter is not reused
     for spec in dict.fromkeys(cell.policy for cell in grid.cells):
@@ -122,12 +126,12 @@ def run_grid(
         bar.set_postfix_str(cell.key, refresh=False)
         config = grid.config(cell)
         run = run_cell(model, tokenizer, sets[cell.task], policy=cell.policy, stop=cell.stop, cache=cell.cache,
-                       config=config, batch_size=grid.batch_size, chat=grid.chat, references=references,
+                       constraint=cell.constraint, config=config, batch_size=grid.batch_size, chat=grid.chat, references=references,
                        on_batch=lambda count: bar.update(count * place.world_size))
         run = CellRun.merge(distributed.gather(run))
         nfe = torch.tensor(run.nfe, dtype=torch.float64)
         row = {"cell": cell.key, "task": cell.task, "policy": cell.policy, "stop": cell.stop, "cache": cell.cache,
-               "baseline": grid.is_baseline(cell), **cell_metrics(run, config),
+               **({} if cell.constraint == "none" else {"constraint": cell.constraint}), "baseline": grid.is_baseline(cell), **cell_metrics(run, config),
                "nfe_p50": round(float(nfe.quantile(0.5)), 2), "nfe_p90": round(float(nfe.quantile(0.9)), 2),
                "components": run.components, "first_sample": run.first, "filter_sha256": filters.get(cell.policy),
                **context}
@@ -167,7 +171,7 @@ class CellRun:
 def run_cell(
     model: Any, tokenizer: Any, items: Sequence[Any], *, policy: Any, stop: Any, cache: Any, config: DecodeConfig,
     batch_size: int, chat: bool | None = None, references: dict[Any, torch.Tensor] | None = None,
-    on_batch: Any = None,
+    on_batch: Any = None, constraint: Any = "none",
 ) -> CellRun:
     """Decode ``items`` in batches and score them; ``references`` keeps vanilla outputs across calls."""
     run = CellRun()
@@ -186,9 +190,10 @@ def run_cell(
                                        mask_token_id=config.mask_token_id, eos_token_id=config.eos_token_id)
                 references[key] = decode(model, input_ids, attention_mask=attention_mask, config=vanilla).tokens
             chosen = attrs.evolve(component, reference=references[key])
+        constrained = {} if constraint in (None, "none") else {"constraint": constraint, "tokenizer": tokenizer}
         result = decode(model, input_ids, attention_mask=attention_mask, config=config,
-                        policy=chosen, stop=stop, cache=cache)
-        if _is_vanilla(policy, stop, cache, config):  # the oracle's reference: no need to decode it again
+                        policy=chosen, stop=stop, cache=cache, **constrained)
+        if _is_vanilla(policy, stop, cache, config) and not constrained:  # the oracle's reference: no need to decode it again
             references[key] = result.tokens
         answers = decode_answers(tokenizer, result)
         run.correct += [score(s, a) for s, a in zip(batch, answers)]
@@ -222,7 +227,7 @@ def mean_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     wall = sum(r["wall_s"] for r in rows)
     tokens = sum((r["tokens_per_s"] or 0) * r["wall_s"] for r in rows)
     return {
-        **{k: rows[0][k] for k in ("policy", "stop", "cache")}, "task": "mean", "n": count,
+        **{k: rows[0][k] for k in ("policy", "stop", "cache", "constraint") if k in rows[0]}, "task": "mean", "n": count,
         "accuracy": round(sum(r["accuracy"] for r in rows) / len(rows), 2),  # mean over tasks
         "nfe_mean": round(nfe / count, 2), "tokens_per_forward": round(rows[0]["gen_length"] * count / nfe, 3),
         "wall_s": round(wall, 3), "tokens_per_s": round(tokens / wall, 2) if wall else None,
@@ -239,9 +244,12 @@ def speedups(row: dict[str, Any], baseline: dict[str, Any] | None) -> dict[str, 
             "wall_speedup": round(baseline["wall_s"] / row["wall_s"], 3) if row["wall_s"] else None}
 
 
-def check_components(policies: Sequence[Any], stops: Sequence[Any], caches: Sequence[Any]) -> None:
-    """Every policy, stop and cache builds (a bad spec fails before the model loads or decoding starts)."""
-    for kind, specs in (("policies", policies), ("stops", stops), ("caches", caches)):
+def check_components(policies: Sequence[Any], stops: Sequence[Any], caches: Sequence[Any],
+                     constraints: Sequence[Any] = ()) -> None:
+    """Every policy, stop, cache and constraint builds (a bad spec fails before the model loads or decoding
+    starts; "none" is no constraint)."""
+    constraints = [spec for spec in constraints if spec not in (None, "none")]
+    for kind, specs in (("policies", policies), ("stops", stops), ("caches", caches), ("constraints", constraints)):
         checked: list[Any] = []  # each distinct spec once, however many cells share it (specs may be unhashable)
         for spec in specs:
             if spec not in checked:
