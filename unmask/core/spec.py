@@ -25,7 +25,10 @@ QUOTES = "'\""
 
 def _split_outside_quotes(text: str, separator: str) -> list[str]:
     """``text`` split at each ``separator`` that is not inside a quoted value."""
-    parts, current, quote, index = [], [], None, 0
+    parts: list[str] = []
+    current: list[str] = []
+    quote: str | None = None
+    index = 0
     while index < len(text):
         char = text[index]
         if quote is not None and char == "\\" and index + 1 < len(text):

@@ -137,7 +137,9 @@ class _SequentialRefusal:
 class RegexConstraint(_SequentialRefusal):
     """Answers that match a regular expression (Python ``re`` syntax, as outlines-core reads it), whole:
     ``regex:pattern='[a-z]+( [a-z]+)*'``. The answer is its text before the first EOS, as the tokenizer
-    decodes it."""
+    decodes it.
+
+    After Mündler, Dekoninck and Vechev 2025 (arXiv 2508.10111), with holes counted exactly."""
 
     def __init__(self, pattern: str) -> None:
         if not isinstance(pattern, str) or not pattern:
@@ -180,7 +182,9 @@ class RegexConstraint(_SequentialRefusal):
 
 class JsonSchemaConstraint(RegexConstraint):
     """JSON matching a JSON Schema (a file: ``json_schema:schema=PATH``), through outlines-core's schema ->
-    regular expression (recursive schemas are unrolled to its bounded depth)."""
+    regular expression (recursive schemas are unrolled to its bounded depth).
+
+    After Mündler, Dekoninck and Vechev 2025 (arXiv 2508.10111), with holes counted exactly."""
 
     def __init__(self, schema: str) -> None:
         path = Path(str(schema))
@@ -205,7 +209,9 @@ class DistinctItemsConstraint(_SequentialRefusal):
     the separator's tokens (``/`` by default: a Latin square's rows) and EOS end a group, blank tokens lie
     inside one. A hole between two equal items could still hold a separator, so an item is refused only where
     it would join a run of committed items (no hole between) holding its twin, or join two runs that share
-    an item: a valid completion is never ruled out."""
+    an item: a valid completion is never ruled out.
+
+    Source: unmask (for the parallelism testbed's list tasks)."""
 
     def __init__(self, separator: str = "/") -> None:
         if not isinstance(separator, str):
