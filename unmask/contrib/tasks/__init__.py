@@ -20,8 +20,8 @@ from unmask.contrib.tasks.lists import LIST_TASKS, ListTask
 from unmask.contrib.tasks.long import LONG_TASKS
 from unmask.contrib.tasks.split import EVAL_SHARE, Part, check_part, split_of
 
-__all__ = ["EVAL_SHARE", "split_of", "check_evaluation_seeds", "TASKS", "DEFAULT_TASKS", "SUITE", "LONG_SUITE", "TRAIN_SEED", "Task", "Sample", "samples", "score", "get_task",
-           "valid_answer"]
+__all__ = ["EVAL_SHARE", "split_of", "check_evaluation_seeds", "TASKS", "DEFAULT_TASKS", "SUITE", "LONG_SUITE",
+           "TRAIN_SEED", "Task", "Sample", "samples", "score", "get_task", "valid_answer"]
 
 TRAIN_SEED = 1_000_000
 
