@@ -47,7 +47,7 @@ def vocabulary_of(tokenizer: Any, size: int, eos_token_id: int, mask_token_id: i
 def restrict(constraint: Constraint, view: StepView, reach: torch.Tensor, logits: torch.Tensor, span_start: int,
              name: str) -> None:
     """Set to ``-inf`` the logits (in place) of tokens ``constraint`` does not allow at the positions ``reach``
-    (B, L) the policy may commit. EOS is never allowed before a committed token: an answer ends at its first EOS."""
+    (B, L) the policy may commit; a position with none allowed is an error naming it."""
     positions = reach.nonzero()
     if not len(positions):
         return

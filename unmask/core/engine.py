@@ -190,9 +190,8 @@ def decode(
 
                 if constrainer is not None:  # tokens it does not allow are banned before scoring
                     logits = logits.clone()  # (reused candidate logits stay as they were scored)
-                    reach = masked & row_active[:, None] & (window if not reach_canvas else columns >= gen_start)
-                    restrict(constrainer, step_view(x, torch.zeros(x.shape, dtype=torch.float64)), reach, logits,
-                             plan.start, constraint_name)
+                    unscored = step_view(x, torch.zeros(x.shape, dtype=torch.float64))
+                    restrict(constrainer, unscored, _reach(unscored, reach_canvas), logits, plan.start, constraint_name)
                 view = step_view(*score(logits))
 
                 # The policy chooses; the engine checks it and applies the progress floor (and, with a
@@ -304,6 +303,16 @@ def _block_logits(logits: torch.Tensor, start: int, block_start: int, block_end:
     return logits[:, block_start - start:block_end - start]
 
 
+def _reach(view: StepView, reach_canvas: bool) -> torch.Tensor:
+    """(B, L) bool: the positions a policy may commit: the candidates (masked, in the block, row active), or
+    for a policy that declares reach = "canvas" any masked answer position of an active row."""
+    if not reach_canvas:
+        return view.candidates
+    allowed = view.masked & view.row_active[:, None]
+    allowed[:, :view.gen_start] = False
+    return allowed
+
+
 def _checked_commit(
     decision: Any, view: StepView, progress_floor: bool, vocab_size: int, reach_canvas: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -319,11 +328,7 @@ def _checked_commit(
         if ((chosen < 0) | (chosen >= vocab_size)).any():
             raise ValueError(f"Commit.tokens holds ids outside the vocabulary [0, {vocab_size})")
     candidates = view.candidates
-    # A policy that declares reach = "canvas" may commit any masked answer position of an active row.
-    allowed = view.masked & view.row_active[:, None] if reach_canvas else candidates
-    if reach_canvas:
-        allowed[:, :view.gen_start] = False
-    if (commit & ~allowed).any():
+    if (commit & ~_reach(view, reach_canvas)).any():
         where = "masked answer positions" if reach_canvas else "masked positions of the current block"
         raise ValueError(f"the policy committed positions that are not {where}")
     if (commit & (tokens == view.mask_token_id)).any():

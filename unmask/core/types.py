@@ -291,7 +291,8 @@ class Constraint(Protocol):
     (the engine sets the logits of the others to ``-inf``); after it chose, ``refuse`` names the committed
     positions whose tokens, taken together with the others, would leave no completion (the engine bans those
     (position, token) pairs and the policy chooses again from the same logits, without a new forward). An
-    answer ends at its first EOS: the engine fills the rest of the row with EOS when one is committed.
+    answer ends at its first EOS: where the constraint allows only EOS at every hole after a committed EOS,
+    the engine fills the rest of the row with EOS at once.
     """
 
     def prepare(self, vocabulary: Vocabulary, gen_start: int) -> None:

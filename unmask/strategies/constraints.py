@@ -127,7 +127,7 @@ class _SequentialRefusal:
             for column in order:
                 trial = list(answer)
                 trial[column - view.gen_start] = int(tokens[row, column])
-                if self._fits(view, row, trial):
+                if self._fits(view, trial):
                     answer = trial
                 else:
                     refused[row, column] = True
@@ -171,7 +171,7 @@ class RegexConstraint(_SequentialRefusal):
                 allowed[i] = automaton.allowed(before[at], after[at + 1], self._size)
         return allowed
 
-    def _fits(self, view: StepView, row: int, answer: list[int]) -> bool:
+    def _fits(self, view: StepView, answer: list[int]) -> bool:
         return self._prepared().completable(answer, view.mask_token_id)
 
     def _prepared(self) -> _Automaton:
@@ -224,7 +224,7 @@ class DistinctItemsConstraint(_SequentialRefusal):
         self._item = [bool(key) and key != self.separator for key in keys]
         # Blank tokens (a lone word-start mark) lie inside a group; a separator or EOS ends it.
         self._blank = [not key and token != vocabulary.eos_token_id for token, key in enumerate(keys)]
-        self._same: dict[str, torch.Tensor] = {}
+        self._joining = torch.tensor(self._item) | torch.tensor(self._blank)  # what would join two runs
         by_key: dict[str, list[int]] = {}
         for token, key in enumerate(keys):
             if self._item[token]:
@@ -253,16 +253,15 @@ class DistinctItemsConstraint(_SequentialRefusal):
 
     def allowed(self, view: StepView, positions: torch.Tensor) -> torch.Tensor:
         allowed = torch.ones((len(positions), self._size), dtype=torch.bool)
-        joining = torch.tensor(self._item) | torch.tensor(self._blank)  # what would join the runs
         for i, (row, column) in enumerate(positions.tolist()):
             banned = self._banned(view.x[row, view.gen_start:].tolist(), column - view.gen_start, view.mask_token_id)
             if banned is None:
-                allowed[i, joining] = False
+                allowed[i, self._joining] = False
             for key in banned or ():
                 allowed[i, self._same[key]] = False
         return allowed
 
-    def _fits(self, view: StepView, row: int, answer: list[int]) -> bool:
+    def _fits(self, view: StepView, answer: list[int]) -> bool:
         """No run of committed items holds one twice."""
         mask, run = view.mask_token_id, set()
         for token in answer:

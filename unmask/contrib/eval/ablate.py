@@ -40,8 +40,7 @@ from unmask.contrib.models.transformers import DTYPES
 __all__ = ["GridError", "Cell", "Grid", "load_grid", "ablate", "read_rows", "exclusive_writer"]
 
 FIELDS = {"model", "tasks", "n", "seed", "gen_lengths", "block_length", "policies", "stops", "caches", "constraints",
-          "baseline",
-          "cells", "batch_size", "name", "dtype", "device", "steps", "temperature", "decode_seed", "chat"}
+          "baseline", "cells", "batch_size", "name", "dtype", "device", "steps", "temperature", "decode_seed", "chat"}
 CELL_FIELDS = {"policy", "stop", "cache", "gen_length", "constraint"}
 BASELINE_FIELDS = {"policy", "stop", "cache"}
 
