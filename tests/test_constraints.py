@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import unmask
-from unmask.core.constraints import choose
+from unmask.core.constraints import choose, vocabulary_of
 from unmask.core.plugins import hookimpl, register_plugin, unregister_plugin
 from unmask.testing.fake_model import FakeDenoiser
 
@@ -137,9 +137,30 @@ def test_a_refused_pair_is_never_committed_in_its_step():
         confidence[:, view.gen_start:] = logits.softmax(-1).max(-1).values.double()
         return x0, confidence.masked_fill(~view.masked, float("-inf"))
 
-    commit, tokens, _ = choose(RefuseToken0(), view, select, logits, view.gen_start, rescore, "refuse0")
+    commit, tokens, _ = choose(RefuseToken0(), view, select, logits, view.gen_start, rescore, "refuse0",
+                               lambda view: view.candidates)
     assert not (commit & (tokens == 0)).any()
     assert (logits[..., 0] == float("-inf")).any()  # the refused pair was banned in the step's logits
+
+
+class RefuseEverything:
+    """Allows every token, then refuses every commit: no canvas is ever acceptable."""
+
+    def prepare(self, vocabulary, gen_start):
+        pass
+
+    def allowed(self, view, positions):
+        return torch.ones((len(positions), len(WORDS) + 2), dtype=torch.bool)
+
+    def refuse(self, view, commit, tokens):
+        return commit
+
+
+@pytest.mark.parametrize("policy", ["topk:k=2", "threshold:tau=0.9", "local_leap"])
+def test_a_constraint_that_refuses_everything_is_an_error_not_a_hang(policy):
+    with pytest.raises(ValueError, match="constraint .*every token was refused at every position row . could take"):
+        unmask.decode(MODEL, PROMPTS, gen_length=8, block_length=4, policy=policy, constraint=RefuseEverything(),
+                      tokenizer=TOKENIZER)
 
 
 def _view():
@@ -185,11 +206,81 @@ def test_distinct_items_never_repeats_an_item_within_a_group():
     assert any(len(set(r)) < len(r) for r in free.tokens.tolist())  # unconstrained, items repeat
 
 
+def _groups(row):
+    """The answer's groups (split at "," and EOS) and whether each was closed by one."""
+    groups, closed = [[]], []
+    for token in row:
+        word = WORDS[token].strip() if token < len(WORDS) else ""
+        if word == "," or token == TOKENIZER.eos:
+            closed.append(True)
+            if token == TOKENIZER.eos:
+                return groups, closed
+            groups.append([])
+        elif word:
+            groups[-1].append(word)
+    return groups, closed + [False]
+
+
+@pytest.mark.parametrize("policy", ["topk:k=1", "topk:k=4", "threshold:tau=0.3"])
+@pytest.mark.parametrize("seed", range(4))
+def test_permutation_of_prompt_keeps_each_closed_group_a_permutation(policy, seed):
+    # The prompt's items are those after its last ":": a, b, x (ab before it is not one).
+    prompts = [[3, 9, 0, 1, 11], [3, 9, 11, 0, 1]]
+    model = FakeDenoiser(vocab_size=len(WORDS) + 2, seed=seed)
+    result = unmask.decode(model, prompts, gen_length=12, block_length=4, policy=policy,
+                           constraint="distinct_items:separator=',',permutation_of_prompt=true", tokenizer=TOKENIZER)
+    for row in result.tokens.tolist():
+        groups, closed = _groups(row)
+        assert all(set(g) <= {"a", "b", "x"} and len(set(g)) == len(g) for g in groups), groups
+        assert all(sorted(g) == ["a", "b", "x"] for g, end in zip(groups, closed) if end), groups
+
+
+@pytest.mark.parametrize("names", ["abx", "ab"])
+def test_permutation_of_prompt_is_exact_on_small_canvases(names):
+    # Against brute force: a token is allowed in a hole iff some filling of the holes is a valid answer.
+    from itertools import product
+
+    from unmask.strategies.distinct_items import DistinctItemsConstraint
+
+    constraint = DistinctItemsConstraint(separator=",", permutation_of_prompt=True)
+    constraint.prepare(vocabulary_of(TOKENIZER, len(WORDS) + 2, TOKENIZER.eos, TOKENIZER.mask), 0)
+    mask, eos, comma, a, b, x = TOKENIZER.mask, TOKENIZER.eos, 10, 0, 1, 11
+    items, choices = frozenset(names), (a, b, x, comma, eos, 2, 3)  # 2: a blank, 3: an item not in the prompt
+
+    def valid(answer):
+        answer = answer[:answer.index(eos)] if eos in answer else answer
+        groups = [[]]
+        for token in answer:
+            if token == comma:
+                groups.append([])
+            else:
+                groups[-1].append(WORDS[token])  # "ab" and " " are no items of the prompt: never valid
+        return all(sorted(g) == sorted(names) for g in groups)
+
+    for canvas in product((mask, a, b, comma, eos), repeat=len(names) + 2):
+        holes = [i for i, t in enumerate(canvas) if t == mask]
+        completions = []
+        for filling in product(choices, repeat=len(holes)):
+            answer = list(canvas)
+            for i, t in zip(holes, filling):
+                answer[i] = t
+            if valid(answer):
+                completions.append(answer)
+        assert constraint._permutations_fit(list(canvas), mask, items) == bool(completions), canvas
+        ended = canvas.index(eos) if eos in canvas else len(canvas)
+        for at in [i for i in holes if i < ended]:  # (after a committed EOS only EOS: the engine cuts the row)
+            allowed = constraint._permutation_allowed(list(canvas), at, mask, items)
+            expected = {answer[at] for answer in completions}
+            assert {t for t in choices if allowed[t]} == expected, (canvas, at)
+
+
 @pytest.mark.parametrize("spec, message", [
     ("regex:pattern='[a-'", r"pattern='\[a-' is not a regular expression"),
     ("regex:pattern=''", "pattern must be a non-empty regular expression"),
     ("regex:pattern='(ab){20}'", "no token can go at row 0, answer position 0: no answer that fits in the canvas"),
     ("json_schema:schema=/no/such/file.json", "cannot read it"),
+    ("distinct_items:permutation_of_prompt=3", "permutation_of_prompt must be true or false, got 3"),
+    ("distinct_items:separator=' '", "separator must be a non-blank string"),
 ])
 def test_bad_constraints_are_one_clear_error(spec, message):
     with pytest.raises(ValueError, match=message):

@@ -131,6 +131,29 @@ def test_collect_takes_the_users_prompts(reference, tmp_path, capsys):
     assert sorted(set(traces.prompt.tolist())) == [0, 1, 2]  # prompts are named by their line
 
 
+def test_collect_under_a_constraint_records_it_and_decodes_under_it(reference, tmp_path, capsys, monkeypatch):
+    import unmask.contrib.train.traces as traces_module
+
+    decoded = []
+
+    def spy(*args, **kwargs):
+        decoded.append(traces_module.decode.__wrapped__(*args, **kwargs))
+        return decoded[-1]
+
+    spy.__wrapped__ = traces_module.decode
+    monkeypatch.setattr(traces_module, "decode", spy)
+    assert main(["collect", "--tasks", "shuffle", "--n", "4", "--gen-length", "32", "--block-length", "16",
+                 "--policy", "topk:k=8", "--constraint", "distinct_items", "--out", str(tmp_path / "t")]) == 0
+    assert Traces(tmp_path / "t").manifests[0]["settings"]["constraint"] == "distinct_items"
+    assert len(decoded) == 2  # vanilla and topk:k=8, each under the constraint: no name twice in an answer
+    for result in decoded:
+        for row, length in zip(result.tokens.tolist(), result.answer_lengths.tolist()):
+            assert len(set(row[:length])) == length
+    assert main(["collect", "--tasks", "shuffle", "--n", "4", "--constraint", "no_such", "--out",
+                 str(tmp_path / "u")]) == 2
+    assert "no_such" in capsys.readouterr().err and not (tmp_path / "u").exists()
+
+
 @pytest.mark.parametrize("text, message", [
     ('{"prompt": "copy: ada"}\nnot json\n', "prompts.jsonl:2: not valid JSON"),
     ('{"text": "copy: ada"}\n', 'prompts.jsonl:1: each line must be an object with a non-empty "prompt"'),

@@ -202,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "answer than vanilla's is no mistake)")
     collect.add_argument("--prompts", type=Path, default=None, help="a JSONL file of {\"prompt\": ...} lines to "
                          "collect on instead of the tasks' prompts")
+    collect.add_argument("--constraint", default="none", help="a constraint both the vanilla and the recorded "
+                         "decodes run under, e.g. distinct_items (default: none)")
     add_chat_argument(collect)
     add_model_arguments(collect)
     collect.set_defaults(run=run_collect)
@@ -438,7 +440,7 @@ def run_collect(args: argparse.Namespace) -> int:
     manifest = collect(
         model, tokenizer, args.out, tasks=tasks, n=args.n, seed=FILTER_SEED if args.seed is None else args.seed,
         gen_length=args.gen_length, block_length=args.block_length, batch_size=args.batch_size, prompts=prompts,
-        chat=args.chat, policy=args.policy, labels=args.labels,
+        chat=args.chat, policy=args.policy, labels=args.labels, constraint=args.constraint,
     )
     if not distributed.ranks().main:
         return 0

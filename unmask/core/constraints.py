@@ -95,10 +95,11 @@ def forced_ends(constraint: Constraint, view: StepView) -> torch.Tensor:
 def choose(
     constraint: Constraint, view: StepView, select: Callable[[StepView], tuple[torch.Tensor, torch.Tensor]],
     logits: torch.Tensor, span_start: int, rescore: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    name: str,
+    name: str, reach: Callable[[StepView], torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor, StepView]:
     """The policy's commit (``select``), chosen again from the same logits with each refused (position,
-    token) banned until ``constraint`` refuses nothing; ``rescore`` turns the logits into (x0, confidence)."""
+    token) banned until ``constraint`` refuses nothing; ``rescore`` turns the logits into (x0, confidence).
+    A row whose every position the policy may commit (``reach``) has had every token refused is an error."""
     for _ in range(MAX_REFUSALS):
         commit, tokens = select(view)
         refused = constraint.refuse(view, commit, tokens) & commit
@@ -108,8 +109,16 @@ def choose(
         logits[rows, columns - span_start, tokens[rows, columns]] = float("-inf")
         # A position with every token banned sits this step out (others of its row go first).
         exhausted = torch.zeros_like(view.masked)
-        exhausted[rows, columns] = torch.isneginf(logits[rows, columns - span_start]).all(-1)
+        banned = torch.isneginf(logits[rows, columns - span_start])
+        if view.mask_token_id < banned.shape[-1]:
+            banned[:, view.mask_token_id] = True  # (never a choice)
+        exhausted[rows, columns] = banned.all(-1)
         x0, confidence = rescore(logits)
         view = attrs.evolve(view, x0=x0, confidence=confidence.masked_fill(exhausted, float("-inf")),
                             masked=view.masked & ~exhausted)
+        stuck = view.row_active & ~reach(view).any(1)
+        if stuck.any():
+            row = int(stuck.nonzero()[0, 0])
+            raise ValueError(f"constraint {name}: every token was refused at every position row {row} could take "
+                             "this step: its canvas has no completion the constraint accepts")
     raise RuntimeError(f"constraint {name}: refused {MAX_REFUSALS} proposals in one step")

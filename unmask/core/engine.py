@@ -205,7 +205,8 @@ def decode(
                 if constrainer is None:
                     commit, tokens = select(view)
                 else:
-                    commit, tokens, view = choose(constrainer, view, select, logits, plan.start, score, constraint_name)
+                    commit, tokens, view = choose(constrainer, view, select, logits, plan.start, score, constraint_name,
+                                                  lambda view: _reach(view, reach_canvas))
                 decision = chosen[0]
                 canvas.commit(commit, tokens, global_step)
                 if constrainer is not None and (commit & (tokens == eos_id)).any():

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from unmask.core.plugins import Registrar, hookimpl
-from unmask.strategies.constraints import DistinctItemsConstraint, JsonSchemaConstraint, RegexConstraint
+from unmask.strategies.constraints import JsonSchemaConstraint, RegexConstraint
+from unmask.strategies.distinct_items import DistinctItemsConstraint
 from unmask.strategies.entropy_bound import EntropyBoundPolicy
 from unmask.strategies.entropy_threshold import EntropyThresholdPolicy
 from unmask.strategies.freedave import FreeDavePolicy

@@ -22,7 +22,7 @@ import torch
 
 from unmask.core.types import StepView, Vocabulary
 
-__all__ = ["RegexConstraint", "JsonSchemaConstraint", "DistinctItemsConstraint"]
+__all__ = ["RegexConstraint", "JsonSchemaConstraint"]
 
 
 def _outlines_core() -> Any:
@@ -69,47 +69,85 @@ class _Automaton:
         for state, moves in transitions.items():
             self.moves[number[state]] = {token: number[target] for token, target in moves.items()
                                          if token != self.eos and token < size}
-        self.tokens = [torch.tensor(list(m), dtype=torch.long) for m in self.moves]
-        self.targets = [torch.tensor(list(m.values()), dtype=torch.long) for m in self.moves]
-        self.successors = [set(m.values()) for m in self.moves]
+        self.successors = [frozenset(m.values()) for m in self.moves]
+        self.predecessors: list[set[int]] = [set() for _ in range(self.end + 1)]
+        for state, targets in enumerate(self.successors):
+            for target in targets:
+                self.predecessors[target].add(state)
+        # Every transition as flat (source, token, target) tensors: the tokens a hole may take come from one
+        # vectorised pass over them.
+        triples = [(q, token, target) for q, moves in enumerate(self.moves) for token, target in moves.items()]
+        self.sources, self.tokens, self.targets = (torch.tensor(column, dtype=torch.long).reshape(-1)
+                                                   for column in (zip(*triples) if triples else ((), (), ())))
+        self.ending = frozenset(self.final | {self.end})  # states an EOS may follow
+        # Canvases repeat the same state sets (runs of holes saturate), so steps and allowed tokens are
+        # memoised; the (V,) masks in a memo of their own, kept small.
+        self._memo: dict[tuple[Any, ...], Any] = {}
+        self._masks: dict[tuple[Any, ...], Any] = {}
 
-    def _step(self, states: set[int], token: int, mask: int) -> set[int]:
-        ended = self.end in states or bool(states & self.final)
+    @staticmethod
+    def _remember(memo: dict[tuple[Any, ...], Any], key: tuple[Any, ...], compute: Any, size: int = 50_000) -> Any:
+        if key not in memo:
+            if len(memo) >= size:
+                memo.clear()
+            memo[key] = compute()
+        return memo[key]
+
+    def _step(self, states: frozenset[int], token: int, mask: int) -> frozenset[int]:
+        """The states after ``token`` (a hole: any token, or EOS) from any of ``states``."""
         if token == mask:
-            after = set().union(*(self.successors[q] for q in states if q != self.end))
-            return after | {self.end} if ended else after
+            return self._remember(self._memo, ("hole", states), lambda: frozenset().union(
+                *(self.successors[q] for q in states if q != self.end),
+                (self.end,) if states & self.ending else ()))
         if token == self.eos:
-            return {self.end} if ended else set()
-        return {self.moves[q][token] for q in states if q != self.end and token in self.moves[q]}
+            return frozenset((self.end,)) if states & self.ending else frozenset()
+        return frozenset(self.moves[q][token] for q in states if q != self.end and token in self.moves[q])
 
-    def forward(self, answer: list[int], mask: int) -> list[set[int]]:
+    def _back(self, later: frozenset[int], token: int, mask: int) -> frozenset[int]:
+        """The states from which ``token`` (a hole: any token, or EOS) leads into ``later``."""
+        ended = self.ending if self.end in later else frozenset()
+        if token == self.eos:
+            return ended
+        if token == mask:
+            return self._remember(self._memo, ("back", later), lambda: frozenset().union(
+                *(self.predecessors[q] for q in later if q != self.end), ended))
+        inverse = self._remember(self._memo, ("inverse", token), lambda: self._inverse(token))
+        return frozenset().union(*(inverse.get(q, ()) for q in later))
+
+    def _inverse(self, token: int) -> dict[int, set[int]]:
+        sources: dict[int, set[int]] = {}
+        for q, moves in enumerate(self.moves):
+            if token in moves:
+                sources.setdefault(moves[token], set()).add(q)
+        return sources
+
+    def forward(self, answer: list[int], mask: int) -> list[frozenset[int]]:
         """S_0 .. S_G: the states the answer's first i tokens (holes: any token or EOS) can reach."""
-        sets = [{self.start}]
+        sets = [frozenset((self.start,))]
         for token in answer:
             sets.append(self._step(sets[-1], token, mask))
         return sets
 
-    def backward(self, answer: list[int], mask: int) -> list[set[int]]:
+    def backward(self, answer: list[int], mask: int) -> list[frozenset[int]]:
         """B_0 .. B_G: the states from which the answer's tokens from i on can end accepted."""
-        sets = [self.final | {self.end}]
-        everything = range(self.end + 1)
+        sets = [self.ending]
         for token in reversed(answer):
-            later = sets[-1]
-            sets.append({q for q in everything if self._step({q}, token, mask) & later})
+            sets.append(self._back(sets[-1], token, mask))
         return sets[::-1]
 
     def completable(self, answer: list[int], mask: int) -> bool:
-        return bool(self.forward(answer, mask)[-1] & (self.final | {self.end}))
+        return bool(self.forward(answer, mask)[-1] & self.ending)
 
-    def allowed(self, before: set[int], after: set[int], size: int) -> torch.Tensor:
-        """(V,) bool: tokens leading from a state of ``before`` to one of ``after`` (EOS included)."""
+    def allowed(self, before: frozenset[int], after: frozenset[int], size: int) -> torch.Tensor:
+        """(V,) bool, read-only: tokens leading from a state of ``before`` to one of ``after`` (EOS included)."""
+        return self._remember(self._masks, (before, after, size), lambda: self._allowed(before, after, size), 256)
+
+    def _allowed(self, before: frozenset[int], after: frozenset[int], size: int) -> torch.Tensor:
         allowed = torch.zeros(size, dtype=torch.bool)
-        targets = torch.zeros(self.end + 1, dtype=torch.bool)
-        targets[list(after)] = True
-        for q in before:
-            if q != self.end and len(self.tokens[q]):
-                allowed[self.tokens[q][targets[self.targets[q]]]] = True
-        if self.end in after and (self.end in before or before & self.final):
+        into, out_of = torch.zeros(self.end + 1, dtype=torch.bool), torch.zeros(self.end + 1, dtype=torch.bool)
+        out_of[list(before)], into[list(after)] = True, True
+        allowed[self.tokens[out_of[self.sources] & into[self.targets]]] = True
+        if self.end in after and before & self.ending:
             allowed[self.eos] = True
         return allowed
 
@@ -127,7 +165,7 @@ class _SequentialRefusal:
             for column in order:
                 trial = list(answer)
                 trial[column - view.gen_start] = int(tokens[row, column])
-                if self._fits(view, trial):
+                if self._fits(view, row, trial):
                     answer = trial
                 else:
                     refused[row, column] = True
@@ -171,7 +209,7 @@ class RegexConstraint(_SequentialRefusal):
                 allowed[i] = automaton.allowed(before[at], after[at + 1], self._size)
         return allowed
 
-    def _fits(self, view: StepView, answer: list[int]) -> bool:
+    def _fits(self, view: StepView, row: int, answer: list[int]) -> bool:
         return self._prepared().completable(answer, view.mask_token_id)
 
     def _prepared(self) -> _Automaton:
@@ -201,74 +239,3 @@ class JsonSchemaConstraint(RegexConstraint):
             raise ValueError(f"schema={schema!r}: {' '.join(str(error).split())}") from None
         super().__init__(pattern)
         self.schema = str(schema)
-
-
-class DistinctItemsConstraint(_SequentialRefusal):
-    """No item twice within a group of the answer: ``distinct_items`` (the list tasks: a repeated name is how
-    parallel commits most often break a shuffle). Items are tokens whose text is not blank nor ``separator``;
-    the separator's tokens (``/`` by default: a Latin square's rows) and EOS end a group, blank tokens lie
-    inside one. A hole between two equal items could still hold a separator, so an item is refused only where
-    it would join a run of committed items (no hole between) holding its twin, or join two runs that share
-    an item: a valid completion is never ruled out.
-
-    Source: unmask (for the parallelism testbed's list tasks)."""
-
-    def __init__(self, separator: str = "/") -> None:
-        if not isinstance(separator, str):
-            raise ValueError(f"separator must be a string, got {separator!r}")
-        self.separator = separator.strip()
-
-    def prepare(self, vocabulary: Vocabulary, gen_start: int) -> None:
-        keys = [text.strip() for text in vocabulary.strings]
-        self._key = keys  # token -> its item ("" for non-items)
-        self._item = [bool(key) and key != self.separator for key in keys]
-        # Blank tokens (a lone word-start mark) lie inside a group; a separator or EOS ends it.
-        self._blank = [not key and token != vocabulary.eos_token_id for token, key in enumerate(keys)]
-        self._joining = torch.tensor(self._item) | torch.tensor(self._blank)  # what would join two runs
-        by_key: dict[str, list[int]] = {}
-        for token, key in enumerate(keys):
-            if self._item[token]:
-                by_key.setdefault(key, []).append(token)
-        self._same = {key: torch.tensor(tokens) for key, tokens in by_key.items()}
-        self._size = len(keys)
-
-    def _runs(self, answer: list[int], at: int, mask: int) -> tuple[list[str], list[str]]:
-        """The committed items left and right of ``at`` up to a hole or non-item: an item placed at ``at`` joins
-        them into one run, certainly one group."""
-        runs: list[list[str]] = []
-        for direction in (-1, 1):
-            run, i = [], at + direction
-            while 0 <= i < len(answer) and answer[i] != mask and answer[i] < self._size and (
-                    self._item[answer[i]] or self._blank[answer[i]]):
-                if self._item[answer[i]]:
-                    run.append(self._key[answer[i]])
-                i += direction
-            runs.append(run)
-        return runs[0], runs[1]
-
-    def _banned(self, answer: list[int], at: int, mask: int) -> set[str] | None:
-        """The items that cannot go at ``at``; None: no item nor blank can (its two runs share one)."""
-        left, right = self._runs(answer, at, mask)
-        return None if set(left) & set(right) else set(left) | set(right)
-
-    def allowed(self, view: StepView, positions: torch.Tensor) -> torch.Tensor:
-        allowed = torch.ones((len(positions), self._size), dtype=torch.bool)
-        for i, (row, column) in enumerate(positions.tolist()):
-            banned = self._banned(view.x[row, view.gen_start:].tolist(), column - view.gen_start, view.mask_token_id)
-            if banned is None:
-                allowed[i, self._joining] = False
-            for key in banned or ():
-                allowed[i, self._same[key]] = False
-        return allowed
-
-    def _fits(self, view: StepView, answer: list[int]) -> bool:
-        """No run of committed items holds one twice."""
-        mask, run = view.mask_token_id, set()
-        for token in answer:
-            if token != mask and token < self._size and self._item[token]:
-                if self._key[token] in run:
-                    return False
-                run.add(self._key[token])
-            elif token == mask or token >= self._size or not self._blank[token]:
-                run = set()
-        return True

@@ -43,6 +43,7 @@ def collect(
     model: Any, tokenizer: Any, out: str | Path, *, tasks: Sequence[str], n: int, seed: int = FILTER_SEED,
     gen_length: int = 128, block_length: int = 32, batch_size: int = 32, progress: bool = True,
     prompts: Sequence[str] | None = None, chat: bool | None = None, policy: str = "oracle", labels: str = "reference",
+    constraint: str = "none",
 ) -> dict[str, Any]:
     """Record traces for ``n`` prompts per task into ``out`` (or for ``prompts``, as the task ``prompts``);
     returns the manifest. ``chat``: through the tokenizer's chat template (None: if it has one). ``policy``:
@@ -50,7 +51,8 @@ def collect(
     ``reference`` (a prediction is final if it equals the vanilla decode's token, as in the paper) or
     ``correct`` (if it equals the recorded decode's own final token, where that decode's answer scores
     correct; the vanilla token elsewhere): on multi-answer tasks a policy's decode may end in another valid
-    answer than vanilla's, and its commits were no mistake."""
+    answer than vanilla's, and its commits were no mistake. ``constraint``: a constraint spec both the
+    vanilla and the recorded decodes run under ("none": unconstrained)."""
     from tqdm import tqdm
 
     from unmask.contrib.tasks import TRAIN_SEED, samples
@@ -68,11 +70,15 @@ def collect(
                          f"filters are trained on seeds >= {TRAIN_SEED} (default {FILTER_SEED})")
     config = DecodeConfig(gen_length=gen_length, block_length=block_length)
     recorded = create("policies", policy)  # a bad spec fails before any decode
+    if constraint != "none":
+        create("constraints", constraint)
     out = Path(out)
     settings = {"policy": policy, "tasks": list(tasks), "n": n, "seed": seed, "gen_length": gen_length,
                 "block_length": block_length, "batch_size": batch_size, "model": weights_hash(model), "chat": chat}
     if labels != "reference":  # only then, so traces made before labels existed still resume
         settings["labels"] = labels
+    if constraint != "none":  # (likewise)
+        settings["constraint"] = constraint
     if prompts is not None:
         settings["prompts_sha256"] = hashlib.sha256(json.dumps(list(prompts)).encode()).hexdigest()
     manifest = distributed.on_main(lambda: _open_manifest(out, settings))
@@ -95,7 +101,8 @@ def collect(
                 items = [(index, prompts[index]) for index in range(start, start + count)]
             name = _shard_name(task, start, batch_size)
             scored = drawn if labels == "correct" else None
-            done = (name, _collect_shard(model, tokenizer, items, out / name, config, recorded, chat, scored))
+            done = (name, _collect_shard(model, tokenizer, items, out / name, config, recorded, chat, scored,
+                                         None if constraint == "none" else constraint))
         for finished in distributed.gather(done):
             if finished is not None:
                 manifest["shards"][finished[0]] = finished[1]
@@ -111,21 +118,24 @@ def _shard_name(task: str, start: int, batch_size: int) -> str:
 
 
 def _collect_shard(model: Any, tokenizer: Any, items: Sequence[tuple[int, str]], path: Path, config: DecodeConfig,
-                   policy: Any, chat: bool | None, scored: Sequence[Sample] | None) -> dict[str, int]:
-    """Decode ``items`` (id, prompt) with vanilla and with ``policy``, write the shard, return its manifest entry.
-    ``scored``: the items' samples, to label rows whose answer scores correct against their own output."""
+                   policy: Any, chat: bool | None, scored: Sequence[Sample] | None,
+                   constraint: str | None = None) -> dict[str, int]:
+    """Decode ``items`` (id, prompt) with vanilla and with ``policy`` (both under ``constraint``), write the shard,
+    return its manifest entry. ``scored``: the items' samples, to label rows whose answer scores correct against
+    their own output."""
     from unmask.contrib.models.transformers import decode_answers, encode_prompts
     from unmask.contrib.tasks import score
     from unmask.strategies.oracle import OraclePolicy
 
     input_ids, attention_mask = pad_prompts(encode_prompts(tokenizer, [p for _, p in items], chat=chat),
                                             model.eos_token_id)
-    reference = decode(model, input_ids, attention_mask=attention_mask, config=config).tokens
+    constrained = {} if constraint is None else {"constraint": constraint, "tokenizer": tokenizer}
+    reference = decode(model, input_ids, attention_mask=attention_mask, config=config, **constrained).tokens
     if isinstance(policy, OraclePolicy):
         policy = OraclePolicy(reference=reference)
     records: list[dict[str, torch.Tensor]] = []
     result = decode(model, input_ids, attention_mask=attention_mask, config=config, policy=policy,
-                    on_step=lambda view: records.append(_record(view, items)))
+                    on_step=lambda view: records.append(_record(view, items)), **constrained)
     target, correct = reference, None
     if scored is not None:
         answers = decode_answers(tokenizer, result)
