@@ -142,6 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--json", action="store_true", help="print the answer with NFE, timing and components")
     generate.set_defaults(run=run_generate)
 
+    serve = commands.add_parser("serve", help="an OpenAI-compatible server with dynamic batching, streaming and a "
+                                "live page (pip install 'unmask[serve]')")
+    add_model_arguments(serve)
+    add_decode_arguments(serve, seed_flag="--decode-seed")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free port)")
+    serve.add_argument("--max-batch", type=positive_int, default=8, help="requests decoded together (default: 8)")
+    serve.add_argument("--batch-wait-ms", type=finite_float, default=10.0,
+                       help="how long the first request waits for others to batch with (default: 10)")
+    add_chat_argument(serve)
+    serve.set_defaults(run=run_serve)
+
     bench = commands.add_parser("bench", help="decode task samples with every combination of components and score")
     bench.add_argument("--tasks", type=task_list, default=None, help="comma-separated tasks (default: the bundled model's task mix)")
     bench.add_argument("--n", "--num-samples", dest="n", type=positive_int, default=50,
@@ -428,6 +440,17 @@ def run_ablate(args: argparse.Namespace) -> int:
         write_text_atomically(args.report, report)
     print(report)
     return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from unmask.contrib.serve import serve
+
+    if args.batch_wait_ms < 0:
+        raise ValueError(f"--batch-wait-ms must be at least 0, got {args.batch_wait_ms}")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be in 0-65535, got {args.port}")
+    model, tokenizer, model_name = _load_model(args)
+    return serve(model, tokenizer, args)
 
 
 def run_collect(args: argparse.Namespace) -> int:

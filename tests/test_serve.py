@@ -1,0 +1,150 @@
+"""``unmask serve`` with real clients: the openai package and plain HTTP, against a server on 127.0.0.1."""
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+openai = pytest.importorskip("openai")
+uvicorn = pytest.importorskip("uvicorn")
+
+from unmask.contrib.models.reference import load_reference_model  # noqa: E402
+from unmask.contrib.models.transformers import decode_text  # noqa: E402
+from unmask.contrib.serve import build_app  # noqa: E402
+from unmask.contrib.serve.batching import Settings  # noqa: E402
+from unmask.contrib.tasks import samples  # noqa: E402
+from unmask.contrib.tasks.lists import ITEMS  # noqa: E402
+
+PROMPTS = [s.prompt for task in ("shuffle", "sort", "copy") for s in samples(task, 3, 0)]
+
+
+@pytest.fixture(scope="module")
+def server():
+    model, tokenizer = load_reference_model()
+    app = build_app(model, tokenizer, name="reference", defaults=Settings(gen_length=32, block_length=32),
+                    max_batch=8, wait_s=0.2)
+    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    while not instance.started:
+        time.sleep(0.05)
+    port = instance.servers[0].sockets[0].getsockname()[1]
+    yield {"url": f"http://127.0.0.1:{port}", "app": app, "model": model, "tokenizer": tokenizer}
+    instance.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server["url"] + "/v1", api_key="unused")
+
+
+def alone(server, prompt, **settings):
+    settings = {"gen_length": 32, "block_length": 32, **settings}
+    answers, result = decode_text(server["model"], server["tokenizer"], [prompt], **settings)
+    return answers[0], result
+
+
+def test_models_lists_the_served_model(client):
+    assert [m.id for m in client.models.list()] == ["reference"]
+
+
+def test_a_completion_equals_the_same_decode_in_python(server, client):
+    expected, result = alone(server, PROMPTS[0], policy="threshold:tau=0.9")
+    reply = client.completions.create(model="reference", prompt=PROMPTS[0], max_tokens=32,
+                                      extra_body={"policy": "threshold:tau=0.9"})
+    assert reply.choices[0].text == expected and reply.choices[0].finish_reason == "stop"
+    assert reply.usage.completion_tokens == int(result.answer_lengths[0])
+    assert reply.usage.model_extra["forwards"] == int(result.nfe[0])
+
+
+def test_chat_without_a_template_takes_one_user_message(server, client):
+    expected, _ = alone(server, PROMPTS[1])
+    reply = client.chat.completions.create(model="reference", max_tokens=32,
+                                           messages=[{"role": "user", "content": PROMPTS[1]}])
+    assert reply.choices[0].message.content == expected
+    with pytest.raises(openai.BadRequestError, match="one user message"):
+        client.chat.completions.create(model="reference", messages=[{"role": "user", "content": "a"},
+                                                                    {"role": "user", "content": "b"}])
+
+
+def test_a_stream_sends_the_settled_prefix_and_ends_with_the_answer(server, client):
+    expected, _ = alone(server, PROMPTS[2])
+    chunks = list(client.completions.create(model="reference", prompt=PROMPTS[2], max_tokens=32, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == expected
+    assert chunks[-1].choices[0].finish_reason == "stop" and len(chunks) > 2
+    pieces = list(client.chat.completions.create(model="reference", max_tokens=32, stream=True,
+                                                 messages=[{"role": "user", "content": PROMPTS[2]}]))
+    assert "".join(p.choices[0].delta.content or "" for p in pieces) == expected
+
+
+def test_concurrent_requests_are_batched_and_each_equals_its_decode_alone(server, client):
+    batches = server["app"].state.service.batcher.batches
+    before = len(batches)
+    with ThreadPoolExecutor(len(PROMPTS)) as pool:
+        replies = list(pool.map(lambda p: client.completions.create(model="reference", prompt=p, max_tokens=32,
+                                                                    extra_body={"policy": "topk:k=2"}), PROMPTS))
+    assert max(batches[before:]) > 1 and sum(batches[before:]) == len(PROMPTS)
+    for prompt, reply in zip(PROMPTS, replies):
+        assert reply.choices[0].text == alone(server, prompt, policy="topk:k=2")[0]
+
+
+def test_max_tokens_below_a_block_cuts_the_answer(server, client):
+    reply = client.completions.create(model="reference", prompt=PROMPTS[3], max_tokens=2)
+    assert len(reply.choices[0].text.split()) <= 2 and reply.usage.completion_tokens <= 2
+
+
+def post(server, path, body):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(server["url"] + path, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.mark.parametrize("body, status, param, message", [
+    (b"{not json", 400, None, "not valid JSON"),
+    ({"prompt": "copy: ada", "policy": "no_such"}, 400, "policy", "no_such"),
+    ({"prompt": "copy: ada", "max_tokens": 0}, 400, "max_tokens", "max_tokens must be an integer >= 1"),
+    ({"prompt": "copy: ada", "max_tokens": 100_000}, 400, "max_tokens", "exceed the model's 512 positions"),
+    ({"prompt": "copy: ada", "temperature": -1}, 400, "temperature", "temperature must be a finite number >= 0"),
+    ({"prompt": "copy: ada", "temperature": "warm"}, 400, "temperature", "finite number"),
+    ({"prompt": "copy: ada", "model": "gpt-9"}, 404, "model", "does not exist"),
+    ({"prompt": "copy: ada", "n": 2}, 400, "n", "n must be 1"),
+    ({"prompt": 3}, 400, "prompt", "prompt must be a string"),
+    ({"prompt": "copy: " + "ada " * 600}, 400, "prompt", "exceed the model's 512 positions"),
+    ({"prompt": "copy: ada", "stop": ["a"] * 5}, 400, "stop", "at most 4"),
+    ({"prompt": "copy: ada", "constraint": "regex:pattern='[a-'"}, 400, "constraint", "not a regular expression"),
+])
+def test_bad_requests_get_openai_style_errors_naming_the_field(server, body, status, param, message):
+    code, reply = post(server, "/v1/completions", body)
+    assert code == status and reply["error"]["param"] == param and message in reply["error"]["message"]
+
+
+def test_nan_temperature_is_refused(server):
+    code, reply = post(server, "/v1/completions", b'{"prompt": "copy: ada", "temperature": NaN}')
+    assert code == 400 and reply["error"]["param"] == "temperature"
+
+
+def test_a_failing_request_in_a_batch_fails_alone(server, client):
+    # Same settings, so one batch; 24 names cannot be permuted into 16 tokens: that request fails alone.
+    batches = server["app"].state.service.batcher.batches
+    before = len(batches)
+    constraint = {"constraint": "distinct_items:permutation_of_prompt=true"}
+    long = "shuffle: " + " ".join(ITEMS)
+    expected, _ = alone(server, PROMPTS[4], constraint="distinct_items:permutation_of_prompt=true", gen_length=16,
+                        block_length=16)
+    with ThreadPoolExecutor(2) as pool:
+        bad = pool.submit(post, server, "/v1/completions", {"prompt": long, "max_tokens": 16, **constraint})
+        good = pool.submit(lambda: client.completions.create(model="reference", prompt=PROMPTS[4], max_tokens=16,
+                                                             extra_body=constraint))
+        code, reply = bad.result()
+        assert good.result().choices[0].text == expected
+    assert code == 400 and "no answer that fits" in reply["error"]["message"]
+    assert batches[before:] == [1]  # the batch of two failed; the good request was decoded again alone
