@@ -13,7 +13,7 @@ import sys
 from importlib import metadata
 
 ROOTS = ("unmask", "unmask-plugin-example")
-EXTRAS = ("tasks", "plots", "eval", "docs", "constraints", "test")
+EXTRAS = ("tasks", "plots", "eval", "docs", "constraints", "serve", "test")
 HEADER = """\
 # The versions the tests passed with (scripts/pin_dependencies.py writes this file from a tested environment).
 # torch is the CPU build that lies on the project's machines; any other torch spec pulls gigabytes of CUDA

@@ -83,12 +83,13 @@ def test_a_stream_sends_the_settled_prefix_and_ends_with_the_answer(server, clie
 
 
 def test_concurrent_requests_are_batched_and_each_equals_its_decode_alone(server, client):
-    batches = server["app"].state.service.batcher.batches
-    before = len(batches)
+    log = server["app"].state.service.batcher.log
+    before = len(log)
     with ThreadPoolExecutor(len(PROMPTS)) as pool:
         replies = list(pool.map(lambda p: client.completions.create(model="reference", prompt=p, max_tokens=32,
                                                                     extra_body={"policy": "topk:k=2"}), PROMPTS))
-    assert max(batches[before:]) > 1 and sum(batches[before:]) == len(PROMPTS)
+    sizes = [len(batch["forwards"]) for batch in log[before:]]
+    assert max(sizes) > 1 and sum(sizes) == len(PROMPTS)
     for prompt, reply in zip(PROMPTS, replies):
         assert reply.choices[0].text == alone(server, prompt, policy="topk:k=2")[0]
 
@@ -134,8 +135,8 @@ def test_nan_temperature_is_refused(server):
 
 def test_a_failing_request_in_a_batch_fails_alone(server, client):
     # Same settings, so one batch; 24 names cannot be permuted into 16 tokens: that request fails alone.
-    batches = server["app"].state.service.batcher.batches
-    before = len(batches)
+    log = server["app"].state.service.batcher.log
+    before = len(log)
     constraint = {"constraint": "distinct_items:permutation_of_prompt=true"}
     long = "shuffle: " + " ".join(ITEMS)
     expected, _ = alone(server, PROMPTS[4], constraint="distinct_items:permutation_of_prompt=true", gen_length=16,
@@ -147,4 +148,61 @@ def test_a_failing_request_in_a_batch_fails_alone(server, client):
         code, reply = bad.result()
         assert good.result().choices[0].text == expected
     assert code == 400 and "no answer that fits" in reply["error"]["message"]
-    assert batches[before:] == [1]  # the batch of two failed; the good request was decoded again alone
+    assert [len(b["forwards"]) for b in log[before:]] == [1]  # the batch of two failed; the good one ran alone
+
+
+
+def test_a_client_that_goes_away_frees_its_row_and_the_others_are_unchanged(server, client):
+    import http.client
+
+    log = server["app"].state.service.batcher.log
+    before = len(log)
+    body = {"prompt": PROMPTS[5], "max_tokens": 256, "stream": True, "unmask_steps": True}
+    expected, _ = alone(server, PROMPTS[6], gen_length=256)
+
+    def leave():
+        host, port = server["url"].removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port))
+        connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        assert response.status == 200 and b"unmask.step" in response.read1(4096)
+        connection.close()  # gone after the first step
+
+    with ThreadPoolExecutor(2) as pool:
+        gone = pool.submit(leave)
+        stays = pool.submit(lambda: client.completions.create(model="reference", prompt=PROMPTS[6], max_tokens=256))
+        gone.result()
+        assert stays.result().choices[0].text == expected
+    (batch,) = log[before:]
+    forwards = dict(zip(batch["cancelled"], batch["forwards"]))
+    assert forwards[True] < forwards[False] == 256  # one token per step: the other row took every step
+
+
+def test_sigterm_finishes_the_request_in_flight(tmp_path):
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "unmask.contrib.cli", "serve", "--port", str(port),
+                                "--gen-length", "128"], stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(url + "/v1/models")
+                break
+            except OSError:
+                time.sleep(0.1)
+        with ThreadPoolExecutor(1) as pool:
+            reply = pool.submit(post, {"url": url}, "/v1/completions", {"prompt": PROMPTS[0]})
+            time.sleep(0.5)  # in flight: 128 steps
+            process.send_signal(signal.SIGTERM)
+            status, body = reply.result(timeout=120)
+        assert status == 200 and body["choices"][0]["finish_reason"] == "stop"
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()

@@ -242,13 +242,17 @@ def build_app(model: Any, tokenizer: Any, *, name: str = "unmask", defaults: Set
 async def _wait(future: Any, job: Job, http: Any) -> dict[str, Any] | None:
     """The job's result, or None if the client went away first (its row is then freed)."""
     waiting = asyncio.wrap_future(future)
-    while True:
-        done, _ = await asyncio.wait({waiting}, timeout=0.25)
-        if done:
-            return waiting.result()
-        if await http.is_disconnected():
-            job.cancelled.set()
-            return None
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=0.25)
+            if done:
+                return waiting.result()
+            if await http.is_disconnected():
+                job.cancelled.set()
+                return None
+    except asyncio.CancelledError:  # the server's graceful shutdown ran out of time: free the row too
+        job.cancelled.set()
+        raise
 
 
 def _envelope(identity: str, model: str, chat: bool, final: bool) -> dict[str, Any]:

@@ -79,7 +79,8 @@ class Batcher:
         self._waiting: list[Job] = []
         self._condition = threading.Condition()
         self._closing = False
-        self.batches: list[int] = []  # the size of every batch decoded (for tests and logs)
+        # Every batch decoded: each row's forwards and whether its request was cancelled (for tests and logs).
+        self.log: list[dict[str, list[Any]]] = []
         self._worker = threading.Thread(target=self._run, name="unmask-batcher", daemon=True)
         self._worker.start()
 
@@ -160,7 +161,7 @@ class Batcher:
         result = decode(self.model, input_ids.to(device), attention_mask=attention_mask.to(device), config=config,
                         policy=settings.policy, stop=stops, cache=settings.cache, constraint=constraint,
                         tokenizer=self.tokenizer, on_step=observe)
-        self.batches.append(len(jobs))
+        self.log.append({"forwards": result.nfe.tolist(), "cancelled": [job.cancelled.is_set() for job in jobs]})
         for row, job in enumerate(jobs):
             if not job.future.cancelled():
                 job.future.set_result(_row(result, row, commit_step[row]))
