@@ -53,9 +53,10 @@ class DistinctItemsConstraint(_SequentialRefusal):
 
     def allowed(self, view: StepView, positions: torch.Tensor) -> torch.Tensor:
         allowed = torch.ones((len(positions), self._size), dtype=torch.bool)
+        rows = {row: (view.x[row, view.gen_start:].tolist(), self._prompt_items(view, row))
+                for row in positions[:, 0].unique().tolist()}  # once per row, not per position
         for i, (row, column) in enumerate(positions.tolist()):
-            answer, at = view.x[row, view.gen_start:].tolist(), column - view.gen_start
-            items = self._prompt_items(view, row)
+            (answer, items), at = rows[row], column - view.gen_start
             if items is not None:
                 allowed[i] = self._permutation_allowed(answer, at, view.mask_token_id, items)
                 continue
