@@ -24,17 +24,18 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def requirements(distribution: metadata.Distribution, extras: tuple[str, ...]) -> list[str]:
-    """Names this distribution requires for this platform, with the given extras."""
+def requirements(distribution: metadata.Distribution, extras: tuple[str, ...]) -> list[tuple[str, tuple[str, ...]]]:
+    """(name, extras) of what this distribution requires for this platform, with the given extras of its own
+    (``lm-eval[api]`` brings the api extra's packages too)."""
     from packaging.requirements import Requirement
 
-    names = []
+    needed = []
     for text in distribution.requires or []:
         requirement = Requirement(text)
         marker = requirement.marker
         if marker is None or any(marker.evaluate({"extra": extra}) for extra in ("",) + extras):
-            names.append(canonical(requirement.name))
-    return names
+            needed.append((canonical(requirement.name), tuple(sorted(requirement.extras))))
+    return needed
 
 
 def closure() -> dict[str, str]:
@@ -52,7 +53,7 @@ def closure() -> dict[str, str]:
         seen.add((name, extras))
         # "==2.13.0" admits the local build "2.13.0+cpu"; the label itself names no index.
         pinned[name] = distribution.version.split("+")[0]
-        pending.extend((required, ()) for required in requirements(distribution, extras))
+        pending.extend(requirements(distribution, extras))
     return {name: version for name, version in pinned.items() if name not in ROOTS}
 
 

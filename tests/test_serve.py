@@ -7,17 +7,16 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import openai
 import pytest
+import uvicorn
 
-openai = pytest.importorskip("openai")
-uvicorn = pytest.importorskip("uvicorn")
-
-from unmask.contrib.models.reference import load_reference_model  # noqa: E402
-from unmask.contrib.models.transformers import decode_text  # noqa: E402
-from unmask.contrib.serve import build_app  # noqa: E402
-from unmask.contrib.serve.batching import Settings  # noqa: E402
-from unmask.contrib.tasks import samples  # noqa: E402
-from unmask.contrib.tasks.lists import ITEMS  # noqa: E402
+from unmask.contrib.models.reference import load_reference_model
+from unmask.contrib.models.transformers import decode_text
+from unmask.contrib.serve import build_app
+from unmask.contrib.serve.batching import Settings
+from unmask.contrib.tasks import samples
+from unmask.contrib.tasks.lists import ITEMS
 
 PROMPTS = [s.prompt for task in ("shuffle", "sort", "copy") for s in samples(task, 3, 0)]
 
@@ -93,6 +92,26 @@ def test_concurrent_requests_are_batched_and_each_equals_its_decode_alone(server
     for prompt, reply in zip(PROMPTS, replies):
         assert reply.choices[0].text == alone(server, prompt, policy="topk:k=2")[0]
 
+
+
+def test_lm_eval_local_completions_against_the_server_scores_like_bench(server, tmp_path, capsys, monkeypatch):
+    from unmask.contrib.cli import main
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    assert main(["export-tasks", str(tmp_path / "tasks"), "--tasks", "shuffle", "--n", "20", "--seed", "4"]) == 0
+    log = server["app"].state.service.batcher.log
+    before = len(log)
+    model_args = (f"model=reference,base_url={server['url']}/v1/completions,tokenizer_backend=none,"
+                  "max_gen_toks=32,num_concurrent=4")
+    assert main(["lm-eval", "--model", "local-completions", "--model_args", model_args, "--tasks", "unmask_shuffle",
+                 "--include_path", str(tmp_path / "tasks"), "--output_path", str(tmp_path / "out")]) == 0
+    results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())
+    assert max(len(batch["forwards"]) for batch in log[before:]) > 1  # concurrent requests shared batches
+    capsys.readouterr()
+    assert main(["bench", "--tasks", "shuffle", "--n", "20", "--seed", "4", "--gen-length", "32", "--block-length",
+                 "32", "--policy", "topk", "--stop", "none", "--json"]) == 0
+    bench = json.loads(capsys.readouterr().out)[0]
+    assert results["results"]["unmask_shuffle"]["acc,none"] * 100 == pytest.approx(bench["accuracy"])
 
 def test_max_tokens_below_a_block_cuts_the_answer(server, client):
     reply = client.completions.create(model="reference", prompt=PROMPTS[3], max_tokens=2)
@@ -178,7 +197,8 @@ def test_a_client_that_goes_away_frees_its_row_and_the_others_are_unchanged(serv
     assert forwards[True] < forwards[False] == 256  # one token per step: the other row took every step
 
 
-def test_sigterm_finishes_the_request_in_flight(tmp_path):
+def test_sigterm_finishes_the_requests_in_flight_then_exits():
+    import http.client
     import signal
     import socket
     import subprocess
@@ -188,7 +208,7 @@ def test_sigterm_finishes_the_request_in_flight(tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     process = subprocess.Popen([sys.executable, "-m", "unmask.contrib.cli", "serve", "--port", str(port),
-                                "--gen-length", "128"], stderr=subprocess.DEVNULL)
+                                "--gen-length", "64"], stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
         for _ in range(600):
@@ -197,12 +217,53 @@ def test_sigterm_finishes_the_request_in_flight(tmp_path):
                 break
             except OSError:
                 time.sleep(0.1)
-        with ThreadPoolExecutor(1) as pool:
-            reply = pool.submit(post, {"url": url}, "/v1/completions", {"prompt": PROMPTS[0]})
-            time.sleep(0.5)  # in flight: 128 steps
-            process.send_signal(signal.SIGTERM)
-            status, body = reply.result(timeout=120)
-        assert status == 200 and body["choices"][0]["finish_reason"] == "stop"
-        assert process.wait(timeout=60) == 0
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        body = {"prompt": PROMPTS[0], "stream": True, "unmask_steps": True}
+        connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        first = response.readline()
+        while b"unmask.step" not in first:  # in flight once its first step has been sent
+            first = response.readline()
+        process.send_signal(signal.SIGTERM)
+        rest = response.read().decode()
+        finals = [json.loads(line[5:]) for line in rest.splitlines()
+                  if line.startswith("data:") and '"finish_reason": "stop"' in line]
+        assert rest.rstrip().endswith("data: [DONE]") and finals and finals[-1]["usage"]["forwards"] == 64
+        # After its graceful shutdown uvicorn re-raises the signal it caught, so the exit is SIGTERM's own.
+        assert process.wait(timeout=60) in (0, -signal.SIGTERM)
     finally:
         process.kill()
+
+def test_the_page_fills_the_canvas_live_and_shows_the_apis_answer(server, client):
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "the page test drives the distribution's Chromium: run scripts/install_browser.sh"
+    expected = client.completions.create(model="reference", prompt=PROMPTS[7], max_tokens=32,
+                                         extra_body={"policy": "topk", "stop_criterion": "none"}).choices[0].text
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(server["url"] + "/")
+            page.wait_for_function("document.getElementById('policy').options.length > 0")
+            page.fill("#prompt", PROMPTS[7])
+            page.select_option("#policy", "topk")
+            page.select_option("#stop", "none")
+            page.fill("#max_tokens", "32")
+            page.evaluate("""() => { window.holes = []; new MutationObserver(
+                () => window.holes.push(document.querySelectorAll('#canvas span.open').length))
+                .observe(document.getElementById('canvas'), {childList: true}); }""")
+            page.click("#go")
+            page.wait_for_function("document.getElementById('summary').textContent.includes('forwards')")
+            assert page.text_content("#answer") == expected
+            assert "in 32 forwards" in page.text_content("#summary")
+            # Drawn once per step, one token per step: 31 holes left after the first step, none after the last.
+            assert page.evaluate("window.holes") == list(range(31, -1, -1))
+            steps = [cell.get_attribute("title") for cell in page.query_selector_all("#canvas span")]
+            colours = {cell.evaluate("c => c.style.background") for cell in page.query_selector_all("#canvas span")}
+            assert sorted(steps) == sorted(f"step {i}" for i in range(32)) and len(colours) > 16
+        finally:
+            browser.close()

@@ -121,6 +121,7 @@ def _cut(text: str, until: Any) -> str:
 
 def register() -> None:
     """Make ``UnmaskLM`` lm-eval's model ``unmask`` (lm-eval has no plug-in discovery for models)."""
+    import lm_eval.models  # noqa: F401  (lm-eval fills its registry lazily only while it is empty)
     from lm_eval.api.registry import MODEL_REGISTRY, register_model
 
     if "unmask" not in MODEL_REGISTRY:

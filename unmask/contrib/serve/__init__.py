@@ -20,6 +20,7 @@ def serve(model: Any, tokenizer: Any, args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError as error:
         raise ImportError("unmask serve needs starlette, uvicorn and sse-starlette: pip install 'unmask[serve]'") from error
+    from unmask.contrib.serve.app import SHUTDOWN_S
     from unmask.contrib.serve.batching import Settings
 
     defaults = Settings(policy=args.policy, stop=args.stop or "none", cache=args.cache,
@@ -27,5 +28,5 @@ def serve(model: Any, tokenizer: Any, args: argparse.Namespace) -> int:
                         block_length=args.block_length, temperature=args.temperature, seed=args.decode_seed)
     app = build_app(model, tokenizer, name=args.model or "reference", defaults=defaults, max_batch=args.max_batch,
                     wait_s=args.batch_wait_ms / 1000, chat=args.chat)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=60)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=SHUTDOWN_S)
     return 0

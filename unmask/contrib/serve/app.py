@@ -18,6 +18,7 @@ import uuid
 from importlib import resources
 from typing import Any
 
+import anyio
 import attrs
 
 from unmask.contrib.serve.batching import Batcher, Job, Settings, StepUpdate
@@ -26,6 +27,10 @@ from unmask.core.plugins import create, registry
 __all__ = ["ApiError", "build_app"]
 
 MAX_STOPS = 4
+# On Ctrl-C / SIGTERM a stream in flight gets this long to finish its decode before it is cut; the server
+# itself waits a little longer (``SHUTDOWN_S``) so that the streams end first.
+STREAM_GRACE_S = 55.0
+SHUTDOWN_S = 60
 
 
 class ApiError(Exception):
@@ -212,7 +217,8 @@ def build_app(model: Any, tokenizer: Any, *, name: str = "unmask", defaults: Set
                 return JSONResponse(error.body(), status_code=error.status)
             identity = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
             if request.stream:
-                return EventSourceResponse(_stream(service, request, identity, chat, http), ping=15)
+                return EventSourceResponse(_stream(service, request, identity, chat, http), ping=15,
+                                           shutdown_event=anyio.Event(), shutdown_grace_period=STREAM_GRACE_S)
             job = Job(prompt_ids=request.prompt_ids, settings=request.settings)
             try:
                 result = await _wait(service.batcher.submit(job), job, http)
