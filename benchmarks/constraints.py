@@ -143,7 +143,7 @@ def measure_tasks(n: int, tasks: list[str], policies: list[str]) -> list[dict[st
         for row in bench(model, tokenizer, tasks=tasks, n=n, seed=0, policies=policies, constraint=constraint,
                          config=DecodeConfig(gen_length=32, block_length=32), progress=False):
             rows.append({"part": "tasks", "task": row["task"], "policy": row["policy"], "constraint": constraint,
-                         "accuracy": row["accuracy"], "nfe": row["nfe"]})
+                         "accuracy": row["accuracy"], "nfe": row["nfe_mean"]})
             print(rows[-1], flush=True)
     return rows
 
@@ -246,7 +246,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=50, help="prompts per task on the bundled model (default: 50)")
     parser.add_argument("--repeats", type=int, default=3, help="timed decodes per constraint (default: 3)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
-    parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write the rows as JSON here (rows of parts not measured now are kept from it)")
     parser.add_argument("--report", type=Path, default=None,
                         help=f"replace the '{RESULTS_HEADING}' section (to the end) of this markdown file")
     args = parser.parse_args()
@@ -254,16 +255,17 @@ def main() -> None:
     if unknown := set(parts) - {"schema", "tasks", "overhead"}:
         parser.error(f"--parts: unknown {', '.join(sorted(unknown))} (choose from schema, tasks, overhead)")
     torch.set_num_threads(args.threads)
-    rows = []
-    if "schema" in parts:
-        rows += measure_schema(args.decodes, args.policies.split(","))
-    if "tasks" in parts:
-        rows += measure_tasks(args.n, ["shuffle", "insert_random", "replace_random", "latin_square"],
-                              ["topk:k=8", "threshold:tau=0.5"])
-    if "overhead" in parts:
-        rows += measure_overhead(rows_per_batch=4, gen_length=64, repeats=args.repeats)
-    if args.out:
-        write_text_atomically(args.out, json.dumps(rows, indent=1) + "\n")
+    # Parts not measured now keep their rows from --out, so one part can be measured again on its own.
+    rows = [row for row in (json.loads(args.out.read_text()) if args.out and args.out.exists() else [])
+            if row["part"] not in parts]
+    measures = {"schema": lambda: measure_schema(args.decodes, args.policies.split(",")),
+                "tasks": lambda: measure_tasks(args.n, ["shuffle", "insert_random", "replace_random", "latin_square"],
+                                               ["topk:k=8", "threshold:tau=0.5"]),
+                "overhead": lambda: measure_overhead(rows_per_batch=4, gen_length=64, repeats=args.repeats)}
+    for part in parts:
+        rows += measures[part]()
+        if args.out:  # after each part: a later failure keeps what was measured
+            write_text_atomically(args.out, json.dumps(rows, indent=1) + "\n")
     if args.report:
         text = args.report.read_text()
         kept = text.split(RESULTS_HEADING)[0].rstrip("\n")
