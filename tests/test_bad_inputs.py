@@ -766,3 +766,13 @@ def test_filter_parameters_are_checked_before_the_traces_load(traces, tmp_path, 
 def test_fresh_api_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_logits_whose_sum_overflows_are_checked_term_by_term():
+    from unmask.core.scoring import check_logits
+
+    huge = torch.full((2, 5, 10), 3e37)  # finite, but their float32 sum is infinite
+    check_logits(huge, (2, 5), 3, 0)
+    huge[1, 4, 9] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        check_logits(huge, (2, 5), 3, 0)

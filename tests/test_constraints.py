@@ -130,18 +130,37 @@ def test_a_refused_pair_is_never_committed_in_its_step():
         picked.append(view.x0[mask].tolist())
         return mask, view.x0
 
-    def rescore(logits):
-        x0 = view.x.clone()
-        x0[:, view.gen_start:] = logits.argmax(-1)
-        confidence = torch.full(view.x.shape, float("-inf"), dtype=torch.float64)
-        confidence[:, view.gen_start:] = logits.softmax(-1).max(-1).values.double()
-        return x0, confidence.masked_fill(~view.masked, float("-inf"))
+    def rescore(rows, columns):
+        at = logits[rows, columns - view.gen_start]
+        return at.argmax(-1), at.softmax(-1).max(-1).values.double()
 
     commit, tokens, _ = choose(RefuseToken0(), view, select, logits, view.gen_start, rescore, "refuse0",
                                lambda view: view.candidates)
     assert not (commit & (tokens == 0)).any()
     assert (logits[..., 0] == float("-inf")).any()  # the refused pair was banned in the step's logits
 
+
+
+def test_a_commit_refused_beside_a_kept_one_sits_the_step_out_unbanned():
+    class OnePerRow:  # refuses all but the leftmost commit of a row: a pair conflict, not a bad token
+        def refuse(self, view, commit, tokens):
+            first = commit.long().argmax(1, keepdim=True)
+            return commit & (torch.arange(commit.shape[1])[None, :] != first)
+
+    view = _view()
+    logits = view.logits.clone()
+
+    def select(view):
+        return view.masked & view.candidates, view.x0  # every position it may take
+
+    def rescore(rows, columns):
+        raise AssertionError("no token was banned, so nothing is scored again")
+
+    commit, tokens, after = choose(OnePerRow(), view, select, logits, view.gen_start, rescore, "one_per_row",
+                                   lambda view: view.candidates)
+    assert commit.sum() == 1 and commit[0, 2]  # the row still makes progress
+    assert torch.equal(logits, view.logits)  # the others' tokens were not banned: they wait for the next step
+    assert not after.masked[0, 3:].any() and torch.isneginf(after.confidence[0, 3:]).all()
 
 class RefuseEverything:
     """Allows every token, then refuses every commit: no canvas is ever acceptable."""

@@ -253,9 +253,10 @@ def test_the_page_fills_the_canvas_live_and_shows_the_apis_answer(server, client
             page.select_option("#policy", "topk")
             page.select_option("#stop", "none")
             page.fill("#max_tokens", "32")
-            page.evaluate("""() => { window.holes = []; new MutationObserver(
-                () => window.holes.push(document.querySelectorAll('#canvas span.open').length))
-                .observe(document.getElementById('canvas'), {childList: true}); }""")
+            # Holes on the page after each drawing (steps that arrive together are drawn one by one).
+            page.evaluate("""() => { window.holes = []; const drawStep = window.draw;
+                window.draw = event => { drawStep(event);
+                    window.holes.push(document.querySelectorAll('#canvas span.open').length); }; }""")
             page.click("#go")
             page.wait_for_function("document.getElementById('summary').textContent.includes('forwards')")
             assert page.text_content("#answer") == expected

@@ -94,28 +94,38 @@ def forced_ends(constraint: Constraint, view: StepView) -> torch.Tensor:
 
 def choose(
     constraint: Constraint, view: StepView, select: Callable[[StepView], tuple[torch.Tensor, torch.Tensor]],
-    logits: torch.Tensor, span_start: int, rescore: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    name: str, reach: Callable[[StepView], torch.Tensor],
+    logits: torch.Tensor, span_start: int,
+    rescore: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]], name: str,
+    reach: Callable[[StepView], torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor, StepView]:
-    """The policy's commit (``select``), chosen again from the same logits with each refused (position,
-    token) banned until ``constraint`` refuses nothing; ``rescore`` turns the logits into (x0, confidence).
-    A row whose every position the policy may commit (``reach``) has had every token refused is an error."""
+    """The policy's commit (``select``), chosen again from the same logits until ``constraint`` refuses
+    nothing. A refused commit alone in its row has its (position, token) banned; ``rescore(rows, columns)``
+    gives (x0, confidence) of those canvas positions from the banned logits (only they change, so a step
+    with many refusals at a large vocabulary scores a few positions again, not the whole span). A commit
+    refused beside commits of its row that were kept may be refused for their sake, not its own token's
+    (two items that cannot both join a list): its position sits the step out, and the next forward sees the
+    kept commits. A row left with no position the policy may commit (``reach``) is an error."""
     for _ in range(MAX_REFUSALS):
         commit, tokens = select(view)
         refused = constraint.refuse(view, commit, tokens) & commit
         if not refused.any():
             return commit, tokens, view
-        rows, columns = refused.nonzero(as_tuple=True)
-        logits[rows, columns - span_start, tokens[rows, columns]] = float("-inf")
-        # A position with every token banned sits this step out (others of its row go first).
-        exhausted = torch.zeros_like(view.masked)
-        banned = torch.isneginf(logits[rows, columns - span_start])
-        if view.mask_token_id < banned.shape[-1]:
-            banned[:, view.mask_token_id] = True  # (never a choice)
-        exhausted[rows, columns] = banned.all(-1)
-        x0, confidence = rescore(logits)
-        view = attrs.evolve(view, x0=x0, confidence=confidence.masked_fill(exhausted, float("-inf")),
-                            masked=view.masked & ~exhausted)
+        waits = refused & (commit & ~refused).any(1, keepdim=True)
+        sits_out = waits.clone()
+        alone = refused & ~waits
+        x0, confidence = view.x0, view.confidence
+        if alone.any():
+            rows, columns = alone.nonzero(as_tuple=True)
+            logits[rows, columns - span_start, tokens[rows, columns]] = float("-inf")
+            # A position with every token banned sits this step out too (others of its row go first).
+            banned = torch.isneginf(logits[rows, columns - span_start])
+            if view.mask_token_id < banned.shape[-1]:
+                banned[:, view.mask_token_id] = True  # (never a choice)
+            sits_out[rows, columns] = banned.all(-1)
+            x0, confidence = x0.clone(), confidence.clone()
+            x0[rows, columns], confidence[rows, columns] = rescore(rows, columns)
+        view = attrs.evolve(view, x0=x0, confidence=confidence.masked_fill(sits_out, float("-inf")),
+                            masked=view.masked & ~sits_out)
         stuck = view.row_active & ~reach(view).any(1)
         if stuck.any():
             row = int(stuck.nonzero()[0, 0])

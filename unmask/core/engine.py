@@ -188,8 +188,9 @@ def decode(
                         span_start=plan.start, evaluate=scorer,
                     )
 
-                if constrainer is not None:  # tokens it does not allow are banned before scoring
-                    logits = logits.clone()  # (reused candidate logits stay as they were scored)
+                if constrainer is not None:  # tokens it does not allow are banned before scoring, in place
+                    if reuse is not None and reused.any():
+                        logits = logits.clone()  # (reused candidate logits stay as they were scored)
                     unscored = step_view(x, torch.zeros(x.shape, dtype=torch.float64))
                     restrict(constrainer, unscored, _reach(unscored, reach_canvas), logits, plan.start, constraint_name)
                 view = step_view(*score(logits))
@@ -205,8 +206,14 @@ def decode(
                 if constrainer is None:
                     commit, tokens = select(view)
                 else:
-                    commit, tokens, view = choose(constrainer, view, select, logits, plan.start, score, constraint_name,
-                                                  lambda view: _reach(view, reach_canvas))
+                    def score_at(rows: torch.Tensor, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                        """x0 and its probability at these canvas positions (masked, in the fed span)."""
+                        x0, confidence = predict(logits[rows, columns - plan.start][None], config.temperature,
+                                                 generator, mask_id)
+                        return x0[0], confidence[0]
+
+                    commit, tokens, view = choose(constrainer, view, select, logits, plan.start, score_at,
+                                                  constraint_name, lambda view: _reach(view, reach_canvas))
                 decision = chosen[0]
                 canvas.commit(commit, tokens, global_step)
                 if constrainer is not None and (commit & (tokens == eos_id)).any():

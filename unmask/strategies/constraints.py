@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -187,14 +188,10 @@ class RegexConstraint(_SequentialRefusal):
         except re.error as error:
             raise ValueError(f"pattern={pattern!r} is not a regular expression: {error}") from None
         self.pattern = pattern
-        self._automata: dict[int, _Automaton] = {}
         self._automaton: _Automaton | None = None
 
     def prepare(self, vocabulary: Vocabulary, gen_start: int) -> None:
-        key = id(vocabulary)  # vocabularies are cached per tokenizer: one automaton each
-        if key not in self._automata:
-            self._automata = {key: _Automaton(self.pattern, vocabulary)}
-        self._automaton = self._automata[key]
+        self._automaton = _shared_automaton(self.pattern, vocabulary)
         self._size = len(vocabulary.strings)
 
     def allowed(self, view: StepView, positions: torch.Tensor) -> torch.Tensor:
@@ -216,6 +213,23 @@ class RegexConstraint(_SequentialRefusal):
         if self._automaton is None:
             raise RuntimeError("the constraint was used before prepare()")
         return self._automaton
+
+
+# Automata outlive one decode: building one over a large vocabulary takes seconds, and a server or a grid
+# decodes the same pattern again and again. Vocabularies are cached per tokenizer, so (id, pattern) is a key
+# while the weak reference still points at the same vocabulary.
+_AUTOMATA: dict[tuple[int, str], tuple["weakref.ref[Vocabulary]", _Automaton]] = {}
+MAX_AUTOMATA = 16
+
+
+def _shared_automaton(pattern: str, vocabulary: Vocabulary) -> _Automaton:
+    key = (id(vocabulary), pattern)
+    held = _AUTOMATA.get(key)
+    if held is None or held[0]() is not vocabulary:
+        if len(_AUTOMATA) >= MAX_AUTOMATA:
+            _AUTOMATA.clear()
+        held = _AUTOMATA[key] = (weakref.ref(vocabulary), _Automaton(pattern, vocabulary))
+    return held[1]
 
 
 class JsonSchemaConstraint(RegexConstraint):
