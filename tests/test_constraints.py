@@ -4,6 +4,7 @@ everything changes nothing (checked against an independent brute-force completio
 import json
 import re
 
+import attrs
 import pytest
 import regex
 import torch
@@ -141,26 +142,41 @@ def test_a_refused_pair_is_never_committed_in_its_step():
 
 
 
-def test_a_commit_refused_beside_a_kept_one_sits_the_step_out_unbanned():
-    class OnePerRow:  # refuses all but the leftmost commit of a row: a pair conflict, not a bad token
+def test_a_commit_refused_beside_a_kept_one_takes_a_token_that_fits_them():
+    class OnePerToken:  # no token twice in a step's commits, and allowed() knows it given the canvas
+        def allowed(self, view, positions):
+            allowed = torch.ones((len(positions), len(WORDS) + 2), dtype=torch.bool)
+            for i, (row, _) in enumerate(positions.tolist()):
+                taken = view.x[row, view.gen_start:]
+                allowed[i, taken[taken != MODEL.mask_token_id]] = False
+            return allowed
+
         def refuse(self, view, commit, tokens):
-            first = commit.long().argmax(1, keepdim=True)
-            return commit & (torch.arange(commit.shape[1])[None, :] != first)
+            refused = torch.zeros_like(commit)
+            for row, column in commit.nonzero().tolist():
+                refused[row, column] = bool((commit[row, :column] & (tokens[row, :column] == tokens[row, column])).any())
+            return refused
 
     view = _view()
-    logits = view.logits.clone()
+    logits = torch.zeros_like(view.logits)
+    logits[0, 0, 5], logits[0, 1, 6], logits[0, 3, 7] = 9.0, 9.0, 9.0
+    logits[0, 2, 5], logits[0, 2, 6], logits[0, 2, 8] = 9.0, 8.0, 7.0  # the third prefers the first's and second's
+    view = attrs.evolve(view, logits=logits.clone(), x0=torch.cat([view.x[:, :2], logits.argmax(-1)], 1))
+    rounds = []
 
     def select(view):
+        rounds.append(view.x0.tolist())
         return view.masked & view.candidates, view.x0  # every position it may take
 
     def rescore(rows, columns):
-        raise AssertionError("no token was banned, so nothing is scored again")
+        at = logits[rows, columns - view.gen_start]
+        return at.argmax(-1), at.softmax(-1).max(-1).values.double()
 
-    commit, tokens, after = choose(OnePerRow(), view, select, logits, view.gen_start, rescore, "one_per_row",
-                                   lambda view: view.candidates)
-    assert commit.sum() == 1 and commit[0, 2]  # the row still makes progress
-    assert torch.equal(logits, view.logits)  # the others' tokens were not banned: they wait for the next step
-    assert not after.masked[0, 3:].any() and torch.isneginf(after.confidence[0, 3:]).all()
+    commit, tokens, _ = choose(OnePerToken(), view, select, logits, view.gen_start, rescore, "one_per_token",
+                               lambda view: view.candidates)
+    chosen = tokens[commit].tolist()
+    assert commit.sum() == 4 and chosen == [5, 6, 8, 7]  # all four committed, no token twice
+    assert len(rounds) == 2  # banned one token at a time, the third would have tried 6 in a round of its own
 
 class RefuseEverything:
     """Allows every token, then refuses every commit: no canvas is ever acceptable."""
@@ -330,3 +346,19 @@ def test_a_grid_takes_constraints_as_a_dimension(tmp_path):
     assert not grid.is_baseline(grid.cells[1])
     with pytest.raises(ValueError, match="constraint"):
         load_grid({"tasks": ["shuffle"], "constraints": ["regex:pattern='[a-'"]})
+
+
+def test_distinct_items_on_the_bundled_model_never_adds_a_forward_to_a_fixed_schedule():
+    from unmask.contrib.models.reference import load_reference_model
+    from unmask.contrib.models.transformers import decode_text
+    from unmask.contrib.tasks import samples
+
+    model, tokenizer = load_reference_model()
+    prompts = [s.prompt for task in ("shuffle", "latin_square", "insert_random") for s in samples(task, 8, 3)]
+    settings = dict(gen_length=32, block_length=16, policy="topk:k=8")
+    bound, bound_result = decode_text(model, tokenizer, prompts, constraint="distinct_items", **settings)
+    _, free_result = decode_text(model, tokenizer, prompts, **settings)
+    assert (bound_result.nfe <= free_result.nfe).all()
+    for answer in bound:
+        for group in answer.split("/"):
+            assert len(set(group.split())) == len(group.split()), answer

@@ -51,22 +51,32 @@ def restrict(constraint: Constraint, view: StepView, reach: torch.Tensor, logits
     positions = reach.nonzero()
     if not len(positions):
         return
-    allowed = constraint.allowed(view, positions)
-    if not isinstance(allowed, torch.Tensor) or allowed.dtype != torch.bool or allowed.shape[0] != len(positions):
-        raise ValueError(f"constraint {name}: allowed() must return a bool tensor (N, V) for N positions")
-    vocab = logits.shape[-1]
-    allowed = allowed[:, :vocab]
-    if allowed.shape[1] < vocab:  # ids past the tokenizer: never allowed
-        allowed = torch.cat([allowed, allowed.new_zeros((len(positions), vocab - allowed.shape[1]))], dim=1)
-    rows, columns = positions.unbind(1)
+    allowed = _allowed(constraint, view, positions, logits.shape[-1], name)
     empty = ~allowed.any(1)
     if empty.any():
         row, column = positions[empty.nonzero()[0, 0]].tolist()
         raise ValueError(f"constraint {name}: no token can go at row {row}, answer position "
                          f"{column - view.gen_start}: no answer that fits in the canvas satisfies it (a longer "
                          "gen_length, or another constraint)")
+    _ban(logits, positions, span_start, ~allowed)
+
+
+def _allowed(constraint: Constraint, view: StepView, positions: torch.Tensor, vocab: int, name: str) -> torch.Tensor:
+    """(N, vocab) what ``constraint`` allows at ``positions`` (N, 2), checked and cut or padded to the logits'
+    vocabulary (ids past the tokenizer are never allowed)."""
+    allowed = constraint.allowed(view, positions)
+    if not isinstance(allowed, torch.Tensor) or allowed.dtype != torch.bool or allowed.shape[0] != len(positions):
+        raise ValueError(f"constraint {name}: allowed() must return a bool tensor (N, V) for N positions")
+    allowed = allowed[:, :vocab]
+    if allowed.shape[1] < vocab:
+        allowed = torch.cat([allowed, allowed.new_zeros((len(positions), vocab - allowed.shape[1]))], dim=1)
+    return allowed
+
+
+def _ban(logits: torch.Tensor, positions: torch.Tensor, span_start: int, banned: torch.Tensor) -> None:
+    rows, columns = positions.unbind(1)
     span = logits[rows, columns - span_start]
-    logits[rows, columns - span_start] = span.masked_fill(~allowed, float("-inf"))
+    logits[rows, columns - span_start] = span.masked_fill(banned, float("-inf"))
 
 
 def forced_ends(constraint: Constraint, view: StepView) -> torch.Tensor:
@@ -99,33 +109,35 @@ def choose(
     reach: Callable[[StepView], torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor, StepView]:
     """The policy's commit (``select``), chosen again from the same logits until ``constraint`` refuses
-    nothing. A refused commit alone in its row has its (position, token) banned; ``rescore(rows, columns)``
-    gives (x0, confidence) of those canvas positions from the banned logits (only they change, so a step
-    with many refusals at a large vocabulary scores a few positions again, not the whole span). A commit
-    refused beside commits of its row that were kept may be refused for their sake, not its own token's
-    (two items that cannot both join a list): its position sits the step out, and the next forward sees the
-    kept commits. A row left with no position the policy may commit (``reach``) is an error."""
+    nothing. Each refused (position, token) is banned in the step's logits; a commit refused beside kept
+    commits of its row (two items that cannot both join a list) also has every token banned that the
+    constraint does not allow beside those kept commits, so the next choice there fits them at once instead
+    of one refusal per token. ``rescore(rows, columns)`` gives (x0, confidence) of those canvas positions
+    from the banned logits (only they change). A position with every token banned sits the step out; a
+    row left with no position the policy may commit (``reach``) is an error."""
+    vocab = logits.shape[-1]
     for _ in range(MAX_REFUSALS):
         commit, tokens = select(view)
         refused = constraint.refuse(view, commit, tokens) & commit
         if not refused.any():
             return commit, tokens, view
-        waits = refused & (commit & ~refused).any(1, keepdim=True)
-        sits_out = waits.clone()
-        alone = refused & ~waits
-        x0, confidence = view.x0, view.confidence
-        if alone.any():
-            rows, columns = alone.nonzero(as_tuple=True)
-            logits[rows, columns - span_start, tokens[rows, columns]] = float("-inf")
-            # A position with every token banned sits this step out too (others of its row go first).
-            banned = torch.isneginf(logits[rows, columns - span_start])
-            if view.mask_token_id < banned.shape[-1]:
-                banned[:, view.mask_token_id] = True  # (never a choice)
-            sits_out[rows, columns] = banned.all(-1)
-            x0, confidence = x0.clone(), confidence.clone()
-            x0[rows, columns], confidence[rows, columns] = rescore(rows, columns)
-        view = attrs.evolve(view, x0=x0, confidence=confidence.masked_fill(sits_out, float("-inf")),
-                            masked=view.masked & ~sits_out)
+        rows, columns = refused.nonzero(as_tuple=True)
+        logits[rows, columns - span_start, tokens[rows, columns]] = float("-inf")
+        kept = commit & ~refused
+        beside = refused & kept.any(1, keepdim=True)
+        if beside.any():
+            with_kept = attrs.evolve(view, x=torch.where(kept, tokens, view.x))
+            positions = beside.nonzero()
+            _ban(logits, positions, span_start, ~_allowed(constraint, with_kept, positions, vocab, name))
+        banned = torch.isneginf(logits[rows, columns - span_start])
+        if view.mask_token_id < vocab:
+            banned[:, view.mask_token_id] = True  # (never a choice)
+        exhausted = torch.zeros_like(view.masked)
+        exhausted[rows, columns] = banned.all(-1)
+        x0, confidence = view.x0.clone(), view.confidence.clone()
+        x0[rows, columns], confidence[rows, columns] = rescore(rows, columns)
+        view = attrs.evolve(view, x0=x0, confidence=confidence.masked_fill(exhausted, float("-inf")),
+                            masked=view.masked & ~exhausted)
         stuck = view.row_active & ~reach(view).any(1)
         if stuck.any():
             row = int(stuck.nonzero()[0, 0])
