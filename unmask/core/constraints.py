@@ -74,9 +74,14 @@ def _allowed(constraint: Constraint, view: StepView, positions: torch.Tensor, vo
 
 
 def _ban(logits: torch.Tensor, positions: torch.Tensor, span_start: int, banned: torch.Tensor) -> None:
+    """Logits of ``banned`` (N, V) tokens at ``positions`` (N, 2) to ``-inf``, in place."""
     rows, columns = positions.unbind(1)
-    span = logits[rows, columns - span_start]
-    logits[rows, columns - span_start] = span.masked_fill(banned, float("-inf"))
+    if int(banned.count_nonzero()) * 16 < banned.numel():  # a few per position (a list rule): set them one by one
+        which, tokens = banned.nonzero(as_tuple=True)
+        logits[rows[which], columns[which] - span_start, tokens] = float("-inf")
+    else:  # most of the vocabulary (a grammar): rewrite the positions' rows
+        span = logits[rows, columns - span_start]
+        logits[rows, columns - span_start] = span.masked_fill(banned, float("-inf"))
 
 
 def forced_ends(constraint: Constraint, view: StepView) -> torch.Tensor:

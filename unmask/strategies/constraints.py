@@ -17,7 +17,7 @@ import json
 import re
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -215,21 +215,26 @@ class RegexConstraint(_SequentialRefusal):
         return self._automaton
 
 
-# Automata outlive one decode: building one over a large vocabulary takes seconds, and a server or a grid
-# decodes the same pattern again and again. Vocabularies are cached per tokenizer, so (id, pattern) is a key
-# while the weak reference still points at the same vocabulary.
-_AUTOMATA: dict[tuple[int, str], tuple["weakref.ref[Vocabulary]", _Automaton]] = {}
-MAX_AUTOMATA = 16
+# What a constraint derives from a vocabulary outlives one decode: an automaton over a large vocabulary takes
+# seconds to build, and a server or a grid decodes the same pattern again and again. Vocabularies are cached
+# per tokenizer, so (id, what) is a key while the weak reference still points at the same vocabulary.
+_DERIVED: dict[tuple[int, Any], tuple["weakref.ref[Vocabulary]", Any]] = {}
+MAX_DERIVED = 16
+
+
+def derived(vocabulary: Vocabulary, what: Any, build: Callable[[], Any]) -> Any:
+    """``build()``, remembered for this vocabulary under the hashable key ``what``."""
+    key = (id(vocabulary), what)
+    held = _DERIVED.get(key)
+    if held is None or held[0]() is not vocabulary:
+        if len(_DERIVED) >= MAX_DERIVED:
+            _DERIVED.clear()
+        held = _DERIVED[key] = (weakref.ref(vocabulary), build())
+    return held[1]
 
 
 def _shared_automaton(pattern: str, vocabulary: Vocabulary) -> _Automaton:
-    key = (id(vocabulary), pattern)
-    held = _AUTOMATA.get(key)
-    if held is None or held[0]() is not vocabulary:
-        if len(_AUTOMATA) >= MAX_AUTOMATA:
-            _AUTOMATA.clear()
-        held = _AUTOMATA[key] = (weakref.ref(vocabulary), _Automaton(pattern, vocabulary))
-    return held[1]
+    return derived(vocabulary, ("automaton", pattern), lambda: _Automaton(pattern, vocabulary))
 
 
 class JsonSchemaConstraint(RegexConstraint):

@@ -7,9 +7,27 @@ from __future__ import annotations
 import torch
 
 from unmask.core.types import StepView, Vocabulary
-from unmask.strategies.constraints import _SequentialRefusal
+from unmask.strategies.constraints import _SequentialRefusal, derived
 
 __all__ = ["DistinctItemsConstraint"]
+
+
+class _Tables:
+    """What ``distinct_items`` reads of a vocabulary, built once per vocabulary and separator."""
+
+    def __init__(self, vocabulary: Vocabulary, separator: str) -> None:
+        self.key = [text.strip() for text in vocabulary.strings]  # token -> its item ("" for non-items)
+        self.item = [bool(key) and key != separator for key in self.key]
+        # Blank tokens (a lone word-start mark) lie inside a group; a separator or EOS ends it.
+        self.blank = [not key and token != vocabulary.eos_token_id for token, key in enumerate(self.key)]
+        self.joining = torch.tensor(self.item) | torch.tensor(self.blank)  # what would join two runs
+        by_key: dict[str, list[int]] = {}
+        for token, key in enumerate(self.key):
+            if self.item[token]:
+                by_key.setdefault(key, []).append(token)
+        self.same = {key: torch.tensor(tokens) for key, tokens in by_key.items()}
+        self.separators = torch.tensor([key == separator for key in self.key])
+        self.has_separator = bool(self.separators.any())
 
 
 class DistinctItemsConstraint(_SequentialRefusal):
@@ -35,21 +53,10 @@ class DistinctItemsConstraint(_SequentialRefusal):
         self.permutation_of_prompt = permutation_of_prompt
 
     def prepare(self, vocabulary: Vocabulary, gen_start: int) -> None:
-        keys = [text.strip() for text in vocabulary.strings]
-        self._key = keys  # token -> its item ("" for non-items)
-        self._eos = vocabulary.eos_token_id
-        self._item = [bool(key) and key != self.separator for key in keys]
-        # Blank tokens (a lone word-start mark) lie inside a group; a separator or EOS ends it.
-        self._blank = [not key and token != vocabulary.eos_token_id for token, key in enumerate(keys)]
-        self._joining = torch.tensor(self._item) | torch.tensor(self._blank)  # what would join two runs
-        by_key: dict[str, list[int]] = {}
-        for token, key in enumerate(keys):
-            if self._item[token]:
-                by_key.setdefault(key, []).append(token)
-        self._same = {key: torch.tensor(tokens) for key, tokens in by_key.items()}
-        self._separators = torch.tensor([key == self.separator for key in keys])
-        self._has_separator = bool(self._separators.any())
-        self._size = len(keys)
+        tables = derived(vocabulary, ("distinct_items", self.separator), lambda: _Tables(vocabulary, self.separator))
+        self._key, self._item, self._blank, self._joining = tables.key, tables.item, tables.blank, tables.joining
+        self._same, self._separators, self._has_separator = tables.same, tables.separators, tables.has_separator
+        self._eos, self._size = vocabulary.eos_token_id, len(vocabulary.strings)
 
     def allowed(self, view: StepView, positions: torch.Tensor) -> torch.Tensor:
         allowed = torch.ones((len(positions), self._size), dtype=torch.bool)
