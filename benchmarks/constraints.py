@@ -219,8 +219,8 @@ def report(rows: list[dict[str, Any]], command: str) -> str:
         for r in tasks:
             if r["constraint"] != "none":
                 f = free[(r["task"], r["policy"])]
-                lines.append(f"| {r['task']} | `{r['policy']}` | {f['accuracy']:.0%} ({f['nfe']:.1f}) | "
-                             f"{r['accuracy']:.0%} ({r['nfe']:.1f}) |")
+                lines.append(f"| {r['task']} | `{r['policy']}` | {f['accuracy']:.0f}% ({f['nfe']:.1f}) | "
+                             f"{r['accuracy']:.0f}% ({r['nfe']:.1f}) |")
         lines.append("")
     overhead = [r for r in rows if r["part"] == "overhead"]
     if overhead:

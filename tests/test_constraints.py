@@ -142,41 +142,32 @@ def test_a_refused_pair_is_never_committed_in_its_step():
 
 
 
-def test_a_commit_refused_beside_a_kept_one_takes_a_token_that_fits_them():
-    class OnePerToken:  # no token twice in a step's commits, and allowed() knows it given the canvas
-        def allowed(self, view, positions):
-            allowed = torch.ones((len(positions), len(WORDS) + 2), dtype=torch.bool)
-            for i, (row, _) in enumerate(positions.tolist()):
-                taken = view.x[row, view.gen_start:]
-                allowed[i, taken[taken != MODEL.mask_token_id]] = False
-            return allowed
+def test_a_position_refused_again_and_again_beside_kept_commits_waits_for_the_next_step(monkeypatch):
+    import unmask.core.constraints as constraints
 
+    class OnePerRow:  # refuses all but the leftmost commit of a row, whatever the tokens: no token fits
         def refuse(self, view, commit, tokens):
-            refused = torch.zeros_like(commit)
-            for row, column in commit.nonzero().tolist():
-                refused[row, column] = bool((commit[row, :column] & (tokens[row, :column] == tokens[row, column])).any())
-            return refused
+            first = commit.long().argmax(1, keepdim=True)
+            return commit & (torch.arange(commit.shape[1])[None, :] != first)
 
+    monkeypatch.setattr(constraints, "REFUSALS_BESIDE", 3)
     view = _view()
-    logits = torch.zeros_like(view.logits)
-    logits[0, 0, 5], logits[0, 1, 6], logits[0, 3, 7] = 9.0, 9.0, 9.0
-    logits[0, 2, 5], logits[0, 2, 6], logits[0, 2, 8] = 9.0, 8.0, 7.0  # the third prefers the first's and second's
-    view = attrs.evolve(view, logits=logits.clone(), x0=torch.cat([view.x[:, :2], logits.argmax(-1)], 1))
+    logits = view.logits.clone()
     rounds = []
 
     def select(view):
-        rounds.append(view.x0.tolist())
+        rounds.append(1)
         return view.masked & view.candidates, view.x0  # every position it may take
 
     def rescore(rows, columns):
         at = logits[rows, columns - view.gen_start]
         return at.argmax(-1), at.softmax(-1).max(-1).values.double()
 
-    commit, tokens, _ = choose(OnePerToken(), view, select, logits, view.gen_start, rescore, "one_per_token",
-                               lambda view: view.candidates)
-    chosen = tokens[commit].tolist()
-    assert commit.sum() == 4 and chosen == [5, 6, 8, 7]  # all four committed, no token twice
-    assert len(rounds) == 2  # banned one token at a time, the third would have tried 6 in a round of its own
+    commit, tokens, after = choose(OnePerRow(), view, select, logits, view.gen_start, rescore, "one_per_row",
+                                   lambda view: view.candidates)
+    assert commit.sum() == 1 and commit[0, 2]  # the row still makes progress
+    assert len(rounds) == 4  # three refusals each, then the others sit the step out
+    assert not after.masked[0, 3:].any() and (logits[0, 1:, :3] == float("-inf")).all()
 
 class RefuseEverything:
     """Allows every token, then refuses every commit: no canvas is ever acceptable."""

@@ -12,9 +12,10 @@ import torch
 
 from unmask.core.types import Constraint, StepView, Vocabulary
 
-__all__ = ["vocabulary_of", "restrict", "choose", "forced_ends", "MAX_REFUSALS"]
+__all__ = ["vocabulary_of", "restrict", "choose", "forced_ends", "MAX_REFUSALS", "REFUSALS_BESIDE"]
 
 MAX_REFUSALS = 10_000  # (position, token) pairs one step may ban after the policy chose
+REFUSALS_BESIDE = 256  # refusals beside kept commits after which a position waits for the next step
 
 _VOCABULARIES: "weakref.WeakKeyDictionary[Any, dict[tuple[int, int, int], Vocabulary]]" = weakref.WeakKeyDictionary()
 
@@ -113,14 +114,14 @@ def choose(
     rescore: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]], name: str,
     reach: Callable[[StepView], torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor, StepView]:
-    """The policy's commit (``select``), chosen again from the same logits until ``constraint`` refuses
-    nothing. Each refused (position, token) is banned in the step's logits; a commit refused beside kept
-    commits of its row (two items that cannot both join a list) also has every token banned that the
-    constraint does not allow beside those kept commits, so the next choice there fits them at once instead
-    of one refusal per token. ``rescore(rows, columns)`` gives (x0, confidence) of those canvas positions
-    from the banned logits (only they change). A position with every token banned sits the step out; a
-    row left with no position the policy may commit (``reach``) is an error."""
-    vocab = logits.shape[-1]
+    """The policy's commit (``select``), chosen again from the same logits with each refused (position,
+    token) banned, until ``constraint`` refuses nothing; ``rescore(rows, columns)`` gives (x0, confidence)
+    of those canvas positions from the banned logits (only they change). A position sits the step out when
+    every token is banned there, or when it has been refused ``REFUSALS_BESIDE`` times beside kept commits
+    of its row (a hole that no item can fill beside them would otherwise try the whole vocabulary); the
+    next forward sees the kept commits. A row left with no position the policy may commit (``reach``) is
+    an error."""
+    refusals = torch.zeros(view.x.shape, dtype=torch.long, device=view.x.device)
     for _ in range(MAX_REFUSALS):
         commit, tokens = select(view)
         refused = constraint.refuse(view, commit, tokens) & commit
@@ -128,21 +129,16 @@ def choose(
             return commit, tokens, view
         rows, columns = refused.nonzero(as_tuple=True)
         logits[rows, columns - span_start, tokens[rows, columns]] = float("-inf")
-        kept = commit & ~refused
-        beside = refused & kept.any(1, keepdim=True)
-        if beside.any():
-            with_kept = attrs.evolve(view, x=torch.where(kept, tokens, view.x))
-            positions = beside.nonzero()
-            _ban(logits, positions, span_start, ~_allowed(constraint, with_kept, positions, vocab, name))
+        refusals += refused & (commit & ~refused).any(1, keepdim=True)
         banned = torch.isneginf(logits[rows, columns - span_start])
-        if view.mask_token_id < vocab:
+        if view.mask_token_id < logits.shape[-1]:
             banned[:, view.mask_token_id] = True  # (never a choice)
-        exhausted = torch.zeros_like(view.masked)
-        exhausted[rows, columns] = banned.all(-1)
+        sits_out = refusals >= REFUSALS_BESIDE
+        sits_out[rows, columns] |= banned.all(-1)
         x0, confidence = view.x0.clone(), view.confidence.clone()
         x0[rows, columns], confidence[rows, columns] = rescore(rows, columns)
-        view = attrs.evolve(view, x0=x0, confidence=confidence.masked_fill(exhausted, float("-inf")),
-                            masked=view.masked & ~exhausted)
+        view = attrs.evolve(view, x0=x0, confidence=confidence.masked_fill(sits_out, float("-inf")),
+                            masked=view.masked & ~sits_out)
         stuck = view.row_active & ~reach(view).any(1)
         if stuck.any():
             row = int(stuck.nonzero()[0, 0])
