@@ -249,6 +249,7 @@ def test_the_page_fills_the_canvas_live_and_shows_the_apis_answer(server, client
             page = browser.new_page()
             page.goto(server["url"] + "/")
             page.wait_for_function("document.getElementById('policy').options.length > 0")
+            assert page.input_value("#cache") == "none" and page.input_value("#stop") == "none"  # the defaults
             page.fill("#prompt", PROMPTS[7])
             page.select_option("#policy", "topk")
             page.select_option("#stop", "none")
