@@ -282,9 +282,9 @@ async def _stream(service: Service, request: Request, identity: str, chat: bool,
     future = asyncio.wrap_future(service.batcher.submit(job))
     sent = ""
 
-    def chunk(text: str, reason: str | None) -> str:
-        return json.dumps({**_envelope(identity, service.name, chat, final=False),
-                           "choices": [_choice(chat, text, reason, final=False)]})
+    def chunk(text: str, reason: str | None) -> dict[str, Any]:
+        return {**_envelope(identity, service.name, chat, final=False),
+                "choices": [_choice(chat, text, reason, final=False)]}
 
     try:
         if chat:
@@ -301,7 +301,7 @@ async def _stream(service: Service, request: Request, identity: str, chat: bool,
                 yield {"event": "unmask.step", "data": json.dumps(_step_event(service, update, request))}
             text, _ = service.text(update.tokens, request.max_tokens, request.stops, final=False)
             if text.startswith(sent) and len(text) > len(sent) and not text.endswith("\ufffd"):
-                yield {"data": chunk(text[len(sent):], None)}
+                yield {"data": json.dumps(chunk(text[len(sent):], None))}
                 sent = text
         try:
             result = future.result()
@@ -310,9 +310,7 @@ async def _stream(service: Service, request: Request, identity: str, chat: bool,
             return
         text, reason = service.text(result["tokens"], request.max_tokens, request.stops, final=True)
         tail = text[len(sent):] if text.startswith(sent) else ""
-        final = json.loads(chunk(tail, reason))
-        final["usage"] = service.usage(request, result)
-        yield {"data": json.dumps(final)}
+        yield {"data": json.dumps({**chunk(tail, reason), "usage": service.usage(request, result)})}
         yield {"data": "[DONE]"}
     finally:
         job.cancelled.set()  # a client that went away frees its row (a finished job ignores it)
