@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 import unmask
 from unmask import DecodeConfig, linear_schedule
+from unmask.contrib.models.tiny import tiny_denoiser
+from unmask.core.types import StopDecision
 from unmask.testing import FakeDenoiser, decode_configs
 
 
@@ -120,6 +122,47 @@ def test_batch_decodes_each_row_as_alone(config, lengths, policy, stop):
         alone = unmask.decode(model, [prompt], config=config, policy=policy, stop=stop)
         assert torch.equal(alone.tokens[0], batched.tokens[row])
         assert alone.nfe[0] == batched.nfe[row]
+
+
+
+class RowsFed:
+    """A denoiser that records how many rows each forward was given."""
+
+    def __init__(self, model):
+        self.model, self.fed = model, []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, input_ids, **kwargs):
+        self.fed.append(input_ids.shape[0])
+        return self.model(input_ids, **kwargs)
+
+
+class Budget:
+    """Finishes row r after limits[r] forwards, so rows leave the batch at different steps."""
+
+    def __init__(self, limits):
+        self.limits = torch.tensor(limits)
+
+    def check(self, view):
+        return StopDecision(done=view.nfe >= self.limits[:view.nfe.shape[0]])
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+@pytest.mark.parametrize("policy", ["threshold:tau=0.5", "topk:k=2"])
+def test_rows_that_need_no_forward_are_left_out_of_it(cache, policy):
+    model = RowsFed(tiny_denoiser("llama"))
+    prompts, limits = [[4, 5, 6, 7, 8], [9, 10], [11, 12, 13], [14, 15], [16, 17, 18, 19]], [3, 9, 5, 20, 14]
+    config = DecodeConfig(gen_length=24, block_length=8)
+    batched = unmask.decode(model, prompts, config=config, policy=policy, stop=Budget(limits), cache=cache)
+    # Once rows are done, forwards are given the live rows only (a refresh feeds all: later steps read it).
+    assert min(model.fed) <= 2
+    assert sum(model.fed) < len(model.fed) * len(prompts)
+    for row, prompt in enumerate(prompts):
+        alone = unmask.decode(model.model, [prompt], config=config, policy=policy, stop=Budget(limits[row:row + 1]),
+                              cache=cache)
+        assert torch.equal(alone.tokens[0], batched.tokens[row]) and alone.nfe[0] == batched.nfe[row]
 
 
 def test_eotp_cuts_the_padding_and_saves_forwards(eos_model, prompts):

@@ -77,6 +77,18 @@ class BlockKVCache(Cache):
             copy.layers.append(twin)
         return copy
 
+    def select_rows(self, index: torch.Tensor) -> BlockKVCache:
+        """A copy holding only rows ``index``, in the same mode, for a forward of those rows alone. What that
+        forward overwrites stays in the copy: the rows' block is fed, and so overwritten, at every step."""
+        copy = BlockKVCache(self.storage_dtype)
+        copy.set_mode(self.mode, self.start)
+        for layer in self.layers:
+            twin = shallow_copy(layer)
+            if getattr(layer, "is_initialized", False):
+                twin.keys, twin.values = layer.keys[index], layer.values[index]
+            copy.layers.append(twin)
+        return copy
+
     def keep_first(self, length: int) -> None:
         for layer in self.layers:
             layer.keys, layer.values = layer.keys[..., :length, :], layer.values[..., :length, :]

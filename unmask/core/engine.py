@@ -18,8 +18,8 @@ from unmask.core.plugins import create, describe, plugin_manager
 from unmask.core.scoring import check_logits, on_canvas, predict
 from unmask.core.spec import Spec
 from unmask.core.types import (
-    CacheManager, CanvasState, Commit, Constraint, DecodeConfig, DecodeResult, DenoiserModel, StepObserver, StepView,
-    StopCriterion, UnmaskPolicy,
+    CacheManager, CanvasState, Commit, Constraint, DecodeConfig, DecodeResult, DenoiserModel, ForwardPlan,
+    StepObserver, StepView, StopCriterion, UnmaskPolicy,
 )
 
 __all__ = ["decode", "linear_schedule", "pad_prompts"]
@@ -158,14 +158,12 @@ def decode(
                 if reuse is not None and not (row_active & ~reused).any():
                     logits = reuse.logits
                 else:
-                    logits = model(
-                        x[:, plan.start:plan.end], position_ids=state.position_ids[:, plan.start:plan.end],
-                        attention_mask=plan.attention_mask, past_key_values=plan.past_key_values,
-                    )  # (B, end - start, V)
-                    check_logits(logits, (batch, plan.end - plan.start), max(mask_id, eos_id), global_step)
+                    logits = _forward(model, x, state, plan, row_active & ~reused, max(mask_id, eos_id), global_step)
                     nfe += (row_active & ~reused).long()
                     if reuse is not None and reused.any():
                         logits = torch.where(reused[:, None, None], reuse.logits, logits)
+                # Rows neither fed nor reused (done, or through with the block) have no predictions this step.
+                scored_rows = row_active | reused
                 scorer = CandidateScorer(
                     model=model, cache_manager=cache_manager, next_state=lambda x: canvas_state(x, step + 1), x=x,
                     row_active=row_active, nfe=nfe, candidate_rows=candidate_rows, temperature=config.temperature,
@@ -174,7 +172,8 @@ def decode(
 
                 def score(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                     """x0 and its probability at masked positions of the fed span."""
-                    return on_canvas(x, masked, plan.start, *predict(logits, config.temperature, generator, mask_id))
+                    return on_canvas(x, masked & scored_rows[:, None], plan.start,
+                                     *predict(logits, config.temperature, generator, mask_id))
 
                 def step_view(x0: torch.Tensor, confidence: torch.Tensor) -> StepView:
                     return StepView(
@@ -302,6 +301,28 @@ def _prompt_tensors(
     if not ((attention_mask == 0) | (attention_mask == 1)).all():
         raise ValueError("attention_mask must hold only 0 and 1")
     return input_ids.long(), attention_mask.long()
+
+
+def _forward(model: DenoiserModel, x: torch.Tensor, state: CanvasState, plan: ForwardPlan, rows: torch.Tensor,
+             largest_id: int, step: int) -> torch.Tensor:
+    """The plan's forward, (B, end - start, V) logits, computed for ``rows`` (B,) bool only where it can be: the
+    other rows (done, through with the block, or reusing a candidate's logits) get zeros instead of a share
+    of the forward. All rows are fed when the forward fills a cache (later steps read every row of it) or
+    its cache has no ``select_rows(index)``; a row's logits never depend on the other rows fed beside it."""
+    span, cache = slice(plan.start, plan.end), plan.past_key_values
+    compact = not bool(rows.all()) and not plan.fills_cache and (
+        cache is None or callable(getattr(cache, "select_rows", None)))
+    index: Any = rows.nonzero().flatten() if compact else slice(None)
+    logits = model(
+        x[index, span], position_ids=state.position_ids[index, span], attention_mask=plan.attention_mask[index],
+        past_key_values=cache.select_rows(index) if compact and cache is not None else cache,
+    )  # (fed rows, end - start, V)
+    check_logits(logits, (int(rows.sum()) if compact else x.shape[0], plan.end - plan.start), largest_id, step)
+    if not compact:
+        return logits
+    full = logits.new_zeros((x.shape[0], *logits.shape[1:]))
+    full[index] = logits
+    return full
 
 
 def _block_logits(logits: torch.Tensor, start: int, block_start: int, block_end: int) -> torch.Tensor:

@@ -25,19 +25,23 @@ FILTERS_DIR = REFERENCE_MODEL_DIR / "filters"
 
 def write_model_card(directory: str | Path, evaluation: str = "") -> None:
     """README.md beside the weights: what the model is, how it was trained, what it scores."""
-    from unmask.contrib.tasks import TRAIN_SEED
+    from unmask.contrib.tasks import EVAL_SHARE, TRAIN_SEED
 
     directory = Path(directory)
     record = json.loads((directory / "training.json").read_text())
     config, model = record["config"], json.loads((directory / "config.json").read_text())
+    origin = f"from the model {config['init_from']!r}" if config.get("init_from") else "from scratch"
     card = f"""# unmask reference dLLM
 
 A {record['parameters'] / 1e6:.2f}M-parameter masked-diffusion language model: `LlamaForCausalLM` with
 `is_causal: false` ({config['num_layers']} layers, hidden {config['hidden_size']}, {config['num_heads']} heads,
 RoPE theta {config['rope_theta']}, vocabulary {model['vocab_size']}: one word, list item, symbol or digit per
-token), trained with LLaDA's SFT objective on the tasks {', '.join(config['tasks'])} (`unmask.contrib.tasks`,
-items from seed {TRAIN_SEED} upward; evaluate on seeds below it). Multi-answer tasks drew a fresh valid answer
-for every training row. Prompts are the tasks' prompts (`unmask.contrib.tasks.samples(task, n, seed)[i].prompt`);
+token), trained {origin} with LLaDA's SFT objective on the tasks {', '.join(config['tasks'])}
+(`unmask.contrib.tasks`). Items were held out by content: every prompt belongs to one part of its task's
+prompt space, fixed by a hash of the task and the prompt's text (`unmask.contrib.tasks.split_of`); the model
+saw only prompts of the train part (items from seed {TRAIN_SEED} upward), and `bench`, `ablate`, `export-tasks`
+and lm-eval draw only the evaluation part ({EVAL_SHARE:.0%} of each task's prompts), so no evaluated prompt
+was trained on, whatever the seed. Multi-answer tasks drew a fresh valid answer for every training row. Prompts are the tasks' prompts (`unmask.contrib.tasks.samples(task, n, seed)[i].prompt`);
 answers are padded with `<|endoftext|>` to the canvas length.
 
 ## Training
