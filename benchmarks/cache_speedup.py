@@ -1,4 +1,5 @@
-"""Wall-clock speedup of the prefix and dual caches over no cache, on the bundled reference model.
+"""Wall-clock speedup of the prefix and dual caches over no cache, on the bundled reference model (or
+``--model DIR``, a train-model output).
 
     python benchmarks/cache_speedup.py --n 50 --gen-length 256 --batch-sizes 1,8 --out benchmarks/results/caches.json
 
@@ -15,6 +16,7 @@ import torch
 from unmask._files import write_text_atomically
 from unmask.contrib.eval.bench import bench
 from unmask.contrib.models.reference import load_reference_model
+from unmask.contrib.models.transformers import load
 from unmask.contrib.tasks import DEFAULT_TASKS
 from unmask.core.types import DecodeConfig
 
@@ -29,9 +31,10 @@ def main() -> None:
     parser.add_argument("--caches", default="none,prefix,dual")
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--out", type=Path, default=None, help="write all rows as JSON here")
+    parser.add_argument("--model", type=Path, default=None, help="a model directory (default: the bundled model)")
     args = parser.parse_args()
 
-    model, tokenizer = load_reference_model()
+    model, tokenizer = load_reference_model() if args.model is None else load(args.model)
     config = DecodeConfig(gen_length=args.gen_length, block_length=args.block_length)
     caches = args.caches.split(",")
     report, everything = [], []
