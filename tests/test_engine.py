@@ -124,7 +124,6 @@ def test_batch_decodes_each_row_as_alone(config, lengths, policy, stop):
         assert alone.nfe[0] == batched.nfe[row]
 
 
-
 class RowsFed:
     """A denoiser that records how many rows each forward was given."""
 

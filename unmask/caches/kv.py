@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from copy import copy as shallow_copy
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
@@ -68,24 +68,22 @@ class BlockKVCache(Cache):
     def repeated(self, times: int) -> BlockKVCache:
         """A copy whose rows are this cache's rows ``times`` over (row r of copy k is row r), in the same mode:
         candidate canvases are scored against it in one batch, and this cache is left as it was."""
-        copy = BlockKVCache(self.storage_dtype)
-        copy.set_mode(self.mode, self.start)
-        for layer in self.layers:
-            twin = shallow_copy(layer)  # its mode, start and transformers' own bookkeeping
-            if getattr(layer, "is_initialized", False):  # new tensors: an overwrite never reaches this cache
-                twin.keys, twin.values = layer.keys.repeat(times, 1, 1, 1), layer.values.repeat(times, 1, 1, 1)
-            copy.layers.append(twin)
-        return copy
+        return self._copy(lambda tensor: tensor.repeat(times, 1, 1, 1))
 
     def select_rows(self, index: torch.Tensor) -> BlockKVCache:
         """A copy holding only rows ``index``, in the same mode, for a forward of those rows alone. What that
         forward overwrites stays in the copy: the rows' block is fed, and so overwritten, at every step."""
+        return self._copy(lambda tensor: tensor[index])
+
+    def _copy(self, rows: Callable[[torch.Tensor], torch.Tensor]) -> BlockKVCache:
+        """A copy in the same mode whose keys and values are ``rows`` of this cache's (new tensors, so an
+        overwrite never reaches this cache)."""
         copy = BlockKVCache(self.storage_dtype)
         copy.set_mode(self.mode, self.start)
         for layer in self.layers:
-            twin = shallow_copy(layer)
+            twin = shallow_copy(layer)  # its mode, start and transformers' own bookkeeping
             if getattr(layer, "is_initialized", False):
-                twin.keys, twin.values = layer.keys[index], layer.values[index]
+                twin.keys, twin.values = rows(layer.keys), rows(layer.values)
             copy.layers.append(twin)
         return copy
 

@@ -155,11 +155,12 @@ def decode(
                 plan = cache_manager.plan(state)
                 # Rows whose canvas is a candidate scored last step take its logits and count no forward.
                 reused = reuse.rows(plan, x) if reuse is not None else torch.zeros_like(row_active)
-                if reuse is not None and not (row_active & ~reused).any():
+                fed = row_active & ~reused
+                if reuse is not None and not fed.any():
                     logits = reuse.logits
                 else:
-                    logits = _forward(model, x, state, plan, row_active & ~reused, max(mask_id, eos_id), global_step)
-                    nfe += (row_active & ~reused).long()
+                    logits = _forward(model, x, state, plan, fed, max(mask_id, eos_id), global_step)
+                    nfe += fed.long()
                     if reuse is not None and reused.any():
                         logits = torch.where(reused[:, None, None], reuse.logits, logits)
                 # Rows neither fed nor reused (done, or through with the block) have no predictions this step.
@@ -313,11 +314,12 @@ def _forward(model: DenoiserModel, x: torch.Tensor, state: CanvasState, plan: Fo
     compact = not bool(rows.all()) and not plan.fills_cache and (
         cache is None or callable(getattr(cache, "select_rows", None)))
     index: Any = rows.nonzero().flatten() if compact else slice(None)
+    fed = x[index, span]
     logits = model(
-        x[index, span], position_ids=state.position_ids[index, span], attention_mask=plan.attention_mask[index],
+        fed, position_ids=state.position_ids[index, span], attention_mask=plan.attention_mask[index],
         past_key_values=cache.select_rows(index) if compact and cache is not None else cache,
     )  # (fed rows, end - start, V)
-    check_logits(logits, (int(rows.sum()) if compact else x.shape[0], plan.end - plan.start), largest_id, step)
+    check_logits(logits, (fed.shape[0], fed.shape[1]), largest_id, step)
     if not compact:
         return logits
     full = logits.new_zeros((x.shape[0], *logits.shape[1:]))

@@ -41,8 +41,8 @@ token), trained {origin} with LLaDA's SFT objective on the tasks {', '.join(conf
 prompt space, fixed by a hash of the task and the prompt's text (`unmask.contrib.tasks.split_of`); the model
 saw only prompts of the train part (items from seed {TRAIN_SEED} upward), and `bench`, `ablate`, `export-tasks`
 and lm-eval draw only the evaluation part ({EVAL_SHARE:.0%} of each task's prompts), so no evaluated prompt
-was trained on, whatever the seed. Multi-answer tasks drew a fresh valid answer for every training row. Prompts are the tasks' prompts (`unmask.contrib.tasks.samples(task, n, seed)[i].prompt`);
-answers are padded with `<|endoftext|>` to the canvas length.
+was trained on, whatever the seed. Multi-answer tasks drew a fresh valid answer for every training row.
+Prompts are the tasks' prompts (`unmask.contrib.tasks.samples(task, n, seed)[i].prompt`); answers are padded with `<|endoftext|>` to the canvas length.
 
 ## Training
 
