@@ -73,3 +73,27 @@ def test_training_continues_a_model_on_long_tasks_keeping_its_token_ids(tmp_path
         train_reference_model(tmp_path / "third", attrs.evolve(config, hidden_size=48), progress=False)
     with pytest.raises(ValueError, match="long_tasks need one weight each"):
         train_reference_model(tmp_path / "third", attrs.evolve(config, long_task_weights=(1.0,)), progress=False)
+
+
+def test_a_recipe_file_or_a_models_training_json_gives_the_config_and_options_override_it(tmp_path, monkeypatch):
+    from unmask.contrib import cli
+
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"steps": 7, "tight_fraction": 0.5, "gen_lengths": [32, 64]}))
+    config = training.read_recipe(recipe)
+    assert (config.steps, config.tight_fraction, config.gen_lengths) == (7, 0.5, (32, 64))
+    assert config.hidden_size == TrainingConfig().hidden_size
+    record = tmp_path / "training.json"
+    record.write_text(json.dumps({"config": attrs.asdict(TINY), "final_loss": 1.0}))
+    assert training.read_recipe(record) == TINY
+    recipe.write_text(json.dumps({"steps": 7, "hiden_size": 8}))
+    with pytest.raises(ValueError, match="unknown field.s. hiden_size"):
+        training.read_recipe(recipe)
+    recipe.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="JSON object of TrainingConfig fields"):
+        training.read_recipe(recipe)
+
+    seen = []
+    monkeypatch.setattr(training, "train_reference_model", lambda out, config, **kwargs: seen.append(config) or out)
+    assert cli.main(["train-model", "--out", str(tmp_path / "m"), "--recipe", str(record), "--steps", "3"]) == 0
+    assert seen[-1] == attrs.evolve(TINY, steps=3)

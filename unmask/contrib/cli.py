@@ -178,11 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="new directory for the model (or an earlier train-model output)")
     train.add_argument("--overwrite", action="store_true", help="write into a non-empty directory that "
                        "train-model did not write (entries of the same name are replaced)")
-    train.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default: the recorded recipe)")
-    train.add_argument("--seed", type=seed_value, default=0, help="seed of initialisation and batches (default: 0)")
+    train.add_argument("--recipe", default=None, metavar="JSON", help="TrainingConfig fields as a JSON object, or a "
+                       "model's training.json (default: the bundled model's recipe); the options below override it")
+    train.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default: the recipe's)")
+    train.add_argument("--seed", type=seed_value, default=None, help="seed of initialisation and batches "
+                       "(default: the recipe's, 0)")
     train.add_argument("--resume", action="store_true", help="continue from OUT.checkpoint (written every few "
                        "minutes)")
-    train.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default: 2)")
+    train.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: the "
+                       "recipe's, 2)")
     train.add_argument("--init-from", default=None, metavar="DIR", help="continue from this train-model output "
                        "(or 'reference', the bundled model): its weights and token ids are kept, new words appended")
     train.set_defaults(run=run_train_model)
@@ -395,11 +399,11 @@ def run_bench(args: argparse.Namespace) -> int:
 def run_train_model(args: argparse.Namespace) -> int:
     import attrs
 
-    from unmask.contrib.train.model import TrainingConfig, train_reference_model
+    from unmask.contrib.train.model import TrainingConfig, read_recipe, train_reference_model
 
-    config = TrainingConfig(seed=args.seed, threads=args.threads, init_from=args.init_from)
-    if args.steps is not None:
-        config = attrs.evolve(config, steps=args.steps)
+    config = read_recipe(args.recipe) if args.recipe else TrainingConfig()
+    given = {"steps": args.steps, "seed": args.seed, "threads": args.threads, "init_from": args.init_from}
+    config = attrs.evolve(config, **{name: value for name, value in given.items() if value is not None})
     print(train_reference_model(args.out, config, overwrite=args.overwrite, resume=args.resume))
     return 0
 

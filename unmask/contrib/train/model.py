@@ -28,7 +28,7 @@ from unmask._files import check_output_directory, read_json, read_safetensors, s
 if TYPE_CHECKING:
     from unmask.contrib.tasks import Sample
 
-__all__ = ["TrainingConfig", "build_tokenizer", "build_model", "train_reference_model", "EOS", "MASK"]
+__all__ = ["TrainingConfig", "read_recipe", "build_tokenizer", "build_model", "train_reference_model", "EOS", "MASK"]
 
 EOS, MASK, UNKNOWN = "<|endoftext|>", "[MASK]", "[UNK]"
 
@@ -80,6 +80,25 @@ class TrainingConfig:
     # A model directory (or "reference", the bundled one) to continue from: its weights, and its token ids
     # with the words of new tasks appended; its architecture must match the fields above.
     init_from: str | None = None
+
+
+def read_recipe(path: str | Path) -> TrainingConfig:
+    """The TrainingConfig a JSON file names: an object of its fields (the others keep their defaults), or a
+    model's training.json, whose "config" is the recipe the model was trained with."""
+    data = read_json(path, what="--recipe")
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+        data = data["config"]
+    if not isinstance(data, dict):
+        raise ValueError(f"--recipe {path}: expected a JSON object of TrainingConfig fields")
+    known = {a.name for a in TrainingConfig.__attrs_attrs__}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"--recipe {path}: unknown field(s) {', '.join(unknown)}; TrainingConfig has "
+                         f"{', '.join(sorted(known))}")
+    try:
+        return TrainingConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--recipe {path}: {error}") from None
 
 
 def build_tokenizer(texts: Sequence[str], base: Any = None) -> Any:
