@@ -38,7 +38,8 @@ def _deterministic_threads():
 @pytest.fixture(scope="session")
 def kv_models() -> list:
     """Denoisers that take KV caches, for the cache contract: a random Llama and a Qwen2 that shifts its
-    logits (Dream-style)."""
+    logits (Dream-style), and both block-causal over blocks of 4 (SDAR-style, Fast-dLLM v2-style)."""
     from unmask.contrib.models.tiny import tiny_denoiser
 
-    return [tiny_denoiser("llama"), tiny_denoiser("qwen2")]
+    return [tiny_denoiser("llama"), tiny_denoiser("qwen2"), tiny_denoiser("llama", block_size=4),
+            tiny_denoiser("qwen2", block_size=4)]

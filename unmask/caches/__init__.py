@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from unmask.caches.block import DualCache, PrefixCache
+from unmask.caches.exact import ExactBlockCache
 from unmask.caches.none import NoCache
 from unmask.core.plugins import Registrar, hookimpl
 
-__all__ = ["NoCache", "PrefixCache", "DualCache"]
+__all__ = ["NoCache", "PrefixCache", "DualCache", "ExactBlockCache"]
 
 
 @hookimpl
@@ -14,3 +15,4 @@ def unmask_register_caches(registry: Registrar) -> None:
     registry.add("none", NoCache)
     registry.add("prefix", PrefixCache)
     registry.add("dual", DualCache)
+    registry.add("exact", ExactBlockCache)

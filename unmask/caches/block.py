@@ -38,6 +38,9 @@ class _BlockCacheManager:
                 f"cache {type(self).__name__} needs a model that takes a KV cache (past_key_values or cache); "
                 f"{type(model).__name__} does not (use cache='none')"
             )
+        if model is not None and getattr(model, "block_size", None) is not None:
+            raise ValueError(f"cache {type(self).__name__} approximates a bidirectional model's context; this model "
+                             "attends block-causally, so finished blocks have an exact cache: use cache='exact'")
         self._cache, self._stored_width, self._block_start = None, 0, -1
 
     def plan(self, state: CanvasState) -> ForwardPlan:

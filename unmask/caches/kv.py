@@ -13,10 +13,12 @@ __all__ = ["BlockKVCache"]
 
 class _BlockLayer(DynamicLayer):
     """A layer that either records what a forward computes (``store``), or keeps what it has and returns it
-    joined with the new keys/values (``extend``), or writes the new ones into ``[start, start + n)``."""
+    joined with the new keys/values (``extend``; the first ``keep`` new ones are kept too), or writes the
+    new ones into ``[start, start + n)``."""
 
     mode = "store"
     start = 0
+    keep = 0
     storage_dtype: torch.dtype | None = None
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
@@ -27,8 +29,14 @@ class _BlockLayer(DynamicLayer):
             return keys, values
         dtype = key_states.dtype
         if self.mode == "extend":
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
             keys = torch.cat([self.keys.to(dtype), key_states], dim=-2)
             values = torch.cat([self.values.to(dtype), value_states], dim=-2)
+            if self.keep:
+                kept = keys.shape[-2] - key_states.shape[-2] + self.keep
+                storage = self.storage_dtype or dtype
+                self.keys, self.values = keys[..., :kept, :].to(storage), values[..., :kept, :].to(storage)
             return keys, values
         end = self.start + key_states.shape[-2]
         self.keys[..., self.start:end, :] = key_states.to(self.keys.dtype)
@@ -51,17 +59,17 @@ class BlockKVCache(Cache):
     def __init__(self, storage_dtype: torch.dtype | None = None) -> None:
         super().__init__(layer_class_to_replicate=_BlockLayer)
         self.storage_dtype = storage_dtype
-        self.mode, self.start = "store", 0
+        self.mode, self.start, self.keep = "store", 0, 0
 
-    def set_mode(self, mode: str, start: int = 0) -> None:
-        self.mode, self.start = mode, start
+    def set_mode(self, mode: str, start: int = 0, keep: int = 0) -> None:
+        self.mode, self.start, self.keep = mode, start, keep
         for layer in self.layers:
-            layer.mode, layer.start, layer.storage_dtype = mode, start, self.storage_dtype
+            layer.mode, layer.start, layer.keep, layer.storage_dtype = mode, start, keep, self.storage_dtype
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
         while len(self.layers) <= layer_idx:  # layers appear on first use
             layer = _BlockLayer()
-            layer.mode, layer.start, layer.storage_dtype = self.mode, self.start, self.storage_dtype
+            layer.mode, layer.start, layer.keep, layer.storage_dtype = self.mode, self.start, self.keep, self.storage_dtype
             self.layers.append(layer)
         return self.layers[layer_idx].update(key_states, value_states)
 
@@ -79,10 +87,10 @@ class BlockKVCache(Cache):
         """A copy in the same mode whose keys and values are ``rows`` of this cache's (new tensors, so an
         overwrite never reaches this cache)."""
         copy = BlockKVCache(self.storage_dtype)
-        copy.set_mode(self.mode, self.start)
+        copy.set_mode(self.mode, self.start, self.keep)
         for layer in self.layers:
             twin = shallow_copy(layer)  # its mode, start and transformers' own bookkeeping
-            if getattr(layer, "is_initialized", False):
+            if getattr(layer, "is_initialized", False) and layer.keys.dim() == 4:  # (not the empty start)
                 twin.keys, twin.values = rows(layer.keys), rows(layer.values)
             copy.layers.append(twin)
         return copy

@@ -22,7 +22,7 @@ from unmask.core.types import (
     StepObserver, StepView, StopCriterion, UnmaskPolicy,
 )
 
-__all__ = ["decode", "linear_schedule", "pad_prompts"]
+__all__ = ["decode", "block_columns", "linear_schedule", "pad_prompts"]
 
 
 def linear_schedule(masked_count: torch.Tensor, steps: int) -> torch.Tensor:
@@ -63,7 +63,7 @@ def decode(
     config: DecodeConfig | None = None,
     policy: UnmaskPolicy | Spec = "topk",
     stop: StopCriterion | Spec | Sequence[StopCriterion | Spec] | None = "none",
-    cache: CacheManager | Spec = "none",
+    cache: CacheManager | Spec | None = None,
     constraint: Constraint | Spec | None = None,
     tokenizer: Any = None,
     on_step: StepObserver | None = None,
@@ -73,7 +73,8 @@ def decode(
 
     ``input_ids`` is a left-padded (B, P) tensor with its ``attention_mask``, or a list of token lists.
     ``policy``, ``stop`` and ``cache`` are components or specs (``"threshold:tau=0.9"``, ``("topk", {"k": 2})``);
-    a list of stops is their ``any`` and ``None`` is ``"none"``. ``constraint`` (``"regex:pattern='...'"``)
+    a list of stops is their ``any`` and ``None`` is ``"none"``; ``cache=None`` is the model's own: ``"exact"``
+    for a block-causal model (one with a ``block_size``), else ``"none"``. ``constraint`` (``"regex:pattern='...'"``)
     keeps every answer completable into a word of its language; it reads the tokens' text through
     ``tokenizer``. ``settings`` are :class:`DecodeConfig` fields when no ``config`` is given.
     """
@@ -87,6 +88,22 @@ def decode(
         raise ValueError(f"mask_token_id and eos_token_id are both {mask_id}; the canvas needs them apart")
     input_ids, prompt_mask = _prompt_tensors(input_ids, attention_mask, eos_id)
     _check_prompts(input_ids, prompt_mask, model, config.gen_length)
+    block_size = _block_size(model, config)
+    if cache is None:  # the model's own: the exact cache of finished blocks where attention is block-causal
+        cache = "exact" if block_size else "none"
+    if block_size and ((input_ids.shape[1] - prompt_mask.sum(1)) % block_size).any():
+        # Blocks count from position 0: the canvas's columns must agree with positions modulo the block
+        # size, so rows whose prompt lengths differ modulo it decode as batches of their own (left-padded
+        # to their longest prompt), and the results join. ``on_step`` sees each batch's views.
+        residues = prompt_mask.sum(1) % block_size
+        groups = [(residues == r).nonzero().flatten() for r in sorted(set(residues.tolist()))]
+        results = []
+        for rows in groups:
+            ids, mask = pad_prompts([input_ids[i][prompt_mask[i].bool()].tolist() for i in rows], eos_id)
+            results.append(decode(model, ids.to(input_ids.device), attention_mask=mask.to(input_ids.device),
+                                  config=config, policy=policy, stop=stop, cache=cache, constraint=constraint,
+                                  tokenizer=tokenizer, on_step=on_step))
+        return _joined(results, groups)
     unmask_policy = create("policies", policy)
     if isinstance(stop, (list, tuple)) and not (len(stop) == 2 and isinstance(stop[1], dict)):
         stop = ("any", {"stops": stop})
@@ -124,10 +141,31 @@ def decode(
     global_step = 0
     lookbehind = int(bool(getattr(model, "shift_logits", False)))
 
+    blocks = block_columns(gen_start, config.gen_length, config.num_block_tokens, aligned=block_size is not None)
+    total_steps = len(blocks) * config.steps_per_block
+    finish_block = getattr(cache_manager, "finish_block", None)
+
+    def canvas_state(x: torch.Tensor, block: tuple[int, int], step: int) -> CanvasState:
+        """Columns past a row's end are hidden from it; a block-causal model needs none after the block."""
+        visible = int(canvas.row_end.max()) if block_size is None else min(int(canvas.row_end.max()), block[1])
+        attention = real[:, :visible] * (columns[None, :visible] < canvas.row_end[:, None])
+        return CanvasState(
+            input_ids=x[:, :visible], attention_mask=attention, position_ids=(attention.cumsum(-1) - 1).clamp(min=0),
+            block_start=block[0], block_end=block[1], step=step, lookbehind=lookbehind,
+        )
+
     with torch.inference_mode():
-        for block_index in range(config.num_blocks):
-            block_start = gen_start + block_index * config.num_block_tokens
-            block_end = block_start + config.num_block_tokens
+        for block_index, (block_start, block_end) in enumerate(blocks):
+            # The cache's forward on the finished block (an exact cache stores its keys/values), for the
+            # rows that have a part of it (EoTP may have cut a row before it).
+            finished = blocks[block_index - 1] if block_index else None
+            storing = ~done & (canvas.row_end > finished[0]) if finished else done
+            if callable(finish_block) and storing.any():
+                state = canvas_state(canvas.x, finished, 0)
+                plan = finish_block(state)
+                if plan is not None:
+                    _forward(model, canvas.x, state, plan, storing, max(mask_id, eos_id), global_step)
+                    nfe += storing.long()
             window = (columns >= block_start) & (columns < block_end)
             window = window[None, :].expand(batch, width)
             schedule = linear_schedule((canvas.x[:, block_start:block_end] == mask_id).sum(1), config.steps_per_block)
@@ -140,18 +178,8 @@ def decode(
                 if not row_active.any():
                     break
 
-                # Forward what the cache plans (or take a committed candidate's logits); columns past a
-                # row's end are hidden from it.
-                def canvas_state(x: torch.Tensor, step: int = step) -> CanvasState:
-                    visible = int(canvas.row_end.max())
-                    attention = real[:, :visible] * (columns[None, :visible] < canvas.row_end[:, None])
-                    return CanvasState(
-                        input_ids=x[:, :visible], attention_mask=attention,
-                        position_ids=(attention.cumsum(-1) - 1).clamp(min=0),
-                        block_start=block_start, block_end=block_end, step=step, lookbehind=lookbehind,
-                    )
-
-                state = canvas_state(x)
+                # Forward what the cache plans (or take a committed candidate's logits).
+                state = canvas_state(x, (block_start, block_end), step)
                 plan = cache_manager.plan(state)
                 # Rows whose canvas is a candidate scored last step take its logits and count no forward.
                 reused = reuse.rows(plan, x) if reuse is not None else torch.zeros_like(row_active)
@@ -166,7 +194,8 @@ def decode(
                 # Rows neither fed nor reused (done, or through with the block) have no predictions this step.
                 scored_rows = row_active | reused
                 scorer = CandidateScorer(
-                    model=model, cache_manager=cache_manager, next_state=lambda x: canvas_state(x, step + 1), x=x,
+                    model=model, cache_manager=cache_manager,
+                    next_state=lambda x: canvas_state(x, (block_start, block_end), step + 1), x=x,
                     row_active=row_active, nfe=nfe, candidate_rows=candidate_rows, temperature=config.temperature,
                     generator=generator, mask_id=mask_id, largest_id=max(mask_id, eos_id), global_step=global_step,
                 )
@@ -184,7 +213,7 @@ def decode(
                         nfe=nfe.clone(), logits=_block_logits(logits, plan.start, block_start, block_end),
                         generator=generator, gen_start=gen_start, block_start=block_start, block_end=block_end,
                         block_index=block_index, step=step, mask_token_id=mask_id, eos_token_id=eos_id,
-                        global_step=global_step, total_steps=config.num_steps, span_logits=logits,
+                        global_step=global_step, total_steps=total_steps, span_logits=logits,
                         span_start=plan.start, evaluate=scorer,
                     )
 
@@ -254,6 +283,41 @@ def decode(
         tokens=tokens, answer_lengths=answer_lengths, nfe=nfe, commit_step=canvas.commit_step,
         wall_s=time.perf_counter() - started, config=config, components=components, candidate_rows=candidate_rows,
     )
+
+
+def block_columns(gen_start: int, gen_length: int, size: int, *, aligned: bool = False) -> list[tuple[int, int]]:
+    """The blocks' columns ``[start, end)``: from the first answer column on, or with ``aligned`` at multiples
+    of ``size`` (block-causal models count blocks from position 0; the engine lays the canvas out so that
+    columns and positions agree modulo the block size), the first and last blocks then partial."""
+    end = gen_start + gen_length
+    edges = [gen_start, *range((gen_start // size + 1) * size if aligned else gen_start + size, end, size), end]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _block_size(model: Any, config: DecodeConfig) -> int | None:
+    """A block-causal model's block size (its ``block_size`` attribute), which must be the decode's blocks."""
+    size = getattr(model, "block_size", None)
+    if size is None:
+        return None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"the model's block_size must be a positive integer or None, got {size!r}")
+    if config.num_block_tokens != size:
+        raise ValueError(f"block_length={config.block_length}: the model attends block-causally over blocks of "
+                         f"{size} positions; decode with block_length={size}")
+    return size
+
+
+def _joined(results: Sequence[DecodeResult], groups: Sequence[torch.Tensor]) -> DecodeResult:
+    """One result of rows decoded in groups (``groups[g]``: the batch rows of ``results[g]``)."""
+    order = torch.cat(list(groups)).argsort()
+
+    def join(name: str) -> torch.Tensor | None:
+        parts = [getattr(result, name) for result in results]
+        return None if parts[0] is None else torch.cat(parts)[order]
+
+    return attrs.evolve(results[0], tokens=join("tokens"), answer_lengths=join("answer_lengths"), nfe=join("nfe"),
+                        commit_step=join("commit_step"), candidate_rows=join("candidate_rows"),
+                        wall_s=sum(result.wall_s for result in results))
 
 
 def _token_id(configured: int | None, model: Any, name: str) -> int:

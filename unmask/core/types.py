@@ -241,6 +241,9 @@ class CacheManager(Protocol):
 
     def plan(self, state: CanvasState) -> ForwardPlan: ...
 
+    # Optional: ``finish_block(state) -> ForwardPlan | None``, a forward the engine runs once a block is
+    # finished, counted in the NFE (the exact cache of a block-causal model stores the block with it).
+
 
 @runtime_checkable
 class DenoiserModel(Protocol):
@@ -259,6 +262,9 @@ class DenoiserModel(Protocol):
     @property
     def shift_logits(self) -> bool:
         """Dream-style: the logits at i predict position i + 1."""
+
+    # Optional: ``block_size`` (int), for a model that attends block-causally over blocks of that many
+    # positions from position 0 (SDAR, Fast-dLLM v2, LLaDA 2.0); the engine aligns its blocks to them.
 
     def __call__(
         self,

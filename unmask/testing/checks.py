@@ -106,7 +106,8 @@ def check_cache_manager(cache: Any, *, models: Sequence[Any]) -> None:
 
     ``models`` are denoisers that take KV caches, for example
     ``[tiny_denoiser("llama"), tiny_denoiser("qwen2")]`` from :mod:`unmask.contrib.models.tiny` (a
-    random Llama, and a Qwen2 that shifts its logits as Dream does).
+    random Llama, and a Qwen2 that shifts its logits as Dream does), and block-causal ones
+    (``tiny_denoiser("llama", block_size=4)``); each is checked with the caches and configs it serves.
     """
 
     def components(rows: Sequence[int], gen: int, vocab: int, mask_id: int) -> dict[str, Any]:
@@ -168,7 +169,7 @@ def _check_decodes(
         for config in CONFIGS:
             context = (config.gen_length, model.vocab_size, model.mask_token_id)
             rows = range(len(PROMPTS))
-            if not _serves(components(rows, *context), config):
+            if not _serves(components(rows, *context), config, model):
                 continue  # a config the component refuses up front (check_config), e.g. sampling for a greedy method
             served += 1
             first = _watched_decode(model, PROMPTS, config, components(rows, *context))
@@ -185,12 +186,19 @@ def _check_decodes(
     assert served, "the components refused every configuration of the checks"
 
 
-def _serves(components: dict[str, Any], config: DecodeConfig) -> bool:
-    """Whether the components accept ``config`` (their optional ``check_config``)."""
+def _serves(components: dict[str, Any], config: DecodeConfig, model: Any) -> bool:
+    """Whether the components accept ``config`` (their optional ``check_config``) and the model (a cache's
+    ``reset(model)``: the exact cache serves block-causal models only, prefix and dual the others), and
+    whether a block-causal model decodes blocks of this length."""
+    block_size = getattr(model, "block_size", None)
+    if block_size is not None and config.num_block_tokens != block_size:
+        return False
     kinds = {"policy": "policies", "stop": "stops", "cache": "caches", "constraint": "constraints"}
-    made = [registry().create(kinds[key], spec) for key, spec in components.items() if key in kinds]
+    made = {key: registry().create(kinds[key], spec) for key, spec in components.items() if key in kinds}
     try:
-        check_config(made, config)
+        check_config(list(made.values()), config)
+        if "cache" in made:
+            made["cache"].reset(model)
     except ValueError:
         return False
     return True
@@ -208,6 +216,8 @@ def _watched_decode(model: Any, prompts: Sequence[Sequence[int]], config: Decode
         assert not (committed & ~_allowed(view, reach)).any(), f"a commit left masked ∩ {reach}"
         assert committed[view.row_active].any(1).all(), "an active row committed nothing"
         assert not committed[~view.row_active].any(), "an inactive row committed"
+        if view.global_step == 0:  # a decode's first step (a block-causal model decodes groups of rows in turn)
+            previous.clear()
         if previous:
             kept = previous[-1] != view.mask_token_id
             assert torch.equal(view.x[kept], previous[-1][kept]), "a committed token changed"

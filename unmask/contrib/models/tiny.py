@@ -58,15 +58,16 @@ def tiny_model(architecture: str, tokenizer: Any, *, seed: int = 0) -> Any:
     raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
 
 
-def tiny_denoiser(architecture: str = "llama", *, seed: int = 0) -> Any:
-    """A tiny model wrapped as a ``DenoiserModel`` that takes KV caches (``llama`` or ``qwen2``)."""
+def tiny_denoiser(architecture: str = "llama", *, seed: int = 0, block_size: int | None = None) -> Any:
+    """A tiny model wrapped as a ``DenoiserModel`` that takes KV caches (``llama`` or ``qwen2``); with
+    ``block_size`` it attends block-causally (blocks of that many positions from position 0)."""
     from unmask.contrib.models.transformers import SHIFTED_MODEL_TYPES, TransformersDenoiser
 
     tokenizer = tiny_tokenizer()
     model = tiny_model(architecture, tokenizer, seed=seed)
     return TransformersDenoiser(
         model=model, mask_token_id=tokenizer.mask_token_id, eos_token_id=tokenizer.eos_token_id,
-        shift_logits=model.config.model_type in SHIFTED_MODEL_TYPES,
+        shift_logits=model.config.model_type in SHIFTED_MODEL_TYPES, block_size=block_size,
     )
 
 

@@ -15,7 +15,7 @@ from attrs import define, field
 from unmask.core.engine import decode, pad_prompts
 from unmask.core.types import DecodeResult
 
-__all__ = ["TransformersDenoiser", "CacheNotSupportedError", "load", "encode_prompts", "decode_answers", "decode_text",
+__all__ = ["TransformersDenoiser", "CacheNotSupportedError", "block_causal_mask", "load", "encode_prompts", "decode_answers", "decode_text",
            "weights_hash"]
 
 # Model types adapted from autoregressive checkpoints that keep the next-token shift (Dream: Qwen2.5).
@@ -66,6 +66,11 @@ class TransformersDenoiser:
 
     Dream-style models (``shift_logits``) predict position i + 1 at i; the adapter shifts their logits
     right by one so that column i always predicts position i, as Dream's own sampler does.
+
+    Block-diffusion models (``block_size`` set: SDAR, Fast-dLLM v2, LLaDA 2.0) attend block-causally:
+    blocks of ``block_size`` positions counted from position 0, a position sees its own block and earlier
+    ones. The adapter builds that mask from the engine's key mask and position ids (see
+    :func:`block_causal_mask`), so the transformers class underneath may be an ordinary causal one.
     """
 
     model: Any
@@ -73,6 +78,7 @@ class TransformersDenoiser:
     eos_token_id: int
     shift_logits: bool = False
     remote_code: bool = False
+    block_size: int | None = None
     cache_argument: str | None = field(init=False)
     accepts_positions: bool = field(init=False)
 
@@ -107,6 +113,11 @@ class TransformersDenoiser:
         attention_mask: torch.Tensor | None = None,
         past_key_values: Any = None,
     ) -> torch.Tensor:
+        if self.block_size is not None:
+            if position_ids is None or attention_mask is None:
+                raise ValueError("a block-causal model needs position_ids and attention_mask for its mask")
+            attention_mask = block_causal_mask(attention_mask, position_ids, self.block_size,
+                                               self.model.get_input_embeddings().weight.dtype)
         inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if position_ids is not None and self.accepts_positions:
             inputs["position_ids"] = position_ids
@@ -124,6 +135,18 @@ class TransformersDenoiser:
         if self.shift_logits:
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits
+
+
+def block_causal_mask(keys: torch.Tensor, query_positions: torch.Tensor, block_size: int,
+                      dtype: torch.dtype) -> torch.Tensor:
+    """(B, 1, Q, K) additive mask: query q sees key k iff k is a real token and block(k) <= block(q), with
+    block(p) = p // block_size. ``keys`` (B, K) marks the real keys, which are the canvas columns [0, K) in
+    order (every cache manager keeps them so); their positions are counted from it."""
+    key_positions = keys.long().cumsum(-1) - 1
+    seen = keys.bool()[:, None, :] & (
+        key_positions[:, None, :] // block_size <= query_positions.long()[:, :, None] // block_size)
+    return torch.zeros(seen.shape, dtype=dtype, device=keys.device).masked_fill(
+        ~seen, torch.finfo(dtype).min)[:, None]
 
 
 def load(

@@ -1,0 +1,118 @@
+"""Block-causal models (SDAR, Fast-dLLM v2, LLaDA 2.0): the attention mask, blocks counted from position 0,
+the exact cache of finished blocks, and every policy decoding through them unchanged."""
+
+import pytest
+import torch
+
+import unmask
+from unmask.contrib.models.tiny import tiny_denoiser
+from unmask.contrib.models.transformers import block_causal_mask
+from unmask.core.engine import block_columns, pad_prompts
+
+BLOCK = 4
+# 16 prompts of lengths 1-16: every residue modulo the block, so rows decode in groups.
+PROMPTS = [[5 + (row * 7 + i) % 30 for i in range(1 + row)] for row in range(16)]
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def model(request):
+    """SDAR-style (no shift) and Fast-dLLM v2-style (Qwen2, logits shifted by one) block-causal models."""
+    return tiny_denoiser(request.param, block_size=BLOCK)
+
+
+def full_forward(model, x, real):
+    """Logits of an uncached block-causal forward over the whole canvas."""
+    positions = (real.cumsum(-1) - 1).clamp(min=0)
+    return model(x, position_ids=positions, attention_mask=real)
+
+
+def test_the_mask_is_block_causal_from_position_zero():
+    keys = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1]])  # two padding columns, then positions 0-5
+    positions = (keys.cumsum(-1) - 1).clamp(min=0)
+    seen = block_causal_mask(keys, positions, 4, torch.float32)[0, 0] == 0
+    # Position 1 (column 3) sees positions 0-3, not 4-5; position 4 (column 6) sees all six; padding nothing.
+    assert seen[3].tolist() == [False, False, True, True, True, True, False, False]
+    assert seen[6].tolist() == [False, False] + [True] * 6
+
+
+def test_later_blocks_never_change_the_logits_of_earlier_ones(model):
+    x, real = pad_prompts([[7] * 6, [9] * 9], model.eos_token_id)
+    x = torch.cat([x, torch.randint(4, 30, (2, 12))], 1)
+    real = torch.cat([real, torch.ones(2, 12, dtype=torch.long)], 1)
+    before = full_forward(model, x, real)
+    changed = x.clone()
+    changed[:, -5:] = torch.randint(4, 30, (2, 5))
+    after = full_forward(model, changed, real)
+    positions = (real.cumsum(-1) - 1).clamp(min=0)
+    # Columns whose block ends before the first changed position (with a shift, the logit of the block's
+    # first position comes from the column before, which is in an earlier block too).
+    changed_from = positions[:, -5]
+    earlier = (positions // BLOCK < changed_from[:, None] // BLOCK) & real.bool()
+    earlier[:, -5:] = False
+    assert torch.allclose(before[earlier], after[earlier], atol=1e-6)
+    assert not torch.allclose(before[:, -5:], after[:, -5:])
+
+
+@pytest.mark.parametrize("policy", ["topk", "threshold:tau=0.3"])
+def test_exact_cache_gives_the_uncached_logits_and_one_more_forward_per_finished_block(model, policy):
+    """Each step's block logits under the exact cache equal an uncached forward over the whole canvas
+    (float32, atol 1e-5); the tokens equal the uncached decode's; forwards = steps + 1 per block but the last."""
+    gaps = []
+
+    def compare(view):  # (after the step: the canvas the forward saw had this step's commits masked)
+        seen = view.x.masked_fill(view.committed, model.mask_token_id)
+        real = (torch.arange(seen.shape[1])[None] >= (seen == model.eos_token_id).cumprod(1).sum(1)[:, None])
+        full = full_forward(model, seen, real.long())[:, view.block_start:view.block_end]
+        rows = view.row_active
+        gaps.append(float((full[rows] - view.logits[rows]).abs().max()))
+
+    cached = unmask.decode(model, PROMPTS, gen_length=16, block_length=BLOCK, policy=policy, cache="exact",
+                           on_step=compare)
+    plain = unmask.decode(model, PROMPTS, gen_length=16, block_length=BLOCK, policy=policy, cache="none")
+    assert gaps and max(gaps) < 1e-5
+    assert torch.equal(cached.tokens, plain.tokens)
+    lengths = torch.tensor([len(p) for p in PROMPTS])
+    blocks = torch.tensor([len(block_columns(int(n), 16, BLOCK, aligned=True)) for n in lengths])
+    assert torch.equal(cached.nfe, plain.nfe + blocks - 1)
+    if policy == "topk":  # one token per step
+        assert (plain.nfe == 16).all()
+
+
+def test_blocks_finish_in_order_and_a_batch_decodes_as_each_row_alone(model):
+    result = unmask.decode(model, PROMPTS, gen_length=16, block_length=BLOCK, policy="threshold:tau=0.3",
+                           stop="eotp")
+    for row, prompt in enumerate(PROMPTS):
+        alone = unmask.decode(model, [prompt], gen_length=16, block_length=BLOCK, policy="threshold:tau=0.3",
+                              stop="eotp")
+        assert torch.equal(alone.tokens[0], result.tokens[row]) and alone.nfe[0] == result.nfe[row]
+        steps = result.commit_step[row]
+        blocks = block_columns(len(prompt), 16, BLOCK, aligned=True)
+        last = -1
+        for start, end in blocks:
+            block = steps[start - len(prompt):end - len(prompt)]
+            block = block[block >= 0]  # cut by EoTP: never committed
+            if len(block):
+                assert int(block.min()) > last, f"row {row}: a block began before the one before it finished"
+                last = int(block.max())
+
+
+@pytest.mark.parametrize("policy", ["topk", "threshold:tau=0.9", "entropy_bound", "entropy_threshold", "margin",
+                                    "local_leap", "freedave:draft_steps=3", "learn2pd", "random"])
+@pytest.mark.parametrize("stop", ["none", "eotp", "prophet"])
+def test_every_policy_and_stop_decodes_a_block_causal_model(policy, stop):
+    model = tiny_denoiser("llama", block_size=32)
+    result = unmask.decode(model, PROMPTS[:5], gen_length=64, block_length=32, policy=policy, stop=stop)
+    assert not (result.tokens == model.mask_token_id).any()
+    assert result.components["cache"]["name"] == "exact"
+
+
+def test_caches_refuse_the_models_they_do_not_fit():
+    block_model, plain_model = tiny_denoiser("llama", block_size=BLOCK), tiny_denoiser("llama")
+    for cache in ("prefix", "dual"):
+        with pytest.raises(ValueError, match="block-causally.*cache='exact'"):
+            unmask.decode(block_model, PROMPTS[:2], gen_length=8, block_length=BLOCK, cache=cache)
+    with pytest.raises(ValueError, match="cache exact needs a block-causal model"):
+        unmask.decode(plain_model, PROMPTS[:2], gen_length=8, block_length=BLOCK, cache="exact")
+    with pytest.raises(ValueError, match="block_length=8: .* blocks of 4 positions"):
+        unmask.decode(block_model, PROMPTS[:2], gen_length=16, block_length=8)
+    assert unmask.decode(plain_model, PROMPTS[:2], gen_length=8).components["cache"]["name"] == "none"
