@@ -122,14 +122,20 @@ def decode(
     started = time.perf_counter()
     device = input_ids.device
     batch, gen_start = input_ids.shape
-    width = gen_start + config.gen_length
+    # A block-causal model decodes whole blocks (as SDAR's and LLaDA 2.0's loops do): the canvas runs to
+    # the end of the block holding the answer's last position, and the answer is cut to gen_length after.
+    length = config.gen_length
+    if block_size is not None:
+        length = -(-(gen_start + length) // block_size) * block_size - gen_start
+        _check_prompts(input_ids, prompt_mask, model, length)
+    width = gen_start + length
     canvas = _Canvas(
-        x=torch.cat([input_ids, input_ids.new_full((batch, config.gen_length), mask_id)], dim=1),
+        x=torch.cat([input_ids, input_ids.new_full((batch, length), mask_id)], dim=1),
         row_end=torch.full((batch,), width, device=device),
-        commit_step=torch.full((batch, config.gen_length), -1, dtype=torch.long, device=device),
+        commit_step=torch.full((batch, length), -1, dtype=torch.long, device=device),
         gen_start=gen_start, mask_id=mask_id, eos_id=eos_id,
     )
-    real = torch.cat([prompt_mask, prompt_mask.new_ones((batch, config.gen_length))], dim=1)  # (B, L)
+    real = torch.cat([prompt_mask, prompt_mask.new_ones((batch, length))], dim=1)  # (B, L)
     columns = torch.arange(width, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     nfe = torch.zeros(batch, dtype=torch.long, device=device)
@@ -141,7 +147,7 @@ def decode(
     global_step = 0
     lookbehind = int(bool(getattr(model, "shift_logits", False)))
 
-    blocks = block_columns(gen_start, config.gen_length, config.num_block_tokens, aligned=block_size is not None)
+    blocks = block_columns(gen_start, length, config.num_block_tokens, aligned=block_size is not None)
     total_steps = len(blocks) * config.steps_per_block
     finish_block = getattr(cache_manager, "finish_block", None)
 
@@ -269,7 +275,7 @@ def decode(
                 step += 1
                 global_step += 1
 
-    tokens = canvas.x[:, gen_start:]
+    tokens = canvas.x[:, gen_start:gen_start + config.gen_length]
     is_eos = tokens == eos_id
     answer_lengths = torch.where(is_eos.any(1), is_eos.long().argmax(1), torch.full_like(nfe, config.gen_length))
     components = {
@@ -280,7 +286,7 @@ def decode(
     if constrainer is not None:
         components["constraint"] = describe("constraints", constrainer)
     return DecodeResult(
-        tokens=tokens, answer_lengths=answer_lengths, nfe=nfe, commit_step=canvas.commit_step,
+        tokens=tokens, answer_lengths=answer_lengths, nfe=nfe, commit_step=canvas.commit_step[:, :config.gen_length],
         wall_s=time.perf_counter() - started, config=config, components=components, candidate_rows=candidate_rows,
     )
 
