@@ -158,3 +158,37 @@ def test_sdar_reference_loop_gives_the_tokens_of_the_matching_policy(rule, polic
     if rule == "low_confidence_dynamic":  # the threshold committed several tokens in some steps
         static = unmask.decode(model, PROMPTS, gen_length=16, block_length=BLOCK, steps=16, policy="topk")
         assert (result.nfe < static.nfe).any() and not torch.equal(result.tokens, static.tokens)
+
+
+@pytest.mark.parametrize("layout, family, shift", [("sdar", "Qwen3ForCausalLM", False),
+                                                   ("fast_dllm_v2", "Qwen2ForCausalLM", True)])
+def test_sdar_and_fast_dllm_v2_checkpoints_load_natively_with_their_block_size(layout, family, shift, tmp_path):
+    from unmask.contrib.models.tiny import save_tiny_block_diffusion
+
+    directory = save_tiny_block_diffusion(layout, tmp_path / layout, block_size=BLOCK)
+    model, tokenizer = unmask.load(str(directory))  # no remote code: their modelling files are not even there
+    assert (type(model.model).__name__, model.block_size, model.shift_logits) == (family, BLOCK, shift)
+    assert model.mask_token_id == tokenizer.mask_token_id and model.accepts_cache
+    result = unmask.decode(model, PROMPTS[:6], gen_length=16, block_length=BLOCK, policy="threshold:tau=0.3")
+    assert result.components["cache"]["name"] == "exact"
+    assert torch.equal(result.tokens, unmask.decode(model, PROMPTS[:6], gen_length=16, block_length=BLOCK,
+                                                    policy="threshold:tau=0.3", cache="none").tokens)
+    with pytest.raises(ValueError, match="trained with blocks of 4"):
+        unmask.load(str(directory), block_size=8)
+
+
+def test_llada2_needs_the_users_trust_and_takes_its_block_size_at_load(tmp_path):
+    from unmask.contrib.models.tiny import save_tiny_block_diffusion
+
+    directory = save_tiny_block_diffusion("llada2", tmp_path / "llada2")
+    with pytest.raises(ValueError, match="LLaDA 2.0.*trust_remote_code=True"):
+        unmask.load(str(directory))
+    model, tokenizer = unmask.load(str(directory), trust_remote_code=True, block_size=BLOCK)
+    assert model.block_size == BLOCK and not model.accepts_cache
+    result = unmask.decode(model, PROMPTS[:3], gen_length=8, block_length=BLOCK)
+    assert result.components["cache"]["name"] == "none" and not (result.tokens == model.mask_token_id).any()
+    assert unmask.load(str(directory), trust_remote_code=True)[0].block_size == 32
+    from unmask.contrib.models.tiny import save_tiny
+
+    with pytest.raises(ValueError, match="block_size: the model .* is not a block-diffusion checkpoint"):
+        unmask.load(str(save_tiny("llama", tmp_path / "llama")), block_size=4)

@@ -287,7 +287,8 @@ def add_decode_arguments(
     if components:
         parser.add_argument("--policy", default="topk", help=f"unmask policy: {COMPONENT_HELP} (default: topk)")
         parser.add_argument("--stop", default=None, help=f"stop criterion, e.g. eotp: {COMPONENT_HELP}")
-        parser.add_argument("--cache", default="none", help="KV-cache manager (default: none)")
+        parser.add_argument("--cache", default=None, help="KV-cache manager (default: the model's own: exact for "
+                            "block-diffusion models, none for the others)")
         parser.add_argument("--constraint", default=None, help="structured output, e.g. \"regex:pattern='[a-z ]+'\" "
                             "(quote values holding , + : = or spaces); default: none")
     parser.add_argument("--gen-length", type=positive_int, default=64, help="tokens to generate (default: 64)")

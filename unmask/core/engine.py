@@ -74,7 +74,7 @@ def decode(
     ``input_ids`` is a left-padded (B, P) tensor with its ``attention_mask``, or a list of token lists.
     ``policy``, ``stop`` and ``cache`` are components or specs (``"threshold:tau=0.9"``, ``("topk", {"k": 2})``);
     a list of stops is their ``any`` and ``None`` is ``"none"``; ``cache=None`` is the model's own: ``"exact"``
-    for a block-causal model (one with a ``block_size``), else ``"none"``. ``constraint`` (``"regex:pattern='...'"``)
+    for a block-causal model (one with a ``block_size``) that takes a KV cache, else ``"none"``. ``constraint`` (``"regex:pattern='...'"``)
     keeps every answer completable into a word of its language; it reads the tokens' text through
     ``tokenizer``. ``settings`` are :class:`DecodeConfig` fields when no ``config`` is given.
     """
@@ -90,7 +90,7 @@ def decode(
     _check_prompts(input_ids, prompt_mask, model, config.gen_length)
     block_size = _block_size(model, config)
     if cache is None:  # the model's own: the exact cache of finished blocks where attention is block-causal
-        cache = "exact" if block_size else "none"
+        cache = "exact" if block_size and getattr(model, "accepts_cache", False) else "none"
     if block_size and ((input_ids.shape[1] - prompt_mask.sum(1)) % block_size).any():
         # Blocks count from position 0: the canvas's columns must agree with positions modulo the block
         # size, so rows whose prompt lengths differ modulo it decode as batches of their own (left-padded

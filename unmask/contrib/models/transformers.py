@@ -7,11 +7,13 @@ import inspect
 import math
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import torch
 from attrs import define, field
 
+from unmask.contrib.models.block_diffusion import family_of, load_block_diffusion, mask_id_of
 from unmask.core.engine import decode, pad_prompts
 from unmask.core.types import DecodeResult
 
@@ -158,6 +160,7 @@ def load(
     shift_logits: bool | None = None,
     device_map: Any = None,
     download: bool = False,
+    block_size: int | None = None,
 ) -> tuple[TransformersDenoiser, Any]:
     """Load a dLLM as ``(model, tokenizer)``: a registered model name (``reference``: the bundled model),
     a local checkpoint directory or a Hub id.
@@ -165,6 +168,11 @@ def load(
     Mask and EOS ids come from the tokenizer, else the config. ``shift_logits`` defaults to
     :func:`keeps_next_token_shift`. ``dtype``: ``auto``, ``float32`` (the default), ``bfloat16`` or
     ``float16``; ``device_map`` is passed to transformers (then ``device`` is not applied).
+
+    Block-diffusion checkpoints are recognised from config.json (SDAR's ``model_type`` "sdar" with
+    ``block_size``, Fast-dLLM v2's ``bd_size``, LLaDA 2.0's "llada2_moe", whose block size is the
+    ``block_size`` argument, 32 by default): the adapter attends block-causally (see
+    :mod:`unmask.contrib.models.block_diffusion`); decode them with ``block_length`` equal to it.
     """
     from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
@@ -182,6 +190,26 @@ def load(
             adapter.shift_logits = shift_logits
         return adapter, tokenizer
     hub = {"local_files_only": not download}
+    raw = _raw_config(source, hub)
+    family = family_of(raw) if raw is not None else None
+    if family is not None:
+        check_model_size(SimpleNamespace(**raw), source, on_cpu=device_map is None and torch.device(device).type == "cpu")
+        model, tokenizer, size = load_block_diffusion(source, raw, family, trust_remote_code=trust_remote_code,
+                                                      block_size=block_size, dtype=torch_dtype, device_map=device_map,
+                                                      hub=hub)
+        model = (model if device_map is not None else model.to(device)).eval()
+        eos_id = _first_id(tokenizer.eos_token_id, raw.get("eos_token_id"))
+        if eos_id is None:
+            raise ValueError(f"the model at {source} has no EOS token: neither its tokenizer nor its config names one")
+        adapter = TransformersDenoiser(
+            model=model, mask_token_id=mask_id_of(family, raw, tokenizer), eos_token_id=eos_id,
+            shift_logits=family.shift_logits if shift_logits is None else shift_logits,
+            remote_code=family.native is None, block_size=size,
+        )
+        return adapter, tokenizer
+    if block_size is not None:
+        raise ValueError(f"block_size: the model at {source} is not a block-diffusion checkpoint (SDAR, Fast-dLLM v2, "
+                         "LLaDA 2.0)")
     config = _load_config(AutoConfig, source, trust_remote_code, hub)
     check_model_size(config, source, on_cpu=device_map is None and torch.device(device).type == "cpu")
     remote = bool(getattr(config, "auto_map", None))
@@ -258,6 +286,18 @@ def decode_text(
         kwargs.setdefault("tokenizer", tokenizer)
     result = decode(model, input_ids.to(model.device), attention_mask=attention_mask.to(model.device), **kwargs)
     return decode_answers(tokenizer, result), result
+
+
+def _raw_config(source: str, hub: dict[str, Any]) -> dict[str, Any] | None:
+    """config.json as a dict, without instantiating its class (SDAR's model_type is unknown to
+    transformers); None where there is none to read, and the ordinary load names the problem."""
+    from transformers import PretrainedConfig
+
+    try:
+        config, _ = PretrainedConfig.get_config_dict(source, **hub)
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
 
 
 def _looks_like_path(source: str) -> bool:

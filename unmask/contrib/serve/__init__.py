@@ -23,7 +23,7 @@ def serve(model: Any, tokenizer: Any, args: argparse.Namespace) -> int:
     from unmask.contrib.serve.app import SHUTDOWN_S
     from unmask.contrib.serve.batching import Settings
 
-    defaults = Settings(policy=args.policy, stop=args.stop or "none", cache=args.cache,
+    defaults = Settings(policy=args.policy, stop=args.stop or "none", cache=args.cache or "none",
                         constraint=args.constraint or "none", gen_length=args.gen_length,
                         block_length=args.block_length, temperature=args.temperature, seed=args.decode_seed)
     app = build_app(model, tokenizer, name=args.model or "reference", defaults=defaults, max_batch=args.max_batch,
