@@ -56,7 +56,8 @@ def test_later_blocks_never_change_the_logits_of_earlier_ones(model):
 @pytest.mark.parametrize("policy", ["topk", "threshold:tau=0.3"])
 def test_exact_cache_gives_the_uncached_logits_and_one_more_forward_per_finished_block(model, policy):
     """Each step's block logits under the exact cache equal an uncached forward over the whole canvas
-    (float32, atol 1e-5); the tokens equal the uncached decode's; forwards = steps + 1 per block but the last."""
+    (float32, atol 1e-5); the tokens equal the uncached decode's; forwards = steps + 1 per block but the last
+    (a shifted model's storing forward also gives the next block's first token, which uncached costs one)."""
     gaps = []
 
     def compare(view):  # (after the step: the canvas the forward saw had this step's commits masked)
@@ -73,7 +74,8 @@ def test_exact_cache_gives_the_uncached_logits_and_one_more_forward_per_finished
     assert torch.equal(cached.tokens, plain.tokens)
     lengths = torch.tensor([len(p) for p in PROMPTS])
     blocks = torch.tensor([len(block_columns(int(n), 16, BLOCK, aligned=True)) for n in lengths])
-    assert torch.equal(cached.nfe, plain.nfe + blocks - 1)
+    # A shifted model's next first token comes from the storing forward; uncached it costs one forward too.
+    assert torch.equal(cached.nfe, plain.nfe + (0 if model.shift_logits else blocks - 1))
     if policy == "topk":  # one token per step, over the canvas up to the end of the answer's last block
         assert torch.equal(plain.nfe, -(-(lengths + 16) // BLOCK) * BLOCK - lengths)
 
@@ -118,6 +120,15 @@ def test_caches_refuse_the_models_they_do_not_fit():
     assert unmask.decode(plain_model, PROMPTS[:2], gen_length=8).components["cache"]["name"] == "none"
 
 
+def greedy(logits, mask_id):
+    """Temperature 0 as the engine reads it: the argmax (the runner-up where that is [MASK], which would leave
+    the position masked) and its softmax probability in float64, as the reference samplers compute it."""
+    probability = logits.double().softmax(-1)
+    probability[..., mask_id] = -1.0
+    confidence, x0 = probability.max(-1)
+    return confidence, x0
+
+
 def sdar_loop(model, prompt, gen_length, steps, rule, tau=0.85):
     """SDAR's ``block_diffusion_generate`` (JetAstra/SDAR, generate.py) re-implemented for one prompt, greedy
     (temperature 0 as argmax; conf = the argmax's probability), without a cache: every step runs the
@@ -134,7 +145,7 @@ def sdar_loop(model, prompt, gen_length, steps, rule, tau=0.85):
             if not masked.any():
                 break
             logits = full_forward(model, x[:, :end], torch.ones(1, end, dtype=torch.long))[0, start:end]
-            probability, x0 = logits.softmax(-1).max(-1)
+            probability, x0 = greedy(logits, model.mask_token_id)
             confidence = torch.where(masked, probability, float("-inf"))
             top = torch.zeros_like(masked)
             top[confidence.topk(int(per_step[step])).indices] = True
@@ -192,3 +203,45 @@ def test_llada2_needs_the_users_trust_and_takes_its_block_size_at_load(tmp_path)
 
     with pytest.raises(ValueError, match="block_size: the model .* is not a block-diffusion checkpoint"):
         unmask.load(str(save_tiny("llama", tmp_path / "llama")), block_size=4)
+
+
+def fast_dllm_v2_loop(model, prompt, gen_length, sub_block, tau):
+    """Fast-dLLM v2's ``batch_sample`` (NVlabs/Fast-dLLM, v2/generation_functions.py) re-implemented for one
+    prompt, greedy, without a cache (every forward runs the canvas up to the block's end): a block that
+    starts at an answer position takes its first token by argmax from the position before (the prefill's or
+    the previous block's storing forward); then its sub-blocks, left to right, each until it has no mask:
+    commit every masked position of the sub-block with probability > tau, and always its most probable one.
+    The adapter's logits are already shifted (column i predicts position i)."""
+    size = model.block_size
+    blocks = -(-(len(prompt) + gen_length) // size)
+    x = torch.full((1, blocks * size), model.mask_token_id)
+    x[0, :len(prompt)] = torch.tensor(prompt)
+
+    def logits_up_to(end):
+        return full_forward(model, x[:, :end], torch.ones(1, end, dtype=torch.long))[0]
+
+    for block in range(len(prompt) // size, blocks):
+        start, end = block * size, (block + 1) * size
+        if start >= len(prompt):
+            x[0, start] = greedy(logits_up_to(start + 1)[start], model.mask_token_id)[1]
+        for sub in range(start, end, sub_block):
+            while (masked := x[0, sub:sub + sub_block] == model.mask_token_id).any():
+                probability, x0 = greedy(logits_up_to(end)[sub:sub + sub_block], model.mask_token_id)
+                confidence = torch.where(masked, probability, float("-inf"))
+                commit = (confidence > tau) | (torch.arange(sub_block) == confidence.argmax())
+                x[0, sub:sub + sub_block] = torch.where(commit & masked, x0, x[0, sub:sub + sub_block])
+    return x[0, len(prompt):len(prompt) + gen_length]
+
+
+def test_fast_dllm_v2_reference_loop_gives_the_tokens_of_threshold_on_sub_blocks():
+    """Blocks of 8 decoded as sub-blocks of 4 (Fast-dLLM v2's 32 and 8, scaled down), 16 prompts of varied
+    length, batched, with the exact cache and without."""
+    model = tiny_denoiser("qwen2", block_size=8, seed=2)
+    with torch.inference_mode():
+        expected = torch.stack([fast_dllm_v2_loop(model, prompt, 16, 4, tau=0.03) for prompt in PROMPTS])
+    for cache in ("exact", "none"):
+        result = unmask.decode(model, PROMPTS, gen_length=16, block_length=4, policy="threshold:tau=0.03",
+                               cache=cache)
+        assert torch.equal(result.tokens, expected), cache
+    with pytest.raises(ValueError, match="block_length=3: .* a divisor of it"):
+        unmask.decode(model, PROMPTS[:1], gen_length=12, block_length=3)

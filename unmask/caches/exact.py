@@ -60,9 +60,11 @@ class ExactBlockCache:
                            past_key_values=self._cache, fills_cache=keep > 0)
 
     def finish_block(self, state: CanvasState) -> ForwardPlan | None:
-        """The forward on the finished block ``state.block_start:block_end`` that stores its keys/values
-        (None where EoTP cut every row before it: nothing to store)."""
-        end = state.input_ids.shape[1]
+        """The forward on the model block that ``state.block_start:block_end`` finished, storing its
+        keys/values; it runs all of ``state``'s columns (a shifted model's next first token is predicted
+        from the last). None where EoTP cut every row before the block: nothing to store."""
+        width = state.input_ids.shape[1]
+        end = min(-(-state.block_end // self._block_size) * self._block_size, width)
         start = min(self._stored, end)
         if start == end:
             return None
@@ -70,5 +72,5 @@ class ExactBlockCache:
             self._cache.keep_first(start)
         self._cache.set_mode("extend", keep=end - start)
         self._stored = end
-        return ForwardPlan(start=start, end=end, attention_mask=state.attention_mask, past_key_values=self._cache,
+        return ForwardPlan(start=start, end=width, attention_mask=state.attention_mask, past_key_values=self._cache,
                            fills_cache=True)

@@ -151,9 +151,12 @@ def decode(
     total_steps = len(blocks) * config.steps_per_block
     finish_block = getattr(cache_manager, "finish_block", None)
 
-    def canvas_state(x: torch.Tensor, block: tuple[int, int], step: int) -> CanvasState:
-        """Columns past a row's end are hidden from it; a block-causal model needs none after the block."""
-        visible = int(canvas.row_end.max()) if block_size is None else min(int(canvas.row_end.max()), block[1])
+    def canvas_state(x: torch.Tensor, block: tuple[int, int], step: int, extra: int = 0) -> CanvasState:
+        """Columns past a row's end are hidden from it; a block-causal model needs none after its model
+        block (``extra`` more: a shifted model's prediction of the next block's first token)."""
+        visible = int(canvas.row_end.max())
+        if block_size is not None:
+            visible = min(visible, -(-block[1] // block_size) * block_size + extra)
         attention = real[:, :visible] * (columns[None, :visible] < canvas.row_end[:, None])
         return CanvasState(
             input_ids=x[:, :visible], attention_mask=attention, position_ids=(attention.cumsum(-1) - 1).clamp(min=0),
@@ -162,16 +165,35 @@ def decode(
 
     with torch.inference_mode():
         for block_index, (block_start, block_end) in enumerate(blocks):
-            # The cache's forward on the finished block (an exact cache stores its keys/values), for the
-            # rows that have a part of it (EoTP may have cut a row before it).
+            # A shifted block-causal model (Fast-dLLM v2) predicts a block's first token from the previous
+            # block's last position, outside the block's own forwards: it is committed first, by argmax.
+            seeded = bool(lookbehind) and block_size is not None and block_start % block_size == 0
+            # Once a model block is finished, the cache's forward on it (an exact cache stores its keys and
+            # values), for the rows that have a part of it (EoTP may have cut a row before it).
             finished = blocks[block_index - 1] if block_index else None
             storing = ~done & (canvas.row_end > finished[0]) if finished else done
-            if callable(finish_block) and storing.any():
-                state = canvas_state(canvas.x, finished, 0)
+            seed_logits = None
+            if callable(finish_block) and storing.any() and (block_size is None or finished[1] % block_size == 0):
+                state = canvas_state(canvas.x, finished, 0, extra=lookbehind if seeded else 0)
                 plan = finish_block(state)
                 if plan is not None:
-                    _forward(model, canvas.x, state, plan, storing, max(mask_id, eos_id), global_step)
+                    logits = _forward(model, canvas.x, state, plan, storing, max(mask_id, eos_id), global_step)
                     nfe += storing.long()
+                    seed_logits = (logits, plan.start) if seeded and plan.end > block_start else None
+            if seeded:
+                seed_rows = ~done & (canvas.row_end > block_start) & (canvas.x[:, block_start] == mask_id)
+                if seed_rows.any() and seed_logits is None:  # no finishing forward reached it: one forward
+                    state = canvas_state(canvas.x, (block_start, block_end), 0)
+                    plan = cache_manager.plan(state)
+                    seed_logits = (_forward(model, canvas.x, state, plan, seed_rows, max(mask_id, eos_id),
+                                            global_step), plan.start)
+                    nfe += seed_rows.long()
+                if seed_rows.any():
+                    first, _ = predict(seed_logits[0][:, block_start - seed_logits[1]][:, None], config.temperature,
+                                       generator, mask_id)
+                    seed = torch.zeros_like(canvas.x, dtype=torch.bool)
+                    seed[:, block_start] = seed_rows
+                    canvas.commit(seed, first[:, :1].expand_as(canvas.x), global_step)
             window = (columns >= block_start) & (columns < block_end)
             window = window[None, :].expand(batch, width)
             schedule = linear_schedule((canvas.x[:, block_start:block_end] == mask_id).sum(1), config.steps_per_block)
@@ -301,15 +323,17 @@ def block_columns(gen_start: int, gen_length: int, size: int, *, aligned: bool =
 
 
 def _block_size(model: Any, config: DecodeConfig) -> int | None:
-    """A block-causal model's block size (its ``block_size`` attribute), which must be the decode's blocks."""
+    """A block-causal model's block size (its ``block_size`` attribute): the decode's blocks are it or
+    sub-blocks of it."""
     size = getattr(model, "block_size", None)
     if size is None:
         return None
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ValueError(f"the model's block_size must be a positive integer or None, got {size!r}")
-    if config.num_block_tokens != size:
+    if size % config.num_block_tokens:
         raise ValueError(f"block_length={config.block_length}: the model attends block-causally over blocks of "
-                         f"{size} positions; decode with block_length={size}")
+                         f"{size} positions; decode with block_length={size} or a divisor of it (sub-blocks, "
+                         "decoded left to right, as Fast-dLLM v2 does)")
     return size
 
 
