@@ -3,6 +3,7 @@
 import json
 
 import attrs
+import torch
 import pytest
 
 import unmask
@@ -97,3 +98,19 @@ def test_a_recipe_file_or_a_models_training_json_gives_the_config_and_options_ov
     monkeypatch.setattr(training, "train_reference_model", lambda out, config, **kwargs: seen.append(config) or out)
     assert cli.main(["train-model", "--out", str(tmp_path / "m"), "--recipe", str(record), "--steps", "3"]) == 0
     assert seen[-1] == attrs.evolve(TINY, steps=3)
+
+
+def test_block_causal_training_masks_and_a_model_that_loads_block_causal(tmp_path):
+    blocks = torch.tensor([[0, 0, 0, 1, 1, 2]])  # one padding column (block 0, not real), then positions 0-4
+    real = torch.tensor([[False, True, True, True, True, True]])
+    seen = training.bd3_attention(blocks, real)[0]
+    noisy, clean = seen[:6], seen[6:]
+    assert noisy[3].tolist() == [False, False, False, True, True, False] + [False, True, True, False, False, False]
+    assert clean[3].tolist() == [False] * 6 + [False, True, True, True, True, False]
+    assert not clean[:, :6].any()  # the clean copy never sees noisy tokens
+    out = train_reference_model(tmp_path / "block", attrs.evolve(TINY, steps=3, block_size=4), progress=False)
+    model, tokenizer = unmask.load(str(out))
+    assert model.block_size == 4
+    result = unmask.decode(model, [tokenizer(samples("copy", 1, 0)[0].prompt)["input_ids"]], gen_length=8,
+                           block_length=4)
+    assert result.components["cache"]["name"] == "exact" and not (result.tokens == model.mask_token_id).any()

@@ -29,6 +29,8 @@ FAMILIES = {
     "sdar": Family("SDAR", "qwen3", False, "block_size", 151669, ("<|MASK|>", "<MASK>")),
     "fast_dllm_v2": Family("Fast-dLLM v2", "qwen2", True, "bd_size", 151665, ("|<MASK>|",)),
     "llada2": Family("LLaDA 2.0", None, False, None, 156895, ("<|mask|>",)),
+    # unmask's own: a Llama trained block-causally (train-model with block_size, e.g. reference-block).
+    "llama": Family("block-causal Llama", "llama", False, "block_size", -1, ()),
 }
 # Fields of these configs that the native Qwen classes do not know.
 _FOREIGN = {"model_type", "architectures", "auto_map", "block_size", "bd_size", "transformers_version"}
@@ -36,7 +38,7 @@ _FOREIGN = {"model_type", "architectures", "auto_map", "block_size", "bd_size", 
 
 def family_of(config: dict[str, Any]) -> Family | None:
     """The block-diffusion family a raw config.json describes: ``model_type`` "sdar", a ``bd_size`` field
-    (Fast-dLLM v2), ``model_type`` "llada2_moe"; None for any other model."""
+    (Fast-dLLM v2), ``model_type`` "llada2_moe", a Llama with a ``block_size``; None for any other model."""
     model_type = str(config.get("model_type") or "").lower()
     if model_type == "sdar":
         return FAMILIES["sdar"]
@@ -44,14 +46,16 @@ def family_of(config: dict[str, Any]) -> Family | None:
         return FAMILIES["fast_dllm_v2"]
     if model_type == "llada2_moe":
         return FAMILIES["llada2"]
+    if model_type == "llama" and "block_size" in config:
+        return FAMILIES["llama"]
     return None
 
 
 def load_block_diffusion(source: str, config: dict[str, Any], family: Family, *, trust_remote_code: bool,
                          block_size: int | None, dtype: Any, device_map: Any, hub: dict[str, Any]) -> tuple[Any, Any, int]:
     """(transformers model, tokenizer, block size) of a block-diffusion checkpoint."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, Qwen3Config
-    from transformers import Qwen3ForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config
+    from transformers import Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     # LLaDA 2.0 takes its block length at decode time; 32 is its generate default.
     size = config.get(family.block_field) if family.block_field else (block_size or 32)
@@ -70,8 +74,8 @@ def load_block_diffusion(source: str, config: dict[str, Any], family: Family, *,
         model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=True, dtype=dtype,
                                                      device_map=device_map, **hub)
     else:
-        native_config, native_model = {"qwen3": (Qwen3Config, Qwen3ForCausalLM),
-                                       "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[family.native]
+        native_config, native_model = {"qwen3": (Qwen3Config, Qwen3ForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+                                       "llama": (LlamaConfig, LlamaForCausalLM)}[family.native]
         fields = {key: value for key, value in config.items() if key not in _FOREIGN}
         model = native_model.from_pretrained(source, config=native_config(**fields), dtype=dtype,
                                              device_map=device_map, **hub)

@@ -80,6 +80,10 @@ class TrainingConfig:
     # A model directory (or "reference", the bundled one) to continue from: its weights, and its token ids
     # with the words of new tasks appended; its architecture must match the fields above.
     init_from: str | None = None
+    # Block-causal training (a block-diffusion model, shared/METHODS.md F.0): blocks of this many positions
+    # from position 0, each row as a noisy and a clean copy side by side (BD3-LM), its blocks masked with a
+    # ratio of their own, and a twin row with the complementary mask, so every answer token has a loss.
+    block_size: int | None = None
 
 
 def read_recipe(path: str | Path) -> TrainingConfig:
@@ -243,6 +247,42 @@ def _loss(model: Any, pairs: Sequence[tuple[list[int], list[int]]], config: Trai
     return (losses * masked / ratio).sum() / inside.sum()
 
 
+def bd3_attention(blocks: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """(B, 2L, 2L) bool over [noisy copy | clean copy] of a canvas whose positions fall in ``blocks`` (B, L):
+    a noisy position sees the real positions of its own noisy block and of the clean blocks before it; a
+    clean one the clean blocks up to its own. Padding queries see themselves (no empty softmax)."""
+    same, before = blocks[:, :, None] == blocks[:, None, :], blocks[:, None, :] < blocks[:, :, None]
+    seen = torch.cat([torch.cat([same, before], 2), torch.cat([torch.zeros_like(same), same | before], 2)], 1)
+    seen &= real.repeat(1, 2)[:, None, :]
+    return seen | torch.eye(2 * blocks.shape[1], dtype=torch.bool, device=blocks.device)[None]
+
+
+def _block_loss(model: Any, pairs: Sequence[tuple[list[int], list[int]]], config: TrainingConfig, mask_id: int,
+                eos: int, gen_lengths: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+    """The block-causal objective: the noisy copy's block b sees itself and the clean copy's blocks before b;
+    the clean copy is block-causal on itself. Loss on the noisy copy's masked answer tokens, weighted by
+    the inverse of their block's mask ratio."""
+    input_ids, real, positions, start = _batch(pairs, eos, gen_lengths)
+    size, (rows, width) = config.block_size, input_ids.shape
+    blocks = positions // size  # (B, L), per row from its position 0
+    answer = real.bool() & (torch.arange(width) >= start)[None]
+    per_block = config.min_mask_ratio + (1 - config.min_mask_ratio) * torch.rand(
+        rows, int(blocks.max()) + 1, generator=generator)
+    ratio = per_block.gather(1, blocks)  # (B, L)
+    drawn = torch.rand(input_ids.shape, generator=generator) < ratio
+    masked = torch.cat([drawn, ~drawn]) & answer.repeat(2, 1)  # the twin row masks the complement
+    ratio = torch.cat([ratio, 1 - ratio]).clamp(min=config.min_mask_ratio)
+    clean, real, blocks, positions = (t.repeat(2, 1) for t in (input_ids, real, blocks, positions))
+    noisy = clean.masked_fill(masked, mask_id)
+    seen = bd3_attention(blocks, real.bool())
+    bias = torch.zeros(seen.shape, dtype=torch.float32).masked_fill(~seen, torch.finfo(torch.float32).min)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+        logits = model(input_ids=torch.cat([noisy, clean], 1), attention_mask=bias[:, None],
+                       position_ids=torch.cat([positions, positions], 1)).logits[:, :width]
+    losses = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), clean, reduction="none")  # (2B, L)
+    return (losses * masked / ratio).sum() / (2 * answer.sum())
+
+
 def _schedule(config: TrainingConfig) -> Any:
     def factor(step: int) -> float:
         if step < config.warmup_steps:
@@ -385,7 +425,8 @@ def train_reference_model(out: str | Path, config: TrainingConfig = TrainingConf
             gen_lengths = [len(answer) + rng.randint(1, 8) for _, answer in pairs]
         else:
             gen_lengths = [max(drawn, longest + 1)] * len(pairs)
-        loss = _loss(model, pairs, config, tokenizer.mask_token_id, tokenizer.eos_token_id, gen_lengths, generator)
+        objective = _loss if config.block_size is None else _block_loss
+        loss = objective(model, pairs, config, tokenizer.mask_token_id, tokenizer.eos_token_id, gen_lengths, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -404,6 +445,8 @@ def train_reference_model(out: str | Path, config: TrainingConfig = TrainingConf
     model.eval()
 
     with staged_directory(out, command="train-model", overwrite=overwrite) as staging:
+        if config.block_size is not None:  # what unmask.load reads to attend block-causally
+            model.config.block_size = config.block_size
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "training_log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in state["log"]))
