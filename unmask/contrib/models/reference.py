@@ -31,12 +31,17 @@ def write_model_card(directory: str | Path, evaluation: str = "") -> None:
     record = json.loads((directory / "training.json").read_text())
     config, model = record["config"], json.loads((directory / "config.json").read_text())
     origin = f"from the model {config['init_from']!r}" if config.get("init_from") else "from scratch"
+    block = config.get("block_size")
+    attention = (f"block-causal attention over blocks of {block} positions from position 0 (`block_size` in its "
+                 "config; a block-diffusion model, docs/block-diffusion.md)" if block else "`is_causal: false`")
+    objective = ("the block-diffusion objective (noisy and clean copies, a mask ratio per block, complementary "
+                 "twin rows)" if block else "LLaDA's SFT objective")
     card = f"""# unmask reference dLLM
 
 A {record['parameters'] / 1e6:.2f}M-parameter masked-diffusion language model: `LlamaForCausalLM` with
-`is_causal: false` ({config['num_layers']} layers, hidden {config['hidden_size']}, {config['num_heads']} heads,
+{attention} ({config['num_layers']} layers, hidden {config['hidden_size']}, {config['num_heads']} heads,
 RoPE theta {config['rope_theta']}, vocabulary {model['vocab_size']}: one word, list item, symbol or digit per
-token), trained {origin} with LLaDA's SFT objective on the tasks {', '.join(config['tasks'])}
+token), trained {origin} with {objective} on the tasks {', '.join(config['tasks'])}
 (`unmask.contrib.tasks`). Items were held out by content: every prompt belongs to one part of its task's
 prompt space, fixed by a hash of the task and the prompt's text (`unmask.contrib.tasks.split_of`); the model
 saw only prompts of the train part (items from seed {TRAIN_SEED} upward), and `bench`, `ablate`, `export-tasks`
