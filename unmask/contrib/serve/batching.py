@@ -1,7 +1,8 @@
 """Dynamic batching for ``unmask serve``: requests with the same decode settings are decoded together.
 
 One worker thread owns the model. It takes the oldest waiting request, waits up to ``wait_s`` for more
-with the same :class:`Settings` (up to ``max_batch``), and decodes them in one batch. Decoding is
+with the same :class:`Settings` (up to ``max_batch``; for a block-causal model also the same prompt length
+modulo its block size), and decodes them in one batch. Decoding is
 batch-invariant, so each answer equals the request decoded alone; sampled requests (temperature > 0) draw
 noise for the whole batch, so they are decoded alone. A cancelled request (a client that went away) is
 finished by a stop criterion at the next step: its row stops counting forwards, the others go on as they
@@ -108,7 +109,7 @@ class Batcher:
             first = self._waiting[0]
             solo = first.settings.temperature > 0
             while True:
-                batch = [job for job in self._waiting if job.settings == first.settings][:1 if solo else self.max_batch]
+                batch = [job for job in self._waiting if self._key(job) == self._key(first)][:1 if solo else self.max_batch]
                 left = first.queued_at + self.wait_s - time.monotonic()
                 if solo or len(batch) >= self.max_batch or left <= 0 or self._closing:
                     break
@@ -116,6 +117,12 @@ class Batcher:
             for job in batch:
                 self._waiting.remove(job)
             return batch
+
+    def _key(self, job: Job) -> tuple[Any, ...]:
+        """What jobs of one batch share: their settings, and for a block-causal model their prompt length
+        modulo its block size (the engine would decode other lengths as batches of their own)."""
+        block_size = getattr(self.model, "block_size", None)
+        return job.settings, len(job.prompt_ids) % block_size if block_size else 0
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:
@@ -147,7 +154,7 @@ class Batcher:
         steps = [0]
 
         def observe(view: StepView) -> None:
-            answer = view.x[:, view.gen_start:].cpu()
+            answer = view.x[:, view.gen_start:view.gen_start + settings.gen_length].cpu()  # (a block model's runs on)
             fresh = (answer != view.mask_token_id) & (commit_step < 0)
             commit_step[fresh] = steps[0]
             steps[0] += 1
