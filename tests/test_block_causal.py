@@ -108,6 +108,17 @@ def test_every_policy_and_stop_decodes_a_block_causal_model(policy, stop):
     assert result.components["cache"]["name"] == "exact"
 
 
+def test_the_oracle_reproduces_vanilla_on_a_block_model_across_its_batches():
+    """The oracle holds a reference per row: the engine hands each batch of one residue its rows."""
+    from unmask.strategies.oracle import OraclePolicy
+
+    model = tiny_denoiser("llama", block_size=BLOCK)
+    vanilla = unmask.decode(model, PROMPTS, gen_length=16, block_length=BLOCK)
+    oracle = unmask.decode(model, PROMPTS, gen_length=16, block_length=BLOCK,
+                           policy=OraclePolicy(reference=vanilla.tokens))
+    assert torch.equal(oracle.tokens, vanilla.tokens)
+
+
 def test_caches_refuse_the_models_they_do_not_fit():
     block_model, plain_model = tiny_denoiser("llama", block_size=BLOCK), tiny_denoiser("llama")
     for cache in ("prefix", "dual"):

@@ -70,7 +70,7 @@ def test_oracle_reaches_any_reference(model, prompts):
 
 
 def test_oracle_rejects_a_reference_of_the_wrong_shape(model):
-    with pytest.raises(ValueError, match="reference has shape"):
+    with pytest.raises(ValueError, match="reference has 2 rows but the decode has 1"):
         unmask.decode(model, [[1]], gen_length=16, policy=OraclePolicy(reference=torch.zeros(2, 16, dtype=torch.long)))
     with pytest.raises(unmask.SpecError, match="reference"):
         unmask.create("policies", ("oracle", {"reference": torch.zeros(4)}))

@@ -100,9 +100,10 @@ def decode(
         results = []
         for rows in groups:
             ids, mask = pad_prompts([input_ids[i][prompt_mask[i].bool()].tolist() for i in rows], eos_id)
+            parts = {name: _for_rows(component, rows) for name, component in
+                     (("policy", policy), ("stop", stop), ("cache", cache), ("constraint", constraint))}
             results.append(decode(model, ids.to(input_ids.device), attention_mask=mask.to(input_ids.device),
-                                  config=config, policy=policy, stop=stop, cache=cache, constraint=constraint,
-                                  tokenizer=tokenizer, on_step=on_step))
+                                  config=config, **parts, tokenizer=tokenizer, on_step=on_step))
         return _joined(results, groups)
     unmask_policy = create("policies", policy)
     if isinstance(stop, (list, tuple)) and not (len(stop) == 2 and isinstance(stop[1], dict)):
@@ -335,6 +336,13 @@ def _block_size(model: Any, config: DecodeConfig) -> int | None:
                          f"{size} positions; decode with block_length={size} or a divisor of it (sub-blocks, "
                          "decoded left to right, as Fast-dLLM v2 does)")
     return size
+
+
+def _for_rows(component: Any, rows: torch.Tensor) -> Any:
+    """The component for a batch of ``rows`` of the caller's batch: one that holds data per row (an oracle's
+    reference tokens) gives it through ``select_rows(index)``; specs and other components serve any rows."""
+    select = getattr(component, "select_rows", None)
+    return select(rows) if callable(select) and not isinstance(component, (str, tuple, list, dict)) else component
 
 
 def _joined(results: Sequence[DecodeResult], groups: Sequence[torch.Tensor]) -> DecodeResult:

@@ -30,17 +30,22 @@ class OraclePolicy:
             raise ValueError("the oracle needs reference=(rows, gen_length) tokens, the vanilla output of the same "
                              "prompts; unmask bench, ablate and collect decode it for you")
         batch, width = view.x.shape
-        span = width - view.gen_start
-        if self.reference.shape[0] != batch or self.reference.shape[1] < span:
-            raise ValueError(
-                f"reference has shape {tuple(self.reference.shape)} but the decode needs ({batch}, >= {span})"
-            )
-        target = view.x.clone()
-        target[:, view.gen_start:] = self.reference[:, :span].to(view.x.device)
+        span = min(width - view.gen_start, self.reference.shape[1])
+        if self.reference.shape[0] != batch:
+            raise ValueError(f"reference has {self.reference.shape[0]} rows but the decode has {batch}")
+        # A block-causal model's canvas runs on to its block's end, past gen_length: there the oracle has no
+        # reference and takes the prediction.
+        target = view.x0.clone()
+        target[:, :view.gen_start] = view.x[:, :view.gen_start]
+        target[:, view.gen_start:view.gen_start + span] = self.reference[:, :span].to(view.x.device)
         commit = view.candidates & (view.x0 == target)
         stalled = view.row_active & ~commit.any(1)
         fallback = top_k_mask(view.candidate_confidence, stalled.long(), block=view.block)
         return Commit(mask=commit | fallback, tokens=target)
+
+    def select_rows(self, index: torch.Tensor) -> OraclePolicy:
+        """The oracle for a batch of rows ``index`` of this one's (the engine's batches of a block model)."""
+        return OraclePolicy(reference=self.reference[index.to(self.reference.device)])
 
 
 def example_oracle(*, rows: list[int], gen_length: int, vocab_size: int, mask_token_id: int) -> OraclePolicy:
