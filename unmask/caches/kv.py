@@ -69,7 +69,8 @@ class BlockKVCache(Cache):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
         while len(self.layers) <= layer_idx:  # layers appear on first use
             layer = _BlockLayer()
-            layer.mode, layer.start, layer.keep, layer.storage_dtype = self.mode, self.start, self.keep, self.storage_dtype
+            layer.mode, layer.start, layer.keep = self.mode, self.start, self.keep
+            layer.storage_dtype = self.storage_dtype
             self.layers.append(layer)
         return self.layers[layer_idx].update(key_states, value_states)
 

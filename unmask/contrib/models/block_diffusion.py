@@ -52,7 +52,8 @@ def family_of(config: dict[str, Any]) -> Family | None:
 
 
 def load_block_diffusion(source: str, config: dict[str, Any], family: Family, *, trust_remote_code: bool,
-                         block_size: int | None, dtype: Any, device_map: Any, hub: dict[str, Any]) -> tuple[Any, Any, int]:
+                         block_size: int | None, dtype: Any, device_map: Any,
+                         hub: dict[str, Any]) -> tuple[Any, Any, int]:
     """(transformers model, tokenizer, block size) of a block-diffusion checkpoint."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config
     from transformers import Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
@@ -74,7 +75,8 @@ def load_block_diffusion(source: str, config: dict[str, Any], family: Family, *,
         model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=True, dtype=dtype,
                                                      device_map=device_map, **hub)
     else:
-        native_config, native_model = {"qwen3": (Qwen3Config, Qwen3ForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        native_config, native_model = {"qwen3": (Qwen3Config, Qwen3ForCausalLM),
+                                       "qwen2": (Qwen2Config, Qwen2ForCausalLM),
                                        "llama": (LlamaConfig, LlamaForCausalLM)}[family.native]
         fields = {key: value for key, value in config.items() if key not in _FOREIGN}
         model = native_model.from_pretrained(source, config=native_config(**fields), dtype=dtype,

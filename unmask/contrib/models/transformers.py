@@ -193,7 +193,8 @@ def load(
     raw = _raw_config(source, hub)
     family = family_of(raw) if raw is not None else None
     if family is not None:
-        check_model_size(SimpleNamespace(**raw), source, on_cpu=device_map is None and torch.device(device).type == "cpu")
+        on_cpu = device_map is None and torch.device(device).type == "cpu"
+        check_model_size(SimpleNamespace(**raw), source, on_cpu=on_cpu)
         model, tokenizer, size = load_block_diffusion(source, raw, family, trust_remote_code=trust_remote_code,
                                                       block_size=block_size, dtype=torch_dtype, device_map=device_map,
                                                       hub=hub)

@@ -109,7 +109,8 @@ class Batcher:
             first = self._waiting[0]
             solo = first.settings.temperature > 0
             while True:
-                batch = [job for job in self._waiting if self._key(job) == self._key(first)][:1 if solo else self.max_batch]
+                alike = [job for job in self._waiting if self._key(job) == self._key(first)]
+                batch = alike[:1 if solo else self.max_batch]
                 left = first.queued_at + self.wait_s - time.monotonic()
                 if solo or len(batch) >= self.max_batch or left <= 0 or self._closing:
                     break
