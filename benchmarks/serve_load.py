@@ -41,7 +41,7 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "unmask.contrib.cli", "serve", "--port", str(port), "--policy", args.policy,
                "--stop", args.stop, "--cache", args.cache, "--gen-length", str(args.max_tokens), "--max-batch", str(args.max_batch),
-               "--batch-wait-ms", str(args.batch_wait_ms)]
+               "--batch-wait-ms", str(args.batch_wait_ms), "--device", args.device]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(1200):
@@ -137,6 +137,7 @@ def main() -> None:
     parser.add_argument("--cache", default="none", help="KV cache (default: none)")
     parser.add_argument("--max-tokens", type=int, default=64, help="max_tokens of each request (default: 64)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
+    parser.add_argument("--device", default="cpu", help="the server's torch device, e.g. cuda (default: cpu)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     parser.add_argument("--screenshot", type=Path, default=None, help="save a PNG of the page after a decode here")
     args = parser.parse_args()
@@ -176,7 +177,8 @@ def main() -> None:
         "latency_p99_s": round(percentile(latencies, 0.99), 3) if latencies else None,
         "first_chunk_p50_s": round(statistics.median(r["first_chunk_s"] for r, _ in answered), 3) if answered else None,
         "first_chunk_before_end": early,
-        "machine": platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "machine": platform.machine(), "device": args.device, "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
         "errors": [r["error"] for r in lost[:5]],
     }
     print(f"{args.requests} requests of the task suite, {args.clients} concurrent streaming clients, "
