@@ -53,7 +53,7 @@ class ExactBlockCache:
         start = max(0, min(self._stored, first, state.input_ids.shape[1] - 1))  # (EoTP may cut stored columns)
         if start < self._stored:
             self._cache.keep_first(start)
-        keep = first - start  # complete blocks this forward runs anyway (the prompt's): stored as it goes
+        keep = max(0, min(first, state.input_ids.shape[1]) - start)  # complete blocks it runs anyway: kept
         self._cache.set_mode("extend", keep=keep)
         self._stored = start + keep
         return ForwardPlan(start=start, end=state.input_ids.shape[1], attention_mask=state.attention_mask,
