@@ -171,30 +171,30 @@ def decode(
             seeded = bool(lookbehind) and block_size is not None and block_start % block_size == 0
             # Once a model block is finished, the cache's forward on it (an exact cache stores its keys and
             # values), for the rows that have a part of it (EoTP may have cut a row before it).
-            finished = blocks[block_index - 1] if block_index else None
-            storing = ~done & (canvas.row_end > finished[0]) if finished else done
-            seed_logits = None
-            if callable(finish_block) and storing.any() and (block_size is None or finished[1] % block_size == 0):
-                state = canvas_state(canvas.x, finished, 0, extra=lookbehind if seeded else 0)
-                plan = finish_block(state)
-                if plan is not None:
-                    logits = _forward(model, canvas.x, state, plan, storing, max(mask_id, eos_id), global_step)
-                    nfe += storing.long()
-                    seed_logits = (logits, plan.start) if seeded and plan.end > block_start else None
-            if seeded:
-                seed_rows = ~done & (canvas.row_end > block_start) & (canvas.x[:, block_start] == mask_id)
-                if seed_rows.any() and seed_logits is None:  # no finishing forward reached it: one forward
+            seed_logits: tuple[torch.Tensor, int] | None = None  # (logits, their first column)
+            if block_index and callable(finish_block):
+                finished = blocks[block_index - 1]
+                storing = ~done & (canvas.row_end > finished[0])
+                if storing.any() and (block_size is None or finished[1] % block_size == 0):
+                    state = canvas_state(canvas.x, finished, 0, extra=lookbehind if seeded else 0)
+                    plan = finish_block(state)
+                    if plan is not None:
+                        logits = _forward(model, canvas.x, state, plan, storing, max(mask_id, eos_id), global_step)
+                        nfe += storing.long()
+                        seed_logits = (logits, plan.start) if seeded and plan.end > block_start else None
+            seed_rows = ~done & (canvas.row_end > block_start) & (canvas.x[:, block_start] == mask_id)
+            if seeded and seed_rows.any():
+                if seed_logits is None:  # no finishing forward reached the block's first column: one forward
                     state = canvas_state(canvas.x, (block_start, block_end), 0)
                     plan = cache_manager.plan(state)
                     seed_logits = (_forward(model, canvas.x, state, plan, seed_rows, max(mask_id, eos_id),
                                             global_step), plan.start)
                     nfe += seed_rows.long()
-                if seed_rows.any():
-                    first, _ = predict(seed_logits[0][:, block_start - seed_logits[1]][:, None], config.temperature,
-                                       generator, mask_id)
-                    seed = torch.zeros_like(canvas.x, dtype=torch.bool)
-                    seed[:, block_start] = seed_rows
-                    canvas.commit(seed, first[:, :1].expand_as(canvas.x), global_step)
+                logits, offset = seed_logits
+                first, _ = predict(logits[:, block_start - offset][:, None], config.temperature, generator, mask_id)
+                seed = torch.zeros_like(canvas.x, dtype=torch.bool)
+                seed[:, block_start] = seed_rows
+                canvas.commit(seed, first[:, :1].expand_as(canvas.x), global_step)
             window = (columns >= block_start) & (columns < block_end)
             window = window[None, :].expand(batch, width)
             schedule = linear_schedule((canvas.x[:, block_start:block_end] == mask_id).sum(1), config.steps_per_block)
@@ -349,12 +349,12 @@ def _joined(results: Sequence[DecodeResult], groups: Sequence[torch.Tensor]) -> 
     """One result of rows decoded in groups (``groups[g]``: the batch rows of ``results[g]``)."""
     order = torch.cat(list(groups)).argsort()
 
-    def join(name: str) -> torch.Tensor | None:
-        parts = [getattr(result, name) for result in results]
-        return None if parts[0] is None else torch.cat(parts)[order]
+    def join(name: str) -> torch.Tensor:
+        return torch.cat([getattr(result, name) for result in results])[order]
 
+    candidate_rows = None if results[0].candidate_rows is None else join("candidate_rows")
     return attrs.evolve(results[0], tokens=join("tokens"), answer_lengths=join("answer_lengths"), nfe=join("nfe"),
-                        commit_step=join("commit_step"), candidate_rows=join("candidate_rows"),
+                        commit_step=join("commit_step"), candidate_rows=candidate_rows,
                         wall_s=sum(result.wall_s for result in results))
 
 
