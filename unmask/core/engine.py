@@ -22,7 +22,7 @@ from unmask.core.types import (
     StepObserver, StepView, StopCriterion, UnmaskPolicy,
 )
 
-__all__ = ["decode", "block_columns", "linear_schedule", "pad_prompts"]
+__all__ = ["decode", "block_columns", "linear_schedule", "model_block_size", "own_cache", "pad_prompts"]
 
 
 def linear_schedule(masked_count: torch.Tensor, steps: int) -> torch.Tensor:
@@ -88,9 +88,9 @@ def decode(
         raise ValueError(f"mask_token_id and eos_token_id are both {mask_id}; the canvas needs them apart")
     input_ids, prompt_mask = _prompt_tensors(input_ids, attention_mask, eos_id)
     _check_prompts(input_ids, prompt_mask, model, config.gen_length)
-    block_size = _block_size(model, config)
-    if cache is None:  # the model's own: the exact cache of finished blocks where attention is block-causal
-        cache = "exact" if block_size and getattr(model, "accepts_cache", False) else "none"
+    block_size = model_block_size(model, config)
+    if cache is None:
+        cache = own_cache(model)
     if block_size and ((input_ids.shape[1] - prompt_mask.sum(1)) % block_size).any():
         # Blocks count from position 0: the canvas's columns must agree with positions modulo the block
         # size, so rows whose prompt lengths differ modulo it decode as batches of their own (left-padded
@@ -323,7 +323,13 @@ def block_columns(gen_start: int, gen_length: int, size: int, *, aligned: bool =
     return list(zip(edges[:-1], edges[1:]))
 
 
-def _block_size(model: Any, config: DecodeConfig) -> int | None:
+def own_cache(model: Any) -> str:
+    """The cache a model decodes with by default: the exact cache of finished blocks where attention is
+    block-causal and the model takes a KV cache, else none."""
+    return "exact" if getattr(model, "block_size", None) and getattr(model, "accepts_cache", False) else "none"
+
+
+def model_block_size(model: Any, config: DecodeConfig) -> int | None:
     """A block-causal model's block size (its ``block_size`` attribute): the decode's blocks are it or
     sub-blocks of it."""
     size = getattr(model, "block_size", None)

@@ -12,7 +12,7 @@ import attrs
 import torch
 from hypothesis import HealthCheck, given, settings
 
-from unmask.core.engine import check_config, decode, pad_prompts
+from unmask.core.engine import check_config, decode, model_block_size, pad_prompts
 from unmask.core.plugins import registry
 from unmask.core.spec import parse_spec
 from unmask.core.types import Commit, DecodeConfig, StepView, StopDecision
@@ -190,12 +190,10 @@ def _serves(components: dict[str, Any], config: DecodeConfig, model: Any) -> boo
     """Whether the components accept ``config`` (their optional ``check_config``) and the model (a cache's
     ``reset(model)``: the exact cache serves block-causal models only, prefix and dual the others), and
     whether a block-causal model decodes blocks of this length."""
-    block_size = getattr(model, "block_size", None)
-    if block_size is not None and config.num_block_tokens != block_size:
-        return False
     kinds = {"policy": "policies", "stop": "stops", "cache": "caches", "constraint": "constraints"}
     made = {key: registry().create(kinds[key], spec) for key, spec in components.items() if key in kinds}
     try:
+        model_block_size(model, config)  # a block-causal model refuses blocks that do not divide its own
         check_config(list(made.values()), config)
         if "cache" in made:
             made["cache"].reset(model)

@@ -17,8 +17,8 @@ from unmask.contrib.models.block_diffusion import family_of, load_block_diffusio
 from unmask.core.engine import decode, pad_prompts
 from unmask.core.types import DecodeResult
 
-__all__ = ["TransformersDenoiser", "CacheNotSupportedError", "block_causal_mask", "load", "encode_prompts", "decode_answers", "decode_text",
-           "weights_hash"]
+__all__ = ["TransformersDenoiser", "CacheNotSupportedError", "block_causal_mask", "load", "encode_prompts",
+           "decode_answers", "decode_text", "weights_hash"]
 
 # Model types adapted from autoregressive checkpoints that keep the next-token shift (Dream: Qwen2.5).
 # Compared in lower case: Dream-7B's config says "Dream".
@@ -192,8 +192,8 @@ def load(
     hub = {"local_files_only": not download}
     raw = _raw_config(source, hub)
     family = family_of(raw) if raw is not None else None
+    on_cpu = device_map is None and torch.device(device).type == "cpu"
     if family is not None:
-        on_cpu = device_map is None and torch.device(device).type == "cpu"
         check_model_size(SimpleNamespace(**raw), source, on_cpu=on_cpu)
         model, tokenizer, size = load_block_diffusion(source, raw, family, trust_remote_code=trust_remote_code,
                                                       block_size=block_size, dtype=torch_dtype, device_map=device_map,
@@ -212,7 +212,7 @@ def load(
         raise ValueError(f"block_size: the model at {source} is not a block-diffusion checkpoint (SDAR, Fast-dLLM v2, "
                          "LLaDA 2.0)")
     config = _load_config(AutoConfig, source, trust_remote_code, hub)
-    check_model_size(config, source, on_cpu=device_map is None and torch.device(device).type == "cpu")
+    check_model_size(config, source, on_cpu=on_cpu)
     remote = bool(getattr(config, "auto_map", None))
     architectures = getattr(config, "architectures", None) or []
     if any(name.endswith("ForMaskedLM") for name in architectures):

@@ -22,9 +22,9 @@ def serve(model: Any, tokenizer: Any, args: argparse.Namespace) -> int:
         raise ImportError("unmask serve needs starlette, uvicorn and sse-starlette: pip install 'unmask[serve]'") from error
     from unmask.contrib.serve.app import SHUTDOWN_S
     from unmask.contrib.serve.batching import Settings
+    from unmask.core.engine import own_cache
 
-    own_cache = "exact" if getattr(model, "block_size", None) and getattr(model, "accepts_cache", False) else "none"
-    defaults = Settings(policy=args.policy, stop=args.stop or "none", cache=args.cache or own_cache,
+    defaults = Settings(policy=args.policy, stop=args.stop or "none", cache=args.cache or own_cache(model),
                         constraint=args.constraint or "none", gen_length=args.gen_length,
                         block_length=args.block_length, temperature=args.temperature, seed=args.decode_seed)
     app = build_app(model, tokenizer, name=args.model or "reference", defaults=defaults, max_batch=args.max_batch,
