@@ -199,6 +199,24 @@ def test_sdar_and_fast_dllm_v2_checkpoints_load_natively_with_their_block_size(l
         unmask.load(str(directory), block_size=8)
 
 
+def test_a_block_causal_llama_without_a_mask_token_fails_at_load_naming_it(tmp_path):
+    import json
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from unmask.contrib.models.tiny import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.mask_token = None
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                 num_attention_heads=2, eos_token_id=tokenizer.eos_token_id)).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "block_size": BLOCK}))
+    with pytest.raises(ValueError, match="no mask token.*mask_token_id"):
+        unmask.load(str(tmp_path))
+
+
 def test_llada2_needs_the_users_trust_and_takes_its_block_size_at_load(tmp_path):
     from unmask.contrib.models.tiny import save_tiny_block_diffusion
 

@@ -72,6 +72,16 @@ def test_duplicate_names_fail_naming_both_providers():
     assert unmask.registry().get("policies", "topk").provider == "unmask"
 
 
+@pytest.mark.parametrize("name", ["-lead", "two words", "a:b", "9lives", ""])
+def test_component_names_are_identifiers_with_inner_hyphens(name):
+    from unmask.core.plugins import Registrar, Registry
+
+    registrar = Registrar(Registry(), "models", "a-plugin", "1.0")
+    registrar.add("hyphen-ated_name2", LeftmostPolicy)
+    with pytest.raises(ValueError, match="must be an identifier"):
+        registrar.add(name, LeftmostPolicy)
+
+
 def test_spec_errors_list_what_exists():
     with pytest.raises(unmask.SpecError, match="unknown policies name 'nope'; registered: .*threshold"):
         unmask.create("policies", "nope")

@@ -120,8 +120,10 @@ class Registrar:
         self._registry, self.kind, self.provider, self.version = registry, kind, provider, version
 
     def add(self, name: str, factory: Callable[..., Any], *, example: Callable[..., Any] | None = None) -> None:
-        if not name.isidentifier():
-            raise ValueError(f"component name {name!r} from {self.provider} must be an identifier")
+        # Hyphens read well in model names (reference-block) and no spec syntax uses them.
+        if not (name.replace("-", "_").isidentifier() and name[0] != "-"):
+            raise ValueError(f"component name {name!r} from {self.provider} must be an identifier (hyphens allowed "
+                             "after the first character)")
         entry = Entry(
             kind=self.kind, name=name, factory=factory, provider=self.provider, version=self.version,
             example=example,

@@ -21,7 +21,7 @@ class Family:
     native: str | None  # the transformers architecture the weights load into, None: remote code only
     shift_logits: bool  # Fast-dLLM v2 keeps the AR shift: the logit at i - 1 predicts i
     block_field: str | None  # where config.json keeps the block size (LLaDA 2.0: a decode argument)
-    mask_token_id: int  # the published checkpoints' ids, used when config and tokenizer name none
+    mask_token_id: int | None  # the published checkpoints' ids, used when config and tokenizer name none
     mask_tokens: tuple[str, ...]
 
 
@@ -30,7 +30,7 @@ FAMILIES = {
     "fast_dllm_v2": Family("Fast-dLLM v2", "qwen2", True, "bd_size", 151665, ("|<MASK>|",)),
     "llada2": Family("LLaDA 2.0", None, False, None, 156895, ("<|mask|>",)),
     # unmask's own: a Llama trained block-causally (train-model with block_size, e.g. reference-block).
-    "llama": Family("block-causal Llama", "llama", False, "block_size", -1, ()),
+    "llama": Family("block-causal Llama", "llama", False, "block_size", None, ()),
 }
 # Fields of these configs that the native Qwen classes do not know.
 _FOREIGN = {"model_type", "architectures", "auto_map", "block_size", "bd_size", "transformers_version"}
@@ -85,9 +85,9 @@ def load_block_diffusion(source: str, config: dict[str, Any], family: Family, *,
     return model, tokenizer, size
 
 
-def mask_id_of(family: Family, config: dict[str, Any], tokenizer: Any) -> int:
+def mask_id_of(family: Family, config: dict[str, Any], tokenizer: Any) -> int | None:
     """The config's ``mask_token_id``, else the tokenizer's mask token or the family's mask string, else
-    the published checkpoints' id."""
+    the published checkpoints' id (None where the family has none)."""
     if isinstance(config.get("mask_token_id"), int):
         return config["mask_token_id"]
     if tokenizer.mask_token_id is not None:

@@ -1,5 +1,5 @@
-"""The bundled reference dLLM, a plug-in of its own: the model ``reference`` and the Learn2PD filters
-trained on it (``mlp``, ``gbdt``), with its model card.
+"""The bundled reference dLLM, a plug-in of its own: the model ``reference``, its block-diffusion variant
+``reference-block`` and the Learn2PD filters trained on it (``mlp``, ``gbdt``), with their model cards.
 
 ``unmask train-model --out DIR`` rebuilds the model (:mod:`unmask.contrib.train.model`), ``unmask collect``
 and ``unmask train-filter`` the filters.
@@ -16,10 +16,11 @@ import torch
 from unmask._files import write_text_atomically
 from unmask.core.plugins import Registrar, hookimpl
 
-__all__ = ["REFERENCE_MODEL_DIR", "FILTERS_DIR", "load_reference_model", "mlp_filter", "gbdt_filter",
-           "write_model_card"]
+__all__ = ["REFERENCE_MODEL_DIR", "REFERENCE_BLOCK_DIR", "FILTERS_DIR", "load_reference_model",
+           "load_reference_block_model", "mlp_filter", "gbdt_filter", "write_model_card"]
 
 REFERENCE_MODEL_DIR = Path(__file__).with_name("reference_model")
+REFERENCE_BLOCK_DIR = Path(__file__).with_name("reference_block")
 FILTERS_DIR = REFERENCE_MODEL_DIR / "filters"
 
 
@@ -36,6 +37,11 @@ def write_model_card(directory: str | Path, evaluation: str = "") -> None:
                  "config; a block-diffusion model, docs/block-diffusion.md)" if block else "`is_causal: false`")
     objective = ("the block-diffusion objective (noisy and clean copies, a mask ratio per block, complementary "
                  "twin rows)" if block else "LLaDA's SFT objective")
+    if config.get("init_from"):
+        rebuild = (f"Continued from {config['init_from']!r}; rebuild that model first, then, with this model's "
+                   "`training.json`:\n\n    unmask train-model --recipe training.json --out DIR")
+    else:
+        rebuild = "    unmask train-model --out DIR   # the default recipe is this model's"
     card = f"""# unmask reference dLLM
 
 A {record['parameters'] / 1e6:.2f}M-parameter masked-diffusion language model: `LlamaForCausalLM` with
@@ -51,7 +57,7 @@ Prompts are the tasks' prompts (`unmask.contrib.tasks.samples(task, n, seed)[i].
 
 ## Training
 
-    unmask train-model --out unmask/contrib/models/reference_model
+{rebuild}
 
 {config['steps']} steps of {config['batch_size']} rows (fewer on canvases over 64 tokens), AdamW lr
 {config['learning_rate']}; {config['tight_fraction']:.0%} of the steps give each row a canvas of its own answer plus 1-8
@@ -68,6 +74,7 @@ with torch {record['torch']}. The loss curve is `training_log.jsonl`; all settin
 @hookimpl
 def unmask_register_models(registry: Registrar) -> None:
     registry.add("reference", load_reference_model)
+    registry.add("reference-block", load_reference_block_model)
 
 
 @hookimpl
@@ -105,9 +112,24 @@ def load_reference_model(device: str | torch.device = "cpu") -> tuple[Any, Any]:
 
     Source: unmask, trained with LLaDA's SFT objective (arXiv 2502.09992); see its model card.
     """
+    return _load_bundled(REFERENCE_MODEL_DIR, "--out " + str(REFERENCE_MODEL_DIR), device)
+
+
+def load_reference_block_model(device: str | torch.device = "cpu") -> tuple[Any, Any]:
+    """The bundled model fine-tuned block-causal (blocks of 32), as ``(model, tokenizer)``; decoded block by
+    block with the exact cache (docs/block-diffusion.md).
+
+    Source: unmask, the block-diffusion objective of BD3-LMs (arXiv 2503.09573) as SDAR trains it (arXiv 2510.06303);
+    see its model card.
+    """
+    return _load_bundled(REFERENCE_BLOCK_DIR, "--recipe recipes/reference-block.json --out " + str(REFERENCE_BLOCK_DIR),
+                         device)
+
+
+def _load_bundled(directory: Path, rebuild: str, device: str | torch.device) -> tuple[Any, Any]:
     from unmask.contrib.models.transformers import load
 
-    if not (REFERENCE_MODEL_DIR / "config.json").exists():
-        raise FileNotFoundError(f"the bundled reference model is missing from {REFERENCE_MODEL_DIR}; "
-                                "rebuild it with: unmask train-model --out " + str(REFERENCE_MODEL_DIR))
-    return load(REFERENCE_MODEL_DIR, device=device)
+    if not (directory / "config.json").exists():
+        raise FileNotFoundError(f"a bundled model is missing from {directory}; rebuild it with: "
+                                f"unmask train-model {rebuild}")
+    return load(directory, device=device)

@@ -202,8 +202,12 @@ def load(
         eos_id = _first_id(tokenizer.eos_token_id, raw.get("eos_token_id"))
         if eos_id is None:
             raise ValueError(f"the model at {source} has no EOS token: neither its tokenizer nor its config names one")
+        mask_id = mask_id_of(family, raw, tokenizer)
+        if mask_id is None:
+            raise ValueError(f"the model at {source} has no mask token: neither its config (mask_token_id) nor its "
+                             "tokenizer names one")
         adapter = TransformersDenoiser(
-            model=model, mask_token_id=mask_id_of(family, raw, tokenizer), eos_token_id=eos_id,
+            model=model, mask_token_id=mask_id, eos_token_id=eos_id,
             shift_logits=family.shift_logits if shift_logits is None else shift_logits,
             remote_code=family.native is None, block_size=size,
         )
