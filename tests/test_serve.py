@@ -73,12 +73,13 @@ def test_chat_without_a_template_takes_one_user_message(server, client):
 
 
 def test_a_stream_sends_the_settled_prefix_and_ends_with_the_answer(server, client):
-    expected, _ = alone(server, PROMPTS[2])
-    chunks = list(client.completions.create(model="reference", prompt=PROMPTS[2], max_tokens=32, stream=True))
+    # The bundled model fills the padding first; on this sort prompt its answer's prefix settles in five steps.
+    expected, _ = alone(server, PROMPTS[3])
+    chunks = list(client.completions.create(model="reference", prompt=PROMPTS[3], max_tokens=32, stream=True))
     assert "".join(c.choices[0].text for c in chunks) == expected
     assert chunks[-1].choices[0].finish_reason == "stop" and len(chunks) > 2
     pieces = list(client.chat.completions.create(model="reference", max_tokens=32, stream=True,
-                                                 messages=[{"role": "user", "content": PROMPTS[2]}]))
+                                                 messages=[{"role": "user", "content": PROMPTS[3]}]))
     assert "".join(p.choices[0].delta.content or "" for p in pieces) == expected
 
 

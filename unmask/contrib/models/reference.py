@@ -38,8 +38,9 @@ def write_model_card(directory: str | Path, evaluation: str = "") -> None:
     objective = ("the block-diffusion objective (noisy and clean copies, a mask ratio per block, complementary "
                  "twin rows)" if block else "LLaDA's SFT objective")
     if config.get("init_from"):
-        rebuild = (f"Continued from {config['init_from']!r}; rebuild that model first, then, with this model's "
-                   "`training.json`:\n\n    unmask train-model --recipe training.json --out DIR")
+        start = "the bundled model (`reference`)" if config["init_from"] == "reference" else repr(config["init_from"])
+        rebuild = (f"Continued from {start}; with that model in place, from this model's `training.json`:\n\n"
+                   "    unmask train-model --recipe training.json --out DIR")
     else:
         rebuild = "    unmask train-model --out DIR   # the default recipe is this model's"
     card = f"""# unmask reference dLLM
@@ -119,8 +120,8 @@ def load_reference_block_model(device: str | torch.device = "cpu") -> tuple[Any,
     """The bundled model fine-tuned block-causal (blocks of 32), as ``(model, tokenizer)``; decoded block by
     block with the exact cache (docs/block-diffusion.md).
 
-    Source: unmask, the block-diffusion objective of BD3-LMs (arXiv 2503.09573) as SDAR trains it (arXiv 2510.06303);
-    see its model card.
+    Source: unmask, the block-diffusion objective of BD3-LMs (arXiv 2503.09573) as SDAR trains it
+    (arXiv 2510.06303); see its model card.
     """
     return _load_bundled(REFERENCE_BLOCK_DIR, "--recipe recipes/reference-block.json --out " + str(REFERENCE_BLOCK_DIR),
                          device)
