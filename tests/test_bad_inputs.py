@@ -641,7 +641,8 @@ def test_a_config_far_larger_than_its_weights_is_refused_before_allocation(chang
 
 def test_an_unknown_model_name_waits_on_no_network(capsys):
     started = time.perf_counter()
-    assert_one_line_error(GENERATE + ["--model", "no-such-name"], "neither a registered model (reference, reference-block)", capsys)
+    assert_one_line_error(GENERATE + ["--model", "no-such-name"],
+                          "neither a registered model (reference, reference-block)", capsys)
     with pytest.raises(ValueError, match="pass --download"):
         unmask.load("no-such-owner/no-such-name")
     assert time.perf_counter() - started < 5
