@@ -75,8 +75,9 @@ def decode(
     ``policy``, ``stop`` and ``cache`` are components or specs (``"threshold:tau=0.9"``, ``("topk", {"k": 2})``);
     a list of stops is their ``any`` and ``None`` is ``"none"``; ``cache=None`` is the model's own: ``"exact"``
     for a block-causal model (one with a ``block_size``) that takes a KV cache, else ``"none"``.
-    ``constraint`` (``"regex:pattern='...'"``) keeps every answer completable into a word of its language; it reads the tokens' text through
-    ``tokenizer``. ``settings`` are :class:`DecodeConfig` fields when no ``config`` is given.
+    ``constraint`` (``"regex:pattern='...'"``) keeps every answer completable into a word of its language; it
+    reads the tokens' text through ``tokenizer``. ``settings`` are :class:`DecodeConfig` fields when no
+    ``config`` is given.
     """
     if config is None:
         config = DecodeConfig(**settings)

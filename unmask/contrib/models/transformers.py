@@ -199,13 +199,8 @@ def load(
                                                       block_size=block_size, dtype=torch_dtype, device_map=device_map,
                                                       hub=hub)
         model = (model if device_map is not None else model.to(device)).eval()
-        eos_id = _first_id(tokenizer.eos_token_id, raw.get("eos_token_id"))
-        if eos_id is None:
-            raise ValueError(f"the model at {source} has no EOS token: neither its tokenizer nor its config names one")
-        mask_id = mask_id_of(family, raw, tokenizer)
-        if mask_id is None:
-            raise ValueError(f"the model at {source} has no mask token: neither its config (mask_token_id) nor its "
-                             "tokenizer names one")
+        eos_id = _required_id(_first_id(tokenizer.eos_token_id, raw.get("eos_token_id")), source, "EOS", "eos")
+        mask_id = _required_id(mask_id_of(family, raw, tokenizer), source, "mask", "mask")
         adapter = TransformersDenoiser(
             model=model, mask_token_id=mask_id, eos_token_id=eos_id,
             shift_logits=family.shift_logits if shift_logits is None else shift_logits,
@@ -237,14 +232,10 @@ def load(
     except (SafetensorError, OSError, RuntimeError) as error:  # truncated or corrupt weights, shapes that do not fit the config
         raise ValueError(f"--model {source}: the weights do not load ({type(error).__name__}: {error})") from error
     model = (model if device_map is not None else model.to(device)).eval()
-    mask_id = _first_id(tokenizer.mask_token_id, getattr(config, "mask_token_id", None))
-    if mask_id is None:
-        raise ValueError(f"the model at {source} has no mask token: the tokenizer has no mask_token "
-                         "and the config no mask_token_id")
-    eos_id = _first_id(tokenizer.eos_token_id, getattr(config, "eos_token_id", None))
-    if eos_id is None:
-        raise ValueError(f"the model at {source} has no EOS token: the tokenizer has no eos_token "
-                         "and the config no eos_token_id")
+    mask_id = _required_id(_first_id(tokenizer.mask_token_id, getattr(config, "mask_token_id", None)), source,
+                           "mask", "mask")
+    eos_id = _required_id(_first_id(tokenizer.eos_token_id, getattr(config, "eos_token_id", None)), source,
+                          "EOS", "eos")
     if shift_logits is None:
         shift_logits = keeps_next_token_shift(config)
     adapter = TransformersDenoiser(
@@ -382,6 +373,14 @@ def check_model_size(config: Any, source: str, *, on_cpu: bool) -> None:
     if on_cpu and least * 2 > memory:  # 2 bytes a parameter even in bfloat16
         raise ValueError(f"--model {source}: config.json describes at least {least:,} parameters, more than this "
                          f"machine's {memory / 2**30:.0f} GiB of memory holds")
+
+
+def _required_id(token_id: int | None, source: str, name: str, field: str) -> int:
+    """A special token's id, or a load error naming where it was looked for (the tokenizer, the config)."""
+    if token_id is None:
+        raise ValueError(f"the model at {source} has no {name} token: the tokenizer has no {field}_token "
+                         f"and the config no {field}_token_id")
+    return token_id
 
 
 def _first_id(*candidates: Any) -> int | None:
