@@ -7,7 +7,7 @@ import unmask
 from unmask.contrib.eval import runner
 from unmask.contrib.eval.ablate import GridError, load_grid, read_rows
 from unmask.contrib.cli import main
-from unmask.contrib.eval.report import aup_rows, pareto_front
+from unmask.contrib.eval.report import aup_rows, pareto_front, verdict_rows
 
 GRID = {
     "name": "small", "tasks": ["chain_sum", "sort"], "n": 3, "seed": 0, "gen_lengths": [32],
@@ -90,6 +90,22 @@ def test_pareto_front_and_aup_rows():
              "tokens_per_forward": tpf, "accuracy": acc} for tau, tpf, acc in ((0.9, 2.0, 80.0), (0.5, 4.0, 78.0))]
     (row,) = aup_rows(rows)
     assert row["family"] == "threshold" and row["points"] == 2 and 2 * 80 < row["aup"] < 4 * 80
+
+
+def test_verdicts_name_the_winners_and_losers_against_the_baseline():
+    def row(policy, accuracy, nfe, wall, baseline=False):
+        return {"task": "t", "policy": policy, "stop": "none", "cache": "none", "gen_length": 32,
+                "accuracy": accuracy, "nfe_mean": nfe, "wall_s": wall, "baseline": baseline}
+
+    rows = [row("topk", 90.0, 32, 9.0, baseline=True), row("fast", 89.0, 4, 2.0), row("faster", 88.0, 2, 1.0),
+            row("best", 94.0, 20, 5.0), row("bad", 86.0, 3, 0.5),
+            {**row("other task, no baseline", 10.0, 1, 0.1), "task": "u"}]
+    (verdict,) = verdict_rows(rows)
+    assert verdict["baseline"] == "topk (90)" and verdict["most_accurate"] == "best (94)"
+    # "faster" is 2 points down: not a tie; "bad" is 4 points down: a loss.
+    assert verdict["fewest_forwards"] == "fast (89, 4 forwards)"
+    assert verdict["shortest_wall"] == "fast (89, 2 s)"
+    assert verdict["losing"] == "bad (86)"
 
 
 def test_a_retrained_filter_reruns_its_rows(tmp_path):

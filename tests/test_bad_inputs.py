@@ -294,6 +294,9 @@ def test_a_prompt_longer_than_the_models_positions_is_refused():
     model, _ = unmask.load("reference")
     with pytest.raises(ValueError, match="exceeds the model's 512 positions"):
         unmask.decode(model, [[5] * 500], gen_length=32)
+    block_model, _ = unmask.load("reference-block")
+    with pytest.raises(ValueError, match="gen_length=32, rounded up to whole blocks of 32, exceeds the model's 512"):
+        unmask.decode(block_model, [[5] * 500], gen_length=32)
 
 
 # --- 6. the command line: one line naming the argument, exit status 2 ---------------------------------------

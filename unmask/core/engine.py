@@ -88,8 +88,8 @@ def decode(
     if mask_id == eos_id:
         raise ValueError(f"mask_token_id and eos_token_id are both {mask_id}; the canvas needs them apart")
     input_ids, prompt_mask = _prompt_tensors(input_ids, attention_mask, eos_id)
-    _check_prompts(input_ids, prompt_mask, model, config.gen_length)
     block_size = model_block_size(model, config)
+    _check_prompts(input_ids, prompt_mask, model, config.gen_length, block_size)
     if cache is None:
         cache = own_cache(model)
     if block_size and ((input_ids.shape[1] - prompt_mask.sum(1)) % block_size).any():
@@ -129,7 +129,6 @@ def decode(
     length = config.gen_length
     if block_size is not None:
         length = -(-(gen_start + length) // block_size) * block_size - gen_start
-        _check_prompts(input_ids, prompt_mask, model, length)
     width = gen_start + length
     canvas = _Canvas(
         x=torch.cat([input_ids, input_ids.new_full((batch, length), mask_id)], dim=1),
@@ -183,8 +182,10 @@ def decode(
                         logits = _forward(model, canvas.x, state, plan, storing, max(mask_id, eos_id), global_step)
                         nfe += storing.long()
                         seed_logits = (logits, plan.start) if seeded and plan.end > block_start else None
-            seed_rows = ~done & (canvas.row_end > block_start) & (canvas.x[:, block_start] == mask_id)
-            if seeded and seed_rows.any():
+            seed_rows = None
+            if seeded:
+                seed_rows = ~done & (canvas.row_end > block_start) & (canvas.x[:, block_start] == mask_id)
+            if seed_rows is not None and seed_rows.any():
                 if seed_logits is None:  # no finishing forward reached the block's first column: one forward
                     state = canvas_state(canvas.x, (block_start, block_end), 0)
                     plan = cache_manager.plan(state)
@@ -375,8 +376,10 @@ def _token_id(configured: int | None, model: Any, name: str) -> int:
     return value
 
 
-def _check_prompts(input_ids: torch.Tensor, prompt_mask: torch.Tensor, model: Any, gen_length: int) -> None:
-    """Refuse prompts the model cannot read: empty ones, ids outside its vocabulary, too long a canvas."""
+def _check_prompts(input_ids: torch.Tensor, prompt_mask: torch.Tensor, model: Any, gen_length: int,
+                   block_size: int | None = None) -> None:
+    """Refuse prompts the model cannot read: empty ones, ids outside its vocabulary, too long a canvas (for a
+    block-causal model, the canvas runs to the end of the block holding the answer's last position)."""
     lengths = prompt_mask.sum(1)
     if (lengths == 0).any():
         raise ValueError(f"input_ids: prompt(s) {(lengths == 0).nonzero().flatten().tolist()} are empty; "
@@ -388,8 +391,11 @@ def _check_prompts(input_ids: torch.Tensor, prompt_mask: torch.Tensor, model: An
     if isinstance(vocab, int) and (ids >= vocab).any():
         raise ValueError(f"input_ids: token id {int(ids.max())} is outside the model's vocabulary of {vocab}")
     positions = getattr(model, "max_positions", None)
-    if isinstance(positions, int) and int(lengths.max()) + gen_length > positions:
-        raise ValueError(f"input_ids: the longest prompt ({int(lengths.max())} tokens) plus gen_length={gen_length} "
+    longest = int(lengths.max())
+    width = longest + gen_length if block_size is None else -(-(longest + gen_length) // block_size) * block_size
+    if isinstance(positions, int) and width > positions:
+        blocks = "" if block_size is None else f", rounded up to whole blocks of {block_size},"
+        raise ValueError(f"input_ids: the longest prompt ({longest} tokens) plus gen_length={gen_length}{blocks} "
                          f"exceeds the model's {positions} positions")
 
 

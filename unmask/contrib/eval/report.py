@@ -17,8 +17,8 @@ from unmask._files import write_atomically
 from unmask.contrib.eval.runner import mean_row, speedups
 from unmask.core.spec import format_spec, parse_spec
 
-__all__ = ["markdown_report", "mean_rows", "family", "aup", "aup_rows", "pareto_front", "plot_pareto",
-           "plot_commit_order"]
+__all__ = ["markdown_report", "mean_rows", "family", "aup", "aup_rows", "verdict_rows", "pareto_front",
+           "plot_pareto", "plot_commit_order"]
 
 COLUMNS = ("task", "policy", "stop", "cache", "gen_length", "accuracy", "nfe_mean", "nfe_p50", "nfe_p90",
            "tokens_per_forward", "tokens_per_s", "wall_s", "nfe_speedup", "wall_speedup")
@@ -109,7 +109,47 @@ def markdown_report(rows: Sequence[dict[str, Any]], *, title: str = "Results", c
               "| task | family | stop | cache | gen_length | points | aup |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['task']} | {r['family']} | {r['stop']} | {r['cache']} | {r['gen_length']} | {r['points']} | "
               f"{r['aup']} |" for r in aup_rows(everything)]
+    verdicts = verdict_rows(everything)
+    if verdicts:
+        lines += ["", f"Wins and losses per task, against the baseline cell: the most accurate cell; among the cells "
+                      f"within {TIE_POINTS:g} point of the baseline's accuracy, the fewest forwards and the shortest "
+                      f"wall time; the cells more than {LOSS_POINTS:g} points below it:", "",
+                  "| task | baseline | most accurate | fewest forwards | shortest wall time | losing |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['task']} | {r['baseline']} | {r['most_accurate']} | {r['fewest_forwards']} | "
+                  f"{r['shortest_wall']} | {r['losing']} |" for r in verdicts]
     return "\n".join(lines) + "\n"
+
+
+# A cell "keeps" the baseline's accuracy within TIE_POINTS and "loses" below LOSS_POINTS (with 50 samples per
+# task one sample is 2 points, so a single flipped answer is neither).
+TIE_POINTS, LOSS_POINTS = 1.0, 3.0
+
+
+def verdict_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per task and gen length with a baseline row: where each cell wins or loses against the baseline, as
+    labelled cells (``policy stop X cache Y (accuracy, forwards or wall time)``)."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(row["task"], row["gen_length"])].append(row)
+    verdicts = []
+    for (task, gen_length), group in sorted(groups.items(), key=lambda item: (item[0][0] == "mean", item[0])):
+        base = next((r for r in group if r.get("baseline")), None)
+        if base is None:
+            continue
+        kept = [r for r in group if r["accuracy"] >= base["accuracy"] - TIE_POINTS]
+        best = max(group, key=lambda r: (r["accuracy"], -r["nfe_mean"]))
+        fewest = min(kept, key=lambda r: (r["nfe_mean"], -r["accuracy"]))
+        fastest = min(kept, key=lambda r: (r["wall_s"], -r["accuracy"]))
+        losing = sorted((r for r in group if r["accuracy"] < base["accuracy"] - LOSS_POINTS),
+                        key=lambda r: r["accuracy"])
+        verdicts.append({
+            "task": task, "gen_length": gen_length, "baseline": f"{_label(base)} ({base['accuracy']:g})",
+            "most_accurate": f"{_label(best)} ({best['accuracy']:g})",
+            "fewest_forwards": f"{_label(fewest)} ({fewest['accuracy']:g}, {fewest['nfe_mean']:g} forwards)",
+            "shortest_wall": f"{_label(fastest)} ({fastest['accuracy']:g}, {fastest['wall_s']:g} s)",
+            "losing": ", ".join(f"{_label(r)} ({r['accuracy']:g})" for r in losing) or "none"})
+    return verdicts
 
 
 def _per_task_table(rows: Sequence[dict[str, Any]]) -> list[str]:
