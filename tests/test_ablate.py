@@ -7,7 +7,7 @@ import unmask
 from unmask.contrib.eval import runner
 from unmask.contrib.eval.ablate import GridError, load_grid, read_rows
 from unmask.contrib.cli import main
-from unmask.contrib.eval.report import aup_rows, pareto_front, verdict_rows
+from unmask.contrib.eval.report import aup_rows, pareto_front, verdict_rows, with_speedups
 
 GRID = {
     "name": "small", "tasks": ["chain_sum", "sort"], "n": 3, "seed": 0, "gen_lengths": [32],
@@ -106,6 +106,16 @@ def test_verdicts_name_the_winners_and_losers_against_the_baseline():
     assert verdict["fewest_forwards"] == "fast (89, 4 forwards)"
     assert verdict["shortest_wall"] == "fast (89, 2 s)"
     assert verdict["losing"] == "bad (86)"
+
+
+def test_report_ratios_follow_the_baseline_row_in_the_file():
+    def row(policy, nfe, wall, baseline=False, task="t"):
+        return {"task": task, "policy": policy, "gen_length": 32, "nfe_mean": nfe, "wall_s": wall,
+                "baseline": baseline, "nfe_speedup": 99.0, "wall_speedup": 99.0}
+
+    # The baseline was run again (8 s, was slower): ratios stored with the old one are taken again.
+    rows = with_speedups([row("fast", 4, 2.0), row("topk", 32, 8.0, baseline=True), row("x", 4, 1.0, task="u")])
+    assert [(r["nfe_speedup"], r["wall_speedup"]) for r in rows] == [(8.0, 4.0), (1.0, 1.0), (None, None)]
 
 
 def test_a_retrained_filter_reruns_its_rows(tmp_path):

@@ -17,11 +17,19 @@ from unmask._files import write_atomically
 from unmask.contrib.eval.runner import mean_row, speedups
 from unmask.core.spec import format_spec, parse_spec
 
-__all__ = ["markdown_report", "mean_rows", "family", "aup", "aup_rows", "verdict_rows", "pareto_front",
+__all__ = ["markdown_report", "with_speedups", "mean_rows", "family", "aup", "aup_rows", "verdict_rows", "pareto_front",
            "plot_pareto", "plot_commit_order"]
 
 COLUMNS = ("task", "policy", "stop", "cache", "gen_length", "accuracy", "nfe_mean", "nfe_p50", "nfe_p90",
            "tokens_per_forward", "tokens_per_s", "wall_s", "nfe_speedup", "wall_speedup")
+
+
+def with_speedups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with their speedups taken again against the baseline row of their task and gen length among
+    ``rows``: a baseline cell run again (its rows deleted from the JSONL, then ``ablate`` resumed) changes
+    the ratios of every row stored before it."""
+    bases = {(r["task"], r["gen_length"]): r for r in rows if r.get("baseline")}
+    return [{**row, **speedups(row, bases.get((row["task"], row["gen_length"])))} for row in rows]
 
 
 def mean_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -89,6 +97,7 @@ def aup_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown_report(rows: Sequence[dict[str, Any]], *, title: str = "Results", command: str | None = None) -> str:
+    rows = with_speedups(rows)
     everything = [*rows, *mean_rows(rows)]
     lines = [f"# {title}", ""]
     if command:
