@@ -128,7 +128,7 @@ def decode(
     # the end of the block holding the answer's last position, and the answer is cut to gen_length after.
     length = config.gen_length
     if block_size is not None:
-        length = -(-(gen_start + length) // block_size) * block_size - gen_start
+        length = _whole_blocks(gen_start + length, block_size) - gen_start
     width = gen_start + length
     canvas = _Canvas(
         x=torch.cat([input_ids, input_ids.new_full((batch, length), mask_id)], dim=1),
@@ -157,7 +157,7 @@ def decode(
         block (``extra`` more: a shifted model's prediction of the next block's first token)."""
         visible = int(canvas.row_end.max())
         if block_size is not None:
-            visible = min(visible, -(-block[1] // block_size) * block_size + extra)
+            visible = min(visible, _whole_blocks(block[1], block_size) + extra)
         attention = real[:, :visible] * (columns[None, :visible] < canvas.row_end[:, None])
         return CanvasState(
             input_ids=x[:, :visible], attention_mask=attention, position_ids=(attention.cumsum(-1) - 1).clamp(min=0),
@@ -376,6 +376,11 @@ def _token_id(configured: int | None, model: Any, name: str) -> int:
     return value
 
 
+def _whole_blocks(columns: int, block_size: int) -> int:
+    """``columns`` rounded up to a multiple of ``block_size``: a block-causal canvas ends with a whole block."""
+    return -(-columns // block_size) * block_size
+
+
 def _check_prompts(input_ids: torch.Tensor, prompt_mask: torch.Tensor, model: Any, gen_length: int,
                    block_size: int | None = None) -> None:
     """Refuse prompts the model cannot read: empty ones, ids outside its vocabulary, too long a canvas (for a
@@ -392,7 +397,7 @@ def _check_prompts(input_ids: torch.Tensor, prompt_mask: torch.Tensor, model: An
         raise ValueError(f"input_ids: token id {int(ids.max())} is outside the model's vocabulary of {vocab}")
     positions = getattr(model, "max_positions", None)
     longest = int(lengths.max())
-    width = longest + gen_length if block_size is None else -(-(longest + gen_length) // block_size) * block_size
+    width = longest + gen_length if block_size is None else _whole_blocks(longest + gen_length, block_size)
     if isinstance(positions, int) and width > positions:
         blocks = "" if block_size is None else f", rounded up to whole blocks of {block_size},"
         raise ValueError(f"input_ids: the longest prompt ({longest} tokens) plus gen_length={gen_length}{blocks} "
