@@ -11,7 +11,7 @@ The kept context is stale until the next refresh: both are approximations, exact
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from attrs import define, field
@@ -26,6 +26,9 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 @define
 class _BlockCacheManager:
+    # String parameters a request to `unmask serve` may set: data, never a path (docs/serve.md).
+    request_strings: ClassVar[dict[str, str]] = {"dtype": "text"}
+
     refresh_every: int = field(default=0, validator=integer(minimum=0))  # 0: only at block starts
     dtype: str | None = field(default=None, validator=optional(one_of(*_DTYPES)))
     _cache: Any = field(default=None, init=False, repr=False, eq=False)

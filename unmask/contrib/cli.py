@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from unmask.contrib import distributed
+from unmask.contrib.serve import add_arguments as serve_arguments
 from unmask.contrib.train.traces import LABELS
 from unmask.core.plugins import KINDS, registry
 
@@ -146,12 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "live page (pip install 'unmask[serve]')")
     add_model_arguments(serve)
     add_decode_arguments(serve, seed_flag="--decode-seed")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free port)")
-    serve.add_argument("--max-batch", type=positive_int, default=8, help="requests decoded together (default: 8)")
-    serve.add_argument("--batch-wait-ms", type=finite_float, default=10.0,
-                       help="how long the first request waits for others to batch with (default: 10)")
     add_chat_argument(serve)
+    serve_arguments(serve)
     serve.set_defaults(run=run_serve)
 
     bench = commands.add_parser("bench", help="decode task samples with every combination of components and score")
@@ -448,14 +445,12 @@ def run_ablate(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from unmask.contrib.serve import serve
+    from unmask.contrib.serve import config_from_args, serve
 
-    if args.batch_wait_ms < 0:
-        raise ValueError(f"--batch-wait-ms must be at least 0, got {args.batch_wait_ms}")
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be in 0-65535, got {args.port}")
-    model, tokenizer, model_name = _load_model(args)
-    return serve(model, tokenizer, args)
+    model, tokenizer, _ = _load_model(args)
+    return serve(model, tokenizer, config_from_args(args, model), host=args.host, port=args.port)
 
 
 def run_collect(args: argparse.Namespace) -> int:

@@ -180,6 +180,9 @@ class RegexConstraint(_SequentialRefusal):
 
     After Mündler, Dekoninck and Vechev 2025 (arXiv 2508.10111), with holes counted exactly."""
 
+    # String parameters a request to `unmask serve` may set: data, never a path (docs/serve.md).
+    request_strings = {"pattern": "regex"}  # compiled under the server's budget first
+
     def __init__(self, pattern: str) -> None:
         if not isinstance(pattern, str) or not pattern:
             raise ValueError(f"pattern must be a non-empty regular expression, got {pattern!r}")
@@ -242,6 +245,9 @@ class JsonSchemaConstraint(RegexConstraint):
     regular expression (recursive schemas are unrolled to its bounded depth).
 
     After Mündler, Dekoninck and Vechev 2025 (arXiv 2508.10111), with holes counted exactly."""
+
+    # String parameters a request to `unmask serve` may set: data, never a path (docs/serve.md).
+    request_strings: dict[str, str] = {}  # its schema is a file: requests give schemas inline (response_format)
 
     def __init__(self, schema: str) -> None:
         path = Path(str(schema))

@@ -44,6 +44,9 @@ class DistinctItemsConstraint(_SequentialRefusal):
 
     Source: unmask (for the parallelism testbed's list tasks)."""
 
+    # String parameters a request to `unmask serve` may set: data, never a path (docs/serve.md).
+    request_strings = {"separator": "text"}
+
     def __init__(self, separator: str = "/", permutation_of_prompt: bool = False) -> None:
         if not isinstance(separator, str) or not separator.strip():
             raise ValueError(f"separator must be a non-blank string, got {separator!r}")

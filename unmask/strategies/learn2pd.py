@@ -3,7 +3,7 @@ from __future__ import annotations
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from attrs import field, frozen
@@ -45,6 +45,9 @@ class Learn2PDPolicy:
     registered trained filter (``gbdt``, the default, and ``mlp``: those of the bundled model). ``tau``
     defaults to the one the filter was trained for (``unmask train-filter --tau``), else 0.96.
     """
+
+    # String parameters a request to `unmask serve` may set: data, never a path (docs/serve.md).
+    request_strings: ClassVar[dict[str, str]] = {"filter": "trained_filters"}  # a registered name only
 
     filter: Any = field(default="gbdt", eq=False)
     tau: float | None = field(default=None, validator=optional(number(minimum=0, maximum=1)))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from attrs import field, frozen
@@ -31,6 +31,9 @@ class EoTPStop:
     Learn2PD's EoTP (arXiv 2509.25188). Never cuts before a committed non-EOS token. ``scope`` is where
     predicted EOS are searched: every position predicted this step, or the current block only.
     """
+
+    # String parameters a request to `unmask serve` may set: data, never a path (docs/serve.md).
+    request_strings: ClassVar[dict[str, str]] = {"scope": "text"}
 
     scope: str = field(default="predicted", validator=one_of("predicted", "block"))
 

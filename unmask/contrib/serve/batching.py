@@ -1,18 +1,25 @@
-"""Dynamic batching for ``unmask serve``: requests with the same decode settings are decoded together.
+"""Dynamic batching for ``unmask serve``: requests with the same decode settings are decoded together, and
+batches take turns step by step so that a short request is not stuck behind long ones.
 
-One worker thread owns the model. It takes the oldest waiting request, waits up to ``wait_s`` for more
-with the same :class:`Settings` (up to ``max_batch``; for a block-causal model also the same prompt length
-modulo its block size), and decodes them in one batch. Decoding is
+A dispatcher thread takes the oldest waiting request, waits up to ``wait_s`` for more with the same
+:class:`Settings` (up to ``max_batch``; for a block-causal model also the same prompt length modulo its block
+size), and starts the batch in a thread of its own, up to ``max_running`` batches at once. The batches hold
+the model in turn, one step each (a first-come, first-served turn passed at every step boundary), so a
+16-token request sent behind long ones waits a few of their steps, not their whole decodes. Decoding is
 batch-invariant, so each answer equals the request decoded alone; sampled requests (temperature > 0) draw
-noise for the whole batch, so they are decoded alone. A cancelled request (a client that went away) is
-finished by a stop criterion at the next step: its row stops counting forwards, the others go on as they
-were. A batch that raises is retried one request at a time, so a bad constraint fails only its own request.
+noise for the whole batch, so they are decoded alone. At most ``max_queue`` requests wait: beyond that
+:meth:`Batcher.submit` raises :class:`QueueFull` at once. A cancelled request (a client that went away) or
+one past its deadline is finished by a stop criterion at the next step: its row stops counting forwards, the
+others go on as they were. A batch that raises is retried one request at a time, so a bad constraint fails
+only its own request.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from typing import Any, Callable
 
@@ -22,7 +29,7 @@ import torch
 from unmask.core.engine import decode, pad_prompts
 from unmask.core.types import DecodeConfig, DecodeResult, StepView, StopDecision
 
-__all__ = ["Settings", "Job", "Batcher", "StepUpdate"]
+__all__ = ["Settings", "Job", "Batcher", "StepUpdate", "QueueFull", "DeadlineExceeded"]
 
 
 @attrs.frozen
@@ -49,6 +56,14 @@ class StepUpdate:
     nfe: int
 
 
+class QueueFull(RuntimeError):
+    """Every place in the queue is taken: the request is refused at once (HTTP 429)."""
+
+
+class DeadlineExceeded(TimeoutError):
+    """The request ran past its deadline (HTTP 504); its row was finished at the next step."""
+
+
 @attrs.define(eq=False)
 class Job:
     prompt_ids: list[int]
@@ -57,53 +72,104 @@ class Job:
     cancelled: threading.Event = attrs.field(factory=threading.Event)
     future: Future = attrs.field(factory=Future)
     queued_at: float = attrs.field(factory=time.monotonic)
+    timeout_s: float = math.inf  # from queued_at: past it, the row is finished and the request fails
+
+    @property
+    def expired(self) -> bool:
+        return time.monotonic() > self.queued_at + self.timeout_s
+
+    @property
+    def done(self) -> bool:
+        """Whether its row may stop: the client went away or the deadline passed."""
+        return self.cancelled.is_set() or self.expired
 
 
-class _Cancelled:
-    """A stop criterion: the rows whose request was cancelled are done."""
+class _Finished:
+    """A stop criterion: the rows whose request was cancelled or ran past its deadline are done (monotone:
+    neither comes back)."""
 
     def __init__(self, jobs: list[Job]) -> None:
         self.jobs = jobs
+        self.flags = [False] * len(jobs)
 
     def check(self, view: StepView) -> StopDecision:
-        flags = [job.cancelled.is_set() for job in self.jobs]
-        return StopDecision(done=torch.tensor(flags, dtype=torch.bool, device=view.x.device))
+        self.flags = [flag or job.done for flag, job in zip(self.flags, self.jobs)]
+        return StopDecision(done=torch.tensor(self.flags, dtype=torch.bool, device=view.x.device))
+
+
+class _Turns:
+    """The model, held by one batch at a time and handed on first come, first served: a batch that passes its
+    turn after a step queues behind every batch already waiting."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._queue: deque[object] = deque()
+
+    def acquire(self) -> None:
+        ticket = object()
+        with self._condition:
+            self._queue.append(ticket)
+            while self._queue[0] is not ticket:
+                self._condition.wait()
+
+    def release(self) -> None:
+        with self._condition:
+            self._queue.popleft()
+            self._condition.notify_all()
+
+    def pass_turn(self) -> None:
+        self.release()
+        self.acquire()
 
 
 class Batcher:
-    def __init__(self, model: Any, tokenizer: Any, *, max_batch: int = 8, wait_s: float = 0.01) -> None:
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+    def __init__(self, model: Any, tokenizer: Any, *, max_batch: int = 8, wait_s: float = 0.01, max_queue: int = 64,
+                 max_running: int = 4) -> None:
+        for name, value in (("max_batch", max_batch), ("max_queue", max_queue), ("max_running", max_running)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
         if not wait_s >= 0:
             raise ValueError(f"batch wait must be at least 0, got {wait_s}")
         self.model, self.tokenizer, self.max_batch, self.wait_s = model, tokenizer, max_batch, wait_s
+        self.max_queue, self.max_running = max_queue, max_running
         self._waiting: list[Job] = []
+        self._running: set[threading.Thread] = set()
+        self.rows_in_flight = 0
         self._condition = threading.Condition()
+        self._turns = _Turns()
         self._closing = False
         # Every batch decoded: each row's forwards and whether its request was cancelled (for tests and logs).
         self.log: list[dict[str, list[Any]]] = []
-        self._worker = threading.Thread(target=self._run, name="unmask-batcher", daemon=True)
-        self._worker.start()
+        self._dispatcher = threading.Thread(target=self._dispatch, name="unmask-batcher", daemon=True)
+        self._dispatcher.start()
 
     def submit(self, job: Job) -> Future:
         with self._condition:
             if self._closing:
                 raise RuntimeError("the server is shutting down")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"the server's queue is full ({self.max_queue} requests wait); try again shortly")
             self._waiting.append(job)
-            self._condition.notify()
+            self._condition.notify_all()
         return job.future
 
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
     def close(self) -> None:
-        """Finish every request already submitted, then stop the worker."""
+        """Finish every request already submitted, then stop the threads."""
         with self._condition:
             self._closing = True
-            self._condition.notify()
-        self._worker.join()
+            self._condition.notify_all()
+        self._dispatcher.join()
+        for thread in list(self._running):
+            thread.join()
 
     def _take(self) -> list[Job] | None:
         with self._condition:
-            while not self._waiting:
-                if self._closing:
+            while not self._waiting or len(self._running) >= self.max_running:
+                if self._closing and not self._waiting:
                     return None
                 self._condition.wait()
             first = self._waiting[0]
@@ -125,25 +191,43 @@ class Batcher:
         block_size = getattr(self.model, "block_size", None)
         return job.settings, len(job.prompt_ids) % block_size if block_size else 0
 
-    def _run(self) -> None:
+    def _dispatch(self) -> None:
         while (batch := self._take()) is not None:
-            live = [job for job in batch if not job.cancelled.is_set()]
+            thread = threading.Thread(target=self._run, args=(batch,), name="unmask-batch", daemon=True)
+            with self._condition:
+                self._running.add(thread)
+            thread.start()
+
+    def _run(self, batch: list[Job]) -> None:
+        try:
+            live = []
             for job in batch:
                 if job.cancelled.is_set():
                     job.future.cancel()
-            if not live:
-                continue
-            try:
-                self._decode(live)
-            except Exception as error:
-                if len(live) == 1:
-                    live[0].future.set_exception(error)
-                    continue
-                for job in live:  # alone, each request succeeds or fails on its own
-                    try:
-                        self._decode([job])
-                    except Exception as alone:
-                        job.future.set_exception(alone)
+                elif job.expired:
+                    job.future.set_exception(DeadlineExceeded("the request waited past its deadline"))
+                else:
+                    live.append(job)
+            self._decode_each_alone_on_failure(live)
+        finally:
+            with self._condition:
+                self._running.discard(threading.current_thread())
+                self._condition.notify_all()
+
+    def _decode_each_alone_on_failure(self, live: list[Job]) -> None:
+        if not live:
+            return
+        try:
+            self._decode(live)
+        except Exception as error:
+            if len(live) == 1:
+                live[0].future.set_exception(error)
+                return
+            for job in live:  # alone, each request succeeds or fails on its own
+                try:
+                    self._decode([job])
+                except Exception as alone:
+                    job.future.set_exception(alone)
 
     def _decode(self, jobs: list[Job]) -> None:
         settings = jobs[0].settings
@@ -160,18 +244,30 @@ class Batcher:
             commit_step[fresh] = steps[0]
             steps[0] += 1
             for row, job in enumerate(jobs):
-                if job.on_step is not None and not job.cancelled.is_set():
+                if job.on_step is not None and not job.done:
                     job.on_step(StepUpdate(tokens=answer[row].tolist(), commit_step=commit_step[row].tolist(),
                                            step=steps[0], nfe=int(view.nfe[row])))
+            self._turns.pass_turn()  # the next batch waiting runs its step before this one's next
 
-        stops = [settings.stop, _Cancelled(jobs)] if settings.stop != "none" else [_Cancelled(jobs)]
+        finished = _Finished(jobs)
+        stops = [settings.stop, finished] if settings.stop != "none" else [finished]
         constraint = None if settings.constraint == "none" else settings.constraint
-        result = decode(self.model, input_ids.to(device), attention_mask=attention_mask.to(device), config=config,
-                        policy=settings.policy, stop=stops, cache=settings.cache, constraint=constraint,
-                        tokenizer=self.tokenizer, on_step=observe)
+        self._turns.acquire()
+        self.rows_in_flight += len(jobs)
+        try:
+            result = decode(self.model, input_ids.to(device), attention_mask=attention_mask.to(device),
+                            config=config, policy=settings.policy, stop=stops, cache=settings.cache,
+                            constraint=constraint, tokenizer=self.tokenizer, on_step=observe)
+        finally:
+            self.rows_in_flight -= len(jobs)
+            self._turns.release()
         self.log.append({"forwards": result.nfe.tolist(), "cancelled": [job.cancelled.is_set() for job in jobs]})
         for row, job in enumerate(jobs):
-            if not job.future.cancelled():
+            if job.future.cancelled():
+                continue
+            if finished.flags[row] and not job.cancelled.is_set():  # cut at its deadline
+                job.future.set_exception(DeadlineExceeded(f"the request ran past its deadline of {job.timeout_s:g} s"))
+            else:
                 job.future.set_result(_row(result, row, commit_step[row]))
 
 
