@@ -381,9 +381,10 @@ def build_app(model: Any, tokenizer: Any, config: ServeConfig = ServeConfig()) -
         await asyncio.to_thread(service.batcher.close)  # in-flight requests finish first
 
     middleware = [Middleware(Guard, config=config, metrics=metrics)]
-    if config.cors_origins:
-        middleware.append(Middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
-                                     allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"]))
+    if config.cors_origins:  # outside the guard: a browser's preflight carries no key
+        middleware.insert(0, Middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
+                                        allow_methods=["GET", "POST"],
+                                        allow_headers=["Authorization", "Content-Type"]))
     app = Starlette(routes=[Route("/", page), Route("/health", health), Route("/metrics", metrics_page),
                             Route("/v1/models", models), Route("/v1/components", components),
                             Route("/v1/completions", endpoint(False), methods=["POST"]),
@@ -436,6 +437,9 @@ async def _wait(future: Any, job: Job, http: Any) -> dict[str, Any] | None:
             if await http.is_disconnected():
                 job.cancelled.set()
                 return None
+            if job.expired and not job.future.running():  # still queued: no decode will come in time
+                job.cancelled.set()
+                raise DeadlineExceeded("the request waited past its deadline")
     except asyncio.CancelledError:  # the server's graceful shutdown ran out of time: free the row too
         job.cancelled.set()
         raise

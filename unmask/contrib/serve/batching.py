@@ -147,11 +147,21 @@ class Batcher:
         with self._condition:
             if self._closing:
                 raise RuntimeError("the server is shutting down")
+            self._drop_finished()
             if len(self._waiting) >= self.max_queue:
                 raise QueueFull(f"the server's queue is full ({self.max_queue} requests wait); try again shortly")
             self._waiting.append(job)
             self._condition.notify_all()
         return job.future
+
+    def _drop_finished(self) -> None:
+        """Requests that left the queue without a decode (client gone, deadline passed) free their places."""
+        for job in [job for job in self._waiting if job.done]:
+            self._waiting.remove(job)
+            if job.cancelled.is_set():
+                job.future.cancel()
+            else:
+                job.future.set_exception(DeadlineExceeded("the request waited past its deadline"))
 
     @property
     def queue_depth(self) -> int:
@@ -206,7 +216,7 @@ class Batcher:
                     job.future.cancel()
                 elif job.expired:
                     job.future.set_exception(DeadlineExceeded("the request waited past its deadline"))
-                else:
+                elif job.future.set_running_or_notify_cancel():
                     live.append(job)
             self._decode_each_alone_on_failure(live)
         finally:
