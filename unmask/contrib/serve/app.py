@@ -29,7 +29,6 @@ from unmask.contrib.serve.batching import Batcher, DeadlineExceeded, Job, QueueF
 from unmask.contrib.serve.limits import ApiError, Limits, check_spec, compile_pattern, json_depth
 from unmask.contrib.serve.metrics import Metrics
 from unmask.core.plugins import create, registry
-from unmask.core.spec import SpecError
 from unmask.core.types import SEED_MAX
 
 __all__ = ["ApiError", "ServeConfig", "build_app"]
@@ -472,9 +471,14 @@ async def _stream(service: Service, metrics: Metrics, request: Request, job: Job
                 {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})}
         while not (future.done() and updates.empty()):
             getter = asyncio.ensure_future(updates.get())
-            await asyncio.wait({getter, future}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({getter, future}, timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
             if not getter.done():
                 getter.cancel()
+                if job.expired and not job.future.running():  # still queued: no decode will come in time
+                    failure = ApiError(504, "the request waited past its deadline (--request-timeout-s)")
+                    metrics.rejected(failure.status)
+                    yield {"event": "error", "data": json.dumps(failure.body())}
+                    return
                 continue
             update = getter.result()
             if request.steps:
