@@ -37,6 +37,7 @@ SCHEMA = Path(__file__).resolve().parents[1] / "tests" / "golden" / "integer.sch
 CONSTRAINTS = {"none": None, "regex": "regex:pattern='[a-z]+( [a-z]+)*'", "json_schema": f"json_schema:schema={SCHEMA}",
                "distinct_items": "distinct_items"}
 SPECIAL = {"union": "topk + threshold"}  # the rest by name, with their defaults; the oracle follows topk
+# (decoded under the same cache and constraint)
 
 
 def policies() -> list[str]:
@@ -79,19 +80,21 @@ class Decoder:
         model, tokenizer = self.loaded[model_name]
         spec: Any = SPECIAL.get(policy, policy)
         if policy == "oracle":
-            reference = self._reference(model_name, cache)
+            reference = self._reference(model_name, cache, constraint)
             spec = unmask.create("policies", ("oracle", {"reference": reference[rows]}))
         return unmask.decode(model, [self.prompts[model_name][i] for i in rows], gen_length=GEN_LENGTH,
                              block_length=BLOCK_LENGTH, policy=spec, stop=stop, cache=cache,
                              constraint=CONSTRAINTS[constraint], tokenizer=tokenizer)
 
-    def _reference(self, model_name: str, cache: str) -> torch.Tensor:
-        if (model_name, cache) not in self.references:
-            model, _ = self.loaded[model_name]
+    def _reference(self, model_name: str, cache: str, constraint: str) -> torch.Tensor:
+        """topk's output under the same cache and constraint (the oracle's targets then satisfy it)."""
+        if (model_name, cache, constraint) not in self.references:
+            model, tokenizer = self.loaded[model_name]
             result = unmask.decode(model, self.prompts[model_name], gen_length=GEN_LENGTH,
-                                   block_length=BLOCK_LENGTH, policy="topk", cache=cache)
-            self.references[model_name, cache] = result.tokens
-        return self.references[model_name, cache]
+                                   block_length=BLOCK_LENGTH, policy="topk", cache=cache,
+                                   constraint=CONSTRAINTS[constraint], tokenizer=tokenizer)
+            self.references[model_name, cache, constraint] = result.tokens
+        return self.references[model_name, cache, constraint]
 
     def outcome(self, configuration: tuple[str, ...], rows: list[int]) -> tuple[str, int]:
         """The digest (or the error) of these rows decoded together, and their forwards."""

@@ -60,6 +60,21 @@ def test_imports_run_one_way():
     assert not wrong, "\n".join(wrong)
 
 
+def test_no_module_imports_the_facade():
+    """``from unmask import X`` loads the whole façade (engine, registry); inside the package a module imports
+    what it needs from where it lives (the version from ``unmask._version``)."""
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == PACKAGE / "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.ImportFrom) and node.module == "unmask" else []
+            names += [a.name for a in node.names if a.name == "unmask"] if isinstance(node, ast.Import) else []
+            wrong += [f"{path.relative_to(PACKAGE.parent)}: {name}" for name in names
+                      if name == "unmask" or not (PACKAGE / name).exists() and not (PACKAGE / f"{name}.py").exists()]
+    assert not wrong, "\n".join(wrong)
+
+
 def test_the_checker_sees_function_level_imports(tmp_path):
     path = tmp_path / "m.py"
     path.write_text("def f():\n    from unmask.contrib.models import transformers\n")

@@ -151,3 +151,48 @@ def test_entry_point_plugin_from_an_installed_package(tmp_path):
     )
     provider, nfe = decoding.stdout.split()
     assert provider == "unmask-tmp-plugin" and 1 <= int(nfe) < 8
+
+
+@attrs.frozen
+class CopiesVanillaPolicy:
+    """A plug-in that needs the vanilla output of its prompts (as the oracle does), asked for by name."""
+
+    reference: object = attrs.field(default=None, eq=False)
+    seen_model: str | None = None
+
+    def requirements(self):
+        return {"reference", "model_sha256"} if self.reference is None else set()
+
+    def provide(self, reference, model_sha256):
+        return CopiesVanillaPolicy(reference=reference, seen_model=model_sha256)
+
+    def select(self, view):
+        assert self.seen_model and self.reference.shape[0] == view.x.shape[0]
+        target = view.x0.clone()
+        target[:, view.gen_start:] = self.reference[:, :view.x.shape[1] - view.gen_start]
+        return unmask.Commit(mask=view.candidates & (view.x0 == target), tokens=target)
+
+
+class CopiesVanillaPlugin:
+    @unmask.hookimpl
+    def unmask_register_policies(self, registry):
+        registry.add("copies_vanilla", CopiesVanillaPolicy)
+
+
+def test_a_plugin_gets_what_it_requires_from_the_runner_alone_and_inside_a_union(capsys):
+    """The runner knows no plug-in by class: it asks ``requirements()`` and hands over what is named, also to a
+    member of ``a + b``; a command that cannot provide it says which need it lacks."""
+    plugin = CopiesVanillaPlugin()
+    unmask.register_plugin(plugin, name="copies-vanilla")
+    try:
+        arguments = ["bench", "--tasks", "sort", "--n", "4", "--gen-length", "16", "--block-length", "16",
+                     "--stop", "none", "--json"]
+        assert main([*arguments, "--policy", "topk", "--policy", "copies_vanilla",
+                     "--policy", "copies_vanilla + threshold:tau=1"]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        accuracy = {row["policy"]: row["accuracy"] for row in rows}
+        assert accuracy["copies_vanilla"] == accuracy["copies_vanilla + threshold:tau=1"] == accuracy["topk"]
+        assert main(["generate", "--gen-length", "16", "--policy", "copies_vanilla", "sort: ada ben"]) == 2
+        assert "needs reference" in capsys.readouterr().err
+    finally:
+        unmask.unregister_plugin(plugin)

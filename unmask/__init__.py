@@ -1,7 +1,6 @@
 """unmask: pluggable decoding for diffusion language models."""
 
-__version__ = "0.2.0"
-
+from unmask._version import __version__
 from unmask import _moved  # noqa: E402
 
 _moved.install()

@@ -345,13 +345,12 @@ def _decode_config(args: argparse.Namespace) -> Any:
 
 def run_generate(args: argparse.Namespace) -> int:
     from unmask.contrib.models.transformers import decode_text, weights_hash
+    from unmask.core.needs import provide
     from unmask.core.plugins import create
-    from unmask.strategies.learn2pd import Learn2PDPolicy
 
     model, tokenizer, model_name = _load_model(args)
-    policy = create("policies", args.policy)
-    if isinstance(policy, Learn2PDPolicy):
-        policy.warn_if_trained_on_another_model(weights_hash(model))
+    policy = provide(create("policies", args.policy), {"model_sha256": lambda: weights_hash(model)},
+                     where="unmask generate (use unmask bench for a policy that needs the vanilla output)")
     answer, result = decode_text(
         model, tokenizer, [args.prompt], config=_decode_config(args), policy=policy, stop=args.stop,
         cache=args.cache, constraint=args.constraint,

@@ -121,7 +121,7 @@ def _versions() -> dict[str, str]:
     import sklearn
     import torch
 
-    from unmask import __version__
+    from unmask._version import __version__
 
     return {"unmask": __version__, "torch": torch.__version__, "scikit-learn": sklearn.__version__,
             "skops": skops.__version__, "safetensors": safetensors.__version__}

@@ -66,6 +66,18 @@ class Learn2PDPolicy:
         """A block-wide filter (the MLP) serves only the block length it was trained on."""
         self.trained.check_width(config.block_length)
 
+    @property
+    def artefact_sha256(self) -> str:
+        """The filter's fingerprint: rows decoded with another filter are not reused (``unmask.core.needs``)."""
+        return self.trained.fingerprint
+
+    def requirements(self) -> set[str]:
+        return {"model_sha256"}
+
+    def provide(self, model_sha256: str) -> Learn2PDPolicy:
+        self.warn_if_trained_on_another_model(model_sha256)
+        return self
+
     def warn_if_trained_on_another_model(self, weights_sha256: str) -> None:
         """Warn once per filter and model when the filter's traces came from other weights: its
         probabilities describe that model's predictions, not this one's."""

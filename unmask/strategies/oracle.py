@@ -43,6 +43,13 @@ class OraclePolicy:
         fallback = top_k_mask(view.candidate_confidence, stalled.long(), block=view.block)
         return Commit(mask=commit | fallback, tokens=target)
 
+    def requirements(self) -> set[str]:
+        """The vanilla output of the same prompts, unless it was given (``unmask.core.needs``)."""
+        return {"reference"} if self.reference is None else set()
+
+    def provide(self, reference: torch.Tensor) -> OraclePolicy:
+        return OraclePolicy(reference=reference)
+
     def select_rows(self, index: torch.Tensor) -> OraclePolicy:
         """The oracle for a batch of rows ``index`` of this one's (the engine's batches of a block model)."""
         return OraclePolicy(reference=self.reference[index.to(self.reference.device)])

@@ -6,6 +6,7 @@ import torch
 from attrs import field, frozen
 
 from unmask.core.engine import check_config
+from unmask.core.needs import artefact_sha256, requirements
 from unmask.core.plugins import create
 from unmask.core.types import Commit, DecodeConfig, StepView
 
@@ -32,6 +33,20 @@ class UnionPolicy:
     def reach(self) -> str:
         """The union commits past the block (reach "canvas") if any member does."""
         return "canvas" if any(getattr(p, "reach", "block") == "canvas" for p in self.policies) else "block"
+
+    def requirements(self) -> set[str]:
+        """What any member needs of the application (``unmask.core.needs``)."""
+        return set().union(*(requirements(policy) for policy in self.policies))
+
+    def provide(self, **values: Any) -> UnionPolicy:
+        return UnionPolicy(policies=[
+            policy.provide(**{name: values[name] for name in requirements(policy)}) if requirements(policy)
+            else policy for policy in self.policies])
+
+    @property
+    def artefact_sha256(self) -> str | None:
+        digests = [artefact_sha256(policy) for policy in self.policies]
+        return None if not any(digests) else "+".join(digest or "-" for digest in digests)
 
     def check_config(self, config: DecodeConfig) -> None:
         check_config(self.policies, config)

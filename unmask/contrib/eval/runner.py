@@ -6,29 +6,29 @@ here, so their numbers mean the same. Metrics per row: ``accuracy`` (the task's 
 ``tokens_per_s`` (answer tokens, EOS excluded, per wall second), ``wall_s``, and ``nfe_speedup`` /
 ``wall_speedup`` against the grid's baseline cell of the same task and gen length (the one baseline rule).
 
-Policies that need the vanilla output (the oracle: ``OraclePolicy`` with no ``reference``) get it here,
-decoded once per batch with ``topk`` and one token per step, for every runner.
+Components that need something of the application (``unmask.core.needs``) get it here: the vanilla output
+(the oracle's reference), decoded once per batch with ``topk`` and one token per step, and the model's
+weights hash.
 """
 
 from __future__ import annotations
 
 import platform
 import sys
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-import attrs
 import torch
 from attrs import define, field, frozen
 
 from unmask.contrib import distributed
-from unmask.contrib.models.transformers import decode_answers, encode_prompts
+from unmask.contrib.models.transformers import decode_answers, encode_prompts, weights_hash
 from unmask.contrib.tasks import samples, score
 from unmask.core.engine import decode, pad_prompts
+from unmask.core.needs import artefact_sha256, provide
 from unmask.core.plugins import create
 from unmask.core.types import DecodeConfig
-from unmask.strategies.learn2pd import Learn2PDPolicy
-from unmask.strategies.oracle import OraclePolicy
 
 __all__ = ["GridError", "Cell", "Grid", "run_grid", "run_cell", "CellRun", "cell_metrics", "mean_row", "speedups",
            "check_components", "machine"]
@@ -100,17 +100,14 @@ def run_grid(
     first; ``on_row`` sees each new row. Returns the grid's rows, in the grid's cell order."""
     from tqdm import tqdm
 
-    from unmask.contrib.models.transformers import weights_hash
-
     check_components(*([getattr(cell, kind) for cell in grid.cells] for kind in ("policy", "stop", "cache")),
                      constraints=[cell.constraint for cell in grid.cells])
     settings = {**grid.settings(), "model_sha256": weights_hash(model)}
     filters = {}  # a Learn2PD spec's filter, by fingerprint: a row of another filter is not reused
     for spec in dict.fromkeys(cell.policy for cell in grid.cells):
-        component = create("policies", spec)
-        if isinstance(component, Learn2PDPolicy):
-            component.warn_if_trained_on_another_model(settings["model_sha256"])
-            filters[spec] = component.trained.fingerprint
+        digest = artefact_sha256(create("policies", spec))
+        if digest is not None:
+            filters[spec] = digest
     rows = {row["cell"]: row for row in previous if all(row.get(k) == v for k, v in settings.items())
             and row.get("filter_sha256") == filters.get(row["policy"])}
     todo = sorted((c for c in grid.cells if c.key not in rows), key=lambda c: not grid.is_baseline(c))
@@ -177,19 +174,22 @@ def run_cell(
     run = CellRun()
     references = {} if references is None else references
     component = create("policies", policy)
+    model_sha256 = lru_cache(maxsize=None)(lambda: weights_hash(model))  # hashed once, if a component asks
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]
         input_ids, attention_mask = pad_prompts(
             encode_prompts(tokenizer, [s.prompt for s in batch], chat=chat), model.eos_token_id
         )
         key = (tuple((s.task, s.seed) for s in batch), config.gen_length, config.num_block_tokens)
-        chosen = component
-        if isinstance(component, OraclePolicy) and component.reference is None:
+
+        def reference() -> torch.Tensor:
             if key not in references:
                 vanilla = DecodeConfig(gen_length=config.gen_length, block_length=config.block_length,
                                        mask_token_id=config.mask_token_id, eos_token_id=config.eos_token_id)
                 references[key] = decode(model, input_ids, attention_mask=attention_mask, config=vanilla).tokens
-            chosen = attrs.evolve(component, reference=references[key])
+            return references[key]
+
+        chosen = provide(component, {"reference": reference, "model_sha256": model_sha256})
         constrained = {} if constraint in (None, "none") else {"constraint": constraint, "tokenizer": tokenizer}
         result = decode(model, input_ids, attention_mask=attention_mask, config=config,
                         policy=chosen, stop=stop, cache=cache, **constrained)
@@ -265,7 +265,7 @@ def _is_vanilla(policy: Any, stop: Any, cache: Any, config: DecodeConfig) -> boo
 def _versions() -> dict[str, str]:
     import transformers
 
-    from unmask import __version__
+    from unmask._version import __version__
 
     return {"unmask": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
 

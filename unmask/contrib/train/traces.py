@@ -123,16 +123,16 @@ def _collect_shard(model: Any, tokenizer: Any, items: Sequence[tuple[int, str]],
     """Decode ``items`` (id, prompt) with vanilla and with ``policy`` (both under ``constraint``), write the shard,
     return its manifest entry. ``scored``: the items' samples, to label rows whose answer scores correct against
     their own output."""
-    from unmask.contrib.models.transformers import decode_answers, encode_prompts
+    from unmask.contrib.models.transformers import decode_answers, encode_prompts, weights_hash
     from unmask.contrib.tasks import score
-    from unmask.strategies.oracle import OraclePolicy
+    from unmask.core.needs import provide
 
     input_ids, attention_mask = pad_prompts(encode_prompts(tokenizer, [p for _, p in items], chat=chat),
                                             model.eos_token_id)
     constrained = {} if constraint is None else {"constraint": constraint, "tokenizer": tokenizer}
     reference = decode(model, input_ids, attention_mask=attention_mask, config=config, **constrained).tokens
-    if isinstance(policy, OraclePolicy):
-        policy = OraclePolicy(reference=reference)
+    policy = provide(policy, {"reference": lambda: reference, "model_sha256": lambda: weights_hash(model)},
+                     where="unmask collect")
     records: list[dict[str, torch.Tensor]] = []
     result = decode(model, input_ids, attention_mask=attention_mask, config=config, policy=policy,
                     on_step=lambda view: records.append(_record(view, items)), **constrained)
