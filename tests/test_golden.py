@@ -1,7 +1,9 @@
 """The engine decodes exactly as recorded in tests/golden/engine.json (scripts/record_golden.py): tokens, forwards
-and commit steps of every built-in policy x stop x cache x constraint on both bundled models. Every
-configuration's batch is replayed; one configuration in twelve is also replayed one prompt at a time (the
-script's ``--check`` replays them all)."""
+and commit steps of every built-in policy x stop x cache x constraint on both bundled models. The tests
+replay the batches of one configuration in five (every policy, stop, cache and constraint among them) and
+the one-prompt-at-a-time decodes of one in 37, within the suite's time; ``python scripts/record_golden.py
+--check tests/golden/engine.json`` replays all 400 both ways (about 15 minutes), as a change to the engine
+should before it lands."""
 
 import importlib.util
 import json
@@ -15,6 +17,7 @@ golden = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(golden)
 RECORDED = json.loads((ROOT / "tests" / "golden" / "engine.json").read_text())["configurations"]
 CONFIGURATIONS = list(golden.configurations())
+REPLAYED = CONFIGURATIONS[::5]  # 5 is prime to the 4 constraints and 2 stops: each of them appears
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +33,7 @@ def test_every_configuration_is_recorded():
 @pytest.mark.parametrize("model", list(golden.MODELS))
 def test_every_batch_decodes_as_recorded(decoder, model):
     changed = {}
-    for configuration in CONFIGURATIONS:
+    for configuration in REPLAYED:
         if configuration[0] == model:
             outcome, forwards = decoder.outcome(configuration, list(range(24)))
             expected = RECORDED[golden.key(*configuration)]
@@ -40,5 +43,5 @@ def test_every_batch_decodes_as_recorded(decoder, model):
 
 
 def test_a_share_decodes_one_prompt_at_a_time_as_recorded(decoder):
-    changed = [golden.key(*c) for c in CONFIGURATIONS[::12] if decoder.alone(c) != RECORDED[golden.key(*c)]["alone"]]
+    changed = [golden.key(*c) for c in CONFIGURATIONS[3::37] if decoder.alone(c) != RECORDED[golden.key(*c)]["alone"]]
     assert not changed

@@ -90,13 +90,13 @@ def test_prophet_waits_for_a_fed_span_that_covers_the_masks():
 @given(view=step_views())
 def test_local_leap_commits_between_its_two_thresholds(view):
     tau, relaxed, radius = 0.6, 0.3, 2
-    chosen = LocalLeapPolicy(tau=tau, relaxed=relaxed, radius=radius).select(view)
-    strict = ThresholdPolicy(tau=tau).select(view)
-    loose = ThresholdPolicy(tau=relaxed).select(view)
+    chosen = LocalLeapPolicy(tau=tau, relaxed=relaxed, radius=radius).select(view).mask
+    strict = ThresholdPolicy(tau=tau).select(view).mask
+    loose = ThresholdPolicy(tau=relaxed).select(view).mask
     assert not (strict & ~chosen).any() and not (chosen & ~loose).any()
     confidence = view.candidate_confidence
     anchors = (confidence >= tau).nonzero().tolist()
-    top1 = ThresholdPolicy(tau=1.0).select(view)  # the top-1 alone (no confidence exceeds 1)
+    top1 = ThresholdPolicy(tau=1.0).select(view).mask  # the top-1 alone (no confidence exceeds 1)
     for row, column in (chosen & ~top1 & (confidence < tau)).nonzero().tolist():
         assert any(r == row and abs(c - column) <= radius for r, c in anchors)
     no_anchor = ~(confidence >= tau).any(1)
@@ -106,9 +106,9 @@ def test_local_leap_commits_between_its_two_thresholds(view):
 @PROPERTY
 @given(view=step_views())
 def test_local_leap_without_a_neighbourhood_is_threshold(view):
-    expected = ThresholdPolicy(tau=0.7).select(view)
-    assert torch.equal(LocalLeapPolicy(tau=0.7, relaxed=0.7, radius=3).select(view), expected)
-    assert torch.equal(LocalLeapPolicy(tau=0.7, relaxed=0.2, radius=0).select(view), expected)
+    expected = ThresholdPolicy(tau=0.7).select(view).mask
+    assert torch.equal(LocalLeapPolicy(tau=0.7, relaxed=0.7, radius=3).select(view).mask, expected)
+    assert torch.equal(LocalLeapPolicy(tau=0.7, relaxed=0.2, radius=0).select(view).mask, expected)
 
 
 def test_local_leap_decodes_like_threshold_step_for_step():
@@ -135,7 +135,7 @@ def _entropy(view):
 def test_entropy_threshold_commits_the_argmin_and_everything_under_h(view):
     entropy = _entropy(view)
     for h, strict in ((0.8, False), (0.8, True), (-1.0, False)):
-        chosen = EntropyThresholdPolicy(h=h, strict=strict).select(view)
+        chosen = EntropyThresholdPolicy(h=h, strict=strict).select(view).mask
         under = (entropy < h) if strict else (entropy <= h)
         lowest = torch.zeros_like(chosen)
         active = view.candidates.any(1)
@@ -199,7 +199,7 @@ class Evaluating:
         self.fault = fault
 
     def select(self, view):
-        top1 = ThresholdPolicy(tau=1.0).select(view)
+        top1 = ThresholdPolicy(tau=1.0).select(view).mask
         canvas = torch.where(top1, view.x0, view.x)[None]
         if self.fault == "shape":
             view.evaluate(canvas[0])

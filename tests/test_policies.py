@@ -10,16 +10,16 @@ from unmask.testing import step_views
 
 @given(view=step_views(), k=st.integers(1, 10))
 def test_topk_commits_exactly_min_k_candidates(view, k):
-    commit = TopKPolicy(k=k).select(view)
+    commit = TopKPolicy(k=k).select(view).mask
     expected = torch.clamp(view.candidates.sum(1), max=k)
     assert torch.equal(commit.sum(1), expected)
-    schedule = TopKPolicy().select(view)
+    schedule = TopKPolicy().select(view).mask
     assert torch.equal(schedule.sum(1), torch.minimum(view.candidates.sum(1), view.schedule_k))
 
 
 @given(view=step_views())
 def test_topk_takes_the_most_confident(view):
-    commit = TopKPolicy(k=2).select(view)
+    commit = TopKPolicy(k=2).select(view).mask
     confidence = view.candidate_confidence
     for row in range(view.x.shape[0]):
         if commit[row].any() and (view.candidates[row] & ~commit[row]).any():
@@ -29,7 +29,7 @@ def test_topk_takes_the_most_confident(view):
 @given(view=step_views(), low=st.floats(0, 1), high=st.floats(0, 1))
 def test_raising_tau_never_adds_commits(view, low, high):
     low, high = sorted((low, high))
-    loose, strict = ThresholdPolicy(tau=low).select(view), ThresholdPolicy(tau=high).select(view)
+    loose, strict = ThresholdPolicy(tau=low).select(view).mask, ThresholdPolicy(tau=high).select(view).mask
     assert not (strict & ~loose).any()
     assert torch.equal(strict.any(1), view.candidates.any(1))  # always at least the top-1
 
@@ -37,7 +37,7 @@ def test_raising_tau_never_adds_commits(view, low, high):
 @given(view=step_views(), low=st.floats(0, 3), high=st.floats(0, 3))
 def test_entropy_bound_grows_with_the_bound(view, low, high):
     low, high = sorted((low, high))
-    small, large = EntropyBoundPolicy(bound=low).select(view), EntropyBoundPolicy(bound=high).select(view)
+    small, large = EntropyBoundPolicy(bound=low).select(view).mask, EntropyBoundPolicy(bound=high).select(view).mask
     assert not (small & ~large).any()
     assert torch.equal(small.any(1), view.candidates.any(1))
 
@@ -45,8 +45,8 @@ def test_entropy_bound_grows_with_the_bound(view, low, high):
 @given(view=step_views())
 def test_union_is_the_or_of_its_members(view):
     members = [TopKPolicy(k=1), ThresholdPolicy(tau=0.5)]
-    union = UnionPolicy(policies=members).select(view)
-    assert torch.equal(union, members[0].select(view) | members[1].select(view))
+    union = UnionPolicy(policies=members).select(view).mask
+    assert torch.equal(union, members[0].select(view).mask | members[1].select(view).mask)
 
 
 def test_specs_with_plus_build_unions():

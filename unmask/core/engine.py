@@ -22,7 +22,13 @@ from unmask.core.types import (
     StepObserver, StepView, StopCriterion, UnmaskPolicy,
 )
 
-__all__ = ["decode", "block_columns", "linear_schedule", "model_block_size", "own_cache", "pad_prompts"]
+__all__ = ["decode", "block_columns", "linear_schedule", "model_block_size", "own_cache", "pad_prompts",
+           "REMASKS_PER_POSITION"]
+
+# How often one position may return to the mask in a decode. An active row fills at least one position per
+# step and re-masks only within the current block, so a block of W positions ends within
+# W * (1 + REMASKS_PER_POSITION) steps (tests/test_engine.py checks the bound with hypothesis).
+REMASKS_PER_POSITION = 4
 
 
 def linear_schedule(masked_count: torch.Tensor, steps: int) -> torch.Tensor:
@@ -196,7 +202,7 @@ def decode(
                 first, _ = predict(logits[:, block_start - offset][:, None], config.temperature, generator, mask_id)
                 seed = torch.zeros_like(canvas.x, dtype=torch.bool)
                 seed[:, block_start] = seed_rows
-                canvas.commit(seed, first[:, :1].expand_as(canvas.x), global_step)
+                canvas.apply(Commit(mask=seed, tokens=first[:, :1].expand_as(canvas.x)), global_step)
             window = (columns >= block_start) & (columns < block_end)
             window = window[None, :].expand(batch, width)
             schedule = linear_schedule((canvas.x[:, block_start:block_end] == mask_id).sum(1), config.steps_per_block)
@@ -257,11 +263,12 @@ def decode(
 
                 # The policy chooses; the engine checks it and applies the progress floor (and, with a
                 # constraint, chooses again while it refuses a commit).
-                chosen: list[Any] = []
+                chosen: list[Commit] = []
 
                 def select(view: StepView) -> tuple[torch.Tensor, torch.Tensor]:
-                    chosen[:] = [unmask_policy.select(view)]
-                    return _checked_commit(chosen[0], view, config.progress_floor, logits.shape[-1], reach_canvas)
+                    chosen[:] = [_checked_commit(unmask_policy.select(view), view, config.progress_floor,
+                                                 logits.shape[-1], reach_canvas, canvas)]
+                    return chosen[0].mask, chosen[0].tokens
 
                 if constrainer is None:
                     commit, tokens = select(view)
@@ -274,18 +281,19 @@ def decode(
 
                     commit, tokens, view = choose(constrainer, view, select, logits, plan.start, score_at,
                                                   constraint_name, lambda view: _reach(view, reach_canvas))
-                decision = chosen[0]
-                canvas.commit(commit, tokens, global_step)
+                decision = attrs.evolve(chosen[0], mask=commit, tokens=tokens)  # (a constraint's refusals left out)
+                canvas.apply(decision, global_step)
                 if constrainer is not None and (commit & (tokens == eos_id)).any():
                     # An answer the constraint has ended at an EOS: the rest of the row is EOS, now.
                     ends = forced_ends(constrainer, attrs.evolve(view, x=canvas.x, masked=canvas.x == mask_id))
                     if (ends >= 0).any():
                         canvas.cut(ends, global_step)
-                if isinstance(decision, Commit) and decision.evaluated is not None:
+                if decision.evaluated is not None:
                     reuse = scorer.reuse(decision.evaluated, canvas.x, reuse)
 
                 # Stop criteria: finished rows, and EoTP's cut after the answer's end.
-                view = attrs.evolve(view, x=canvas.x, committed=commit, nfe=nfe.clone(), evaluate=None)
+                view = attrs.evolve(view, x=canvas.x, committed=commit, remasked=decision.remask,
+                                    edited=decision.edit, nfe=nfe.clone(), evaluate=None)
                 decision = stop_criterion.check(view)
                 if decision.end is not None and (decision.end >= 0).any():
                     canvas.cut(decision.end, global_step)
@@ -464,36 +472,75 @@ def _reach(view: StepView, reach_canvas: bool) -> torch.Tensor:
     return allowed
 
 
-def _checked_commit(
-    decision: Any, view: StepView, progress_floor: bool, vocab_size: int, reach_canvas: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    commit, tokens = (decision.mask, decision.tokens) if isinstance(decision, Commit) else (decision, view.x0)
-    if not isinstance(commit, torch.Tensor) or commit.dtype != torch.bool or commit.shape != view.x.shape:
-        got = f"{commit.dtype} {tuple(commit.shape)}" if isinstance(commit, torch.Tensor) else type(commit).__name__
-        raise TypeError(f"a policy must return a bool tensor of shape {tuple(view.x.shape)}, got {got}")
-    if isinstance(decision, Commit):
-        if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tokens.shape != view.x.shape:
-            got = f"{tokens.dtype} {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
-            raise TypeError(f"Commit.tokens must be a long tensor of shape {tuple(view.x.shape)}, got {got}")
-        chosen = tokens[commit]
-        if ((chosen < 0) | (chosen >= vocab_size)).any():
-            raise ValueError(f"Commit.tokens holds ids outside the vocabulary [0, {vocab_size})")
-    candidates = view.candidates
-    if (commit & ~_reach(view, reach_canvas)).any():
+def _checked_commit(decision: Any, view: StepView, progress_floor: bool, vocab_size: int, reach_canvas: bool,
+                    canvas: _Canvas) -> Commit:
+    """The policy's decision held to the rules: fills only where it may reach (masked positions of the block,
+    or of the answer for reach "canvas"), re-masks and edits only committed positions there, writes no mask
+    token and no id outside the vocabulary; an active row that fills nothing fills its most confident
+    position (the progress floor); re-masks of a position that used up its ``REMASKS_PER_POSITION`` are
+    dropped, which keeps the loop bounded."""
+    if not isinstance(decision, Commit):
+        raise TypeError(f"a policy's select must return a Commit (or be adapted by unmask.create), got "
+                        f"{type(decision).__name__}")
+    shape = tuple(view.x.shape)
+    commit, tokens = decision.mask, decision.tokens
+    _check_mask(commit, shape, "a policy must return a bool tensor")
+    if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tuple(tokens.shape) != shape:
+        got = f"{tokens.dtype} {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+        raise TypeError(f"Commit.tokens must be a long tensor of shape {shape}, got {got}")
+    remask = _optional_mask(decision.remask, view.x, "Commit.remask")
+    edit = _optional_mask(decision.edit, view.x, "Commit.edit")
+    written = tokens[commit | edit]
+    if ((written < 0) | (written >= vocab_size)).any():
+        raise ValueError(f"Commit.tokens holds ids outside the vocabulary [0, {vocab_size})")
+    reach = _reach(view, reach_canvas)
+    if (commit & ~reach).any():
         where = "masked answer positions" if reach_canvas else "masked positions of the current block"
         raise ValueError(f"the policy committed positions that are not {where}")
-    if (commit & (tokens == view.mask_token_id)).any():
-        raise ValueError("the policy committed the mask token, which would leave the position masked")
+    if ((commit | edit) & (tokens == view.mask_token_id)).any():
+        raise ValueError("the policy committed the mask token, which would leave the position masked; "
+                         "return positions to the mask with Commit.remask")
+    editable = _committed(view, reach_canvas, canvas.row_end)
+    if (edit & ~editable).any():
+        raise ValueError("Commit.edit may name only committed answer positions of active rows within the "
+                         f"policy's reach ({'the answer' if reach_canvas else 'the current block'})")
+    if (remask & ~_committed(view, False, canvas.row_end)).any():  # a later block would leave it masked
+        raise ValueError("Commit.remask may name only committed positions of the current block of active rows")
+    if (remask & edit).any():
+        raise ValueError("Commit.remask and Commit.edit name the same position: re-mask it or edit it")
+    remask = remask & (canvas.remasks < REMASKS_PER_POSITION)
     stalled = view.row_active & ~commit.any(1)
     if stalled.any():
         if not progress_floor:
             raise RuntimeError(f"the policy committed nothing for active rows {stalled.nonzero().flatten().tolist()}")
         # Among the candidates even where every confidence is -inf, so the floor never picks another column.
-        best = torch.where(candidates, view.candidate_confidence.clamp(min=-1.0), float("-inf")).argmax(1)  # (B,)
-        commit = commit.clone()
-        commit[stalled, best[stalled]] = True
-        tokens = torch.where(commit & ~decision.mask, view.x0, tokens) if isinstance(decision, Commit) else tokens
-    return commit, tokens
+        best = torch.where(view.candidates, view.candidate_confidence.clamp(min=-1.0), float("-inf")).argmax(1)
+        floor = torch.zeros_like(commit)
+        floor[stalled, best[stalled]] = True
+        commit, tokens = commit | floor, torch.where(floor, view.x0, tokens)
+    return attrs.evolve(decision, mask=commit, tokens=tokens, remask=remask if remask.any() else None,
+                        edit=edit if edit.any() else None)
+
+
+def _check_mask(mask: Any, shape: tuple[int, ...], what: str) -> None:
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != shape:
+        got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise TypeError(f"{what} of shape {shape}, got {got}")
+
+
+def _optional_mask(mask: torch.Tensor | None, like: torch.Tensor, what: str) -> torch.Tensor:
+    if mask is None:
+        return torch.zeros_like(like, dtype=torch.bool)
+    _check_mask(mask, tuple(like.shape), f"{what} must be None or a bool tensor")
+    return mask
+
+
+def _committed(view: StepView, reach_canvas: bool, row_end: torch.Tensor) -> torch.Tensor:
+    """(B, L) bool: committed answer positions of active rows, before each row's end, within the block (the
+    answer for reach "canvas")."""
+    columns = torch.arange(view.x.shape[1], device=view.x.device)[None, :]
+    area = (columns >= view.gen_start) if reach_canvas else view.window
+    return area & ~view.masked & view.row_active[:, None] & (columns < row_end[:, None])
 
 
 @attrs.define
@@ -506,10 +553,21 @@ class _Canvas:
     gen_start: int
     mask_id: int
     eos_id: int
+    remasks: torch.Tensor = attrs.field(default=None)  # (B, L) long: how often each position returned to the mask
 
-    def commit(self, mask: torch.Tensor, tokens: torch.Tensor, step: int) -> None:
-        self.x = torch.where(mask, tokens, self.x)
-        self.commit_step[mask[:, self.gen_start:]] = step
+    def __attrs_post_init__(self) -> None:
+        if self.remasks is None:
+            self.remasks = torch.zeros_like(self.x)
+
+    def apply(self, decision: Commit, step: int) -> None:
+        """Write a checked decision: fills and edits take their tokens, re-masked positions the mask again."""
+        written = decision.mask if decision.edit is None else decision.mask | decision.edit
+        self.x = torch.where(written, decision.tokens, self.x)
+        self.commit_step[written[:, self.gen_start:]] = step
+        if decision.remask is not None:
+            self.x = self.x.masked_fill(decision.remask, self.mask_id)
+            self.commit_step[decision.remask[:, self.gen_start:]] = -1
+            self.remasks += decision.remask.long()
 
     def cut(self, end: torch.Tensor, step: int) -> None:
         """Fill each row with EOS from ``end`` (B,; -1: no cut) on and hide the columns after it."""

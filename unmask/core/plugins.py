@@ -16,11 +16,12 @@ import torch
 from attrs import frozen
 
 from unmask.core.spec import SpecError, parse_spec, split_combined
-from unmask.core.types import StepView
+from unmask.core.types import Commit, StepView
 
 __all__ = [
     "hookimpl", "hookspec", "KINDS", "Entry", "Registrar", "Registry", "DuplicateComponentError",
-    "plugin_manager", "register_plugin", "unregister_plugin", "registry", "create", "describe",
+    "plugin_manager", "register_plugin", "unregister_plugin", "registry", "create", "describe", "MaskPolicy",
+    "as_policy",
 ]
 
 PROJECT = "unmask"
@@ -159,7 +160,12 @@ class Registry:
         return entries[name]
 
     def create(self, kind: str, spec: Any) -> Any:
-        """Build a component from a spec: an instance (returned as is), a string, or ``(name, params)``."""
+        """Build a component from a spec: an instance (returned as is), a string, or ``(name, params)``. A
+        policy whose ``select`` is not declared to return a ``Commit`` comes back adapted (:class:`MaskPolicy`)."""
+        component = self._create(kind, spec)
+        return as_policy(component) if kind == "policies" else component
+
+    def _create(self, kind: str, spec: Any) -> Any:
         if isinstance(spec, str):
             parts = split_combined(spec)
             if len(parts) > 1:
@@ -194,6 +200,8 @@ class Registry:
 
     def describe(self, kind: str, component: Any) -> dict[str, Any]:
         """The name, parameters and provider of a component, for result records."""
+        if type(component) is MaskPolicy:
+            component = component.policy
         entry = next((e for e in self._kind(kind).values() if e.factory is type(component)), None)
         params = {}
         if attrs.has(type(component)):
@@ -210,6 +218,37 @@ class Registry:
         if kind not in self._entries:
             raise ValueError(f"unknown component kind {kind!r}; kinds: {', '.join(KINDS)}")
         return self._entries[kind]
+
+
+class MaskPolicy:
+    """A policy whose ``select`` returns a bool mask (or does not say what it returns), adapted once, when it is
+    created: its decision is ``Commit.of(mask, view)``, a ``Commit`` it returns passes unchanged. Every other
+    attribute is the policy's own, so its abilities (``reach``, ``check_config``, ...) still show."""
+
+    __slots__ = ("policy",)
+
+    def __init__(self, policy: Any) -> None:
+        object.__setattr__(self, "policy", policy)
+
+    def select(self, view: StepView) -> Commit:
+        decision = self.policy.select(view)
+        return decision if isinstance(decision, Commit) else Commit.of(decision, view)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.policy, name)
+
+    def __repr__(self) -> str:
+        return repr(self.policy)
+
+
+def as_policy(component: Any) -> Any:
+    """``component`` as a policy whose ``select`` returns a ``Commit``: as it is where its class declares so
+    (``def select(self, view) -> Commit``), else adapted."""
+    if isinstance(component, MaskPolicy):
+        return component
+    returns = getattr(getattr(type(component), "select", None), "__annotations__", {}).get("return")
+    declared = returns is Commit or (isinstance(returns, str) and returns.split(".")[-1] == "Commit")
+    return component if declared else MaskPolicy(component)
 
 
 def _first_param(entry: Entry) -> str:

@@ -92,6 +92,9 @@ class StepView:
     nfe: torch.Tensor = tensor_field()  # (B,) long, forwards so far, this one included
     logits: torch.Tensor | None = tensor_field(default=None)  # (B, W, V) over the block, or None
     committed: torch.Tensor | None = tensor_field(default=None)  # (B, L) bool, set for stop criteria
+    # After the commit, for stops and observers: positions the step returned to the mask or edited (None: none).
+    remasked: torch.Tensor | None = tensor_field(default=None)  # (B, L) bool
+    edited: torch.Tensor | None = tensor_field(default=None)  # (B, L) bool
     generator: torch.Generator | None = field(default=None, eq=False, repr=False)
     gen_start: int = 0  # first generated column
     block_start: int = 0  # the block is columns [block_start, block_end)
@@ -137,14 +140,29 @@ class StepView:
 
 @frozen(kw_only=True)
 class Commit:
-    """A policy's decision when it writes tokens other than ``x0`` (e.g. an oracle's reference)."""
+    """A policy's decision: what ``select`` returns. ``mask`` positions (masked, within the policy's reach) take
+    ``tokens``; optionally ``remask`` returns committed positions to the mask and ``edit`` replaces committed
+    tokens with ``tokens`` there (revising decoders: WINO, ReMDM, token editing). ``evaluated`` names the
+    candidate (an index into what ``view.evaluate`` returned, -1 for none) that each row's canvas equals after
+    this commit: the next step reuses its logits instead of a forward. A policy whose ``select`` returns a
+    bool mask is adapted when it is created (``unmask.create``): its decision is ``Commit.of(mask, view)``.
+
+    The engine checks every field (docs/architecture.md: the rules) and keeps the loop bounded: an active
+    row fills at least one position per step, and a position returns to the mask at most
+    ``unmask.core.engine.REMASKS_PER_POSITION`` times per decode (re-masks past that are dropped)."""
 
     mask: torch.Tensor = tensor_field()  # (B, L) bool
-    tokens: torch.Tensor = tensor_field()  # (B, L) long, read at committed positions only
-    # (B,) long: the candidate (an index into what ``view.evaluate`` returned) that each row's canvas equals
-    # after this commit, -1 for none. Where every active row names one, the next step reuses that
-    # candidate's logits instead of running the model again.
+    tokens: torch.Tensor = tensor_field()  # (B, L) long, read at mask and edit positions only
+    remask: torch.Tensor | None = tensor_field(default=None)  # (B, L) bool: committed positions to mask again
+    edit: torch.Tensor | None = tensor_field(default=None)  # (B, L) bool: committed positions given ``tokens``
+    # (B,) long: the candidate that each row's canvas equals after this commit, -1 for none. Where every
+    # active row names one, the next step reuses that candidate's logits instead of running the model again.
     evaluated: torch.Tensor | None = tensor_field(default=None)
+
+    @classmethod
+    def of(cls, mask: torch.Tensor, view: StepView) -> Commit:
+        """Fill ``mask`` with the step's predictions (``view.x0``)."""
+        return cls(mask=mask, tokens=view.x0)
 
 
 @frozen(kw_only=True)
@@ -221,7 +239,7 @@ class DecodeResult:
 class UnmaskPolicy(Protocol):
     """Chooses which masked positions of the block to commit at a step."""
 
-    def select(self, view: StepView) -> torch.Tensor | Commit: ...
+    def select(self, view: StepView) -> Commit: ...
 
 
 @runtime_checkable

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 from attrs import field, frozen
 
-from unmask.core.types import StepView
+from unmask.core.types import Commit, StepView
 from unmask.core.validators import number
 from unmask.strategies._select import block_values
 
@@ -25,11 +25,11 @@ class EntropyBoundPolicy:
 
     bound: float = field(default=0.1, validator=number(minimum=0))
 
-    def select(self, view: StepView) -> torch.Tensor:
+    def select(self, view: StepView) -> Commit:
         entropy = block_values(view.x.shape, block_entropy(view), view.block_start, float("inf"))
         entropy = entropy.masked_fill(~view.candidates, float("inf"))
         ordered, order = entropy.sort(dim=1)  # ascending; non-candidates (inf) last
         # cumsum - cummax never decreases along ascending entropies, so "<= bound" keeps a prefix.
         excess = ordered.cumsum(1) - ordered.cummax(1).values
         keep = torch.isfinite(ordered) & (excess <= self.bound)
-        return torch.zeros_like(keep).scatter_(1, order, keep)
+        return Commit.of(torch.zeros_like(keep).scatter_(1, order, keep), view)

@@ -7,7 +7,7 @@ import torch
 from attrs import field, frozen
 
 from unmask.core.scoring import column_chunks
-from unmask.core.types import StepView
+from unmask.core.types import Commit, StepView
 from unmask.strategies._select import top_k_mask
 
 
@@ -30,7 +30,7 @@ class EntropyThresholdPolicy:
     h: float = field(default=0.5, validator=_bound)
     strict: bool = field(default=False)
 
-    def select(self, view: StepView) -> torch.Tensor:
+    def select(self, view: StepView) -> Commit:
         if view.logits is None:
             raise ValueError("entropy_threshold needs the block's logits (view.logits)")
         entropy = torch.full(view.x.shape, math.inf, dtype=torch.float64, device=view.x.device)
@@ -42,4 +42,4 @@ class EntropyThresholdPolicy:
         entropy = entropy.masked_fill(~view.candidates, math.inf)
         lowest = top_k_mask(-entropy, torch.ones_like(view.schedule_k), block=view.block)
         passes = entropy < self.h if self.strict else entropy <= self.h
-        return view.candidates & (lowest | passes)
+        return Commit.of(view.candidates & (lowest | passes), view)

@@ -29,12 +29,12 @@ class FreeDavePolicy:
         if config.temperature > 0:
             raise ValueError(f"freedave is lossless for greedy decoding only; got temperature={config.temperature}")
 
-    def select(self, view: StepView) -> torch.Tensor | Commit:
+    def select(self, view: StepView) -> Commit:
         top1 = top_k_mask(view.candidate_confidence, torch.ones_like(view.schedule_k), block=view.block)
         left = view.candidates.sum(1)
         count = min(self.draft_steps, int(left.max()))
         if count <= 1 or view.evaluate is None:  # the block's last mask needs no forward to verify
-            return top1
+            return Commit.of(top1, view)
         drafts = self._drafts(view, top1, count)
         # A row with one mask left takes its top-1 unverified, as alone: it needs (and counts) no forward.
         drafting = left > 1

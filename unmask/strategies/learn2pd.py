@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 from attrs import field, frozen
 
-from unmask.core.types import DecodeConfig, StepView
+from unmask.core.types import Commit, DecodeConfig, StepView
 from unmask.core.validators import number, optional
 from unmask.strategies._select import top_k_mask
 
@@ -88,7 +88,7 @@ class Learn2PDPolicy:
                           f"({weights_sha256[:12]}); train one for it with unmask collect and unmask train-filter",
                           stacklevel=2)
 
-    def select(self, view: StepView) -> torch.Tensor:
+    def select(self, view: StepView) -> Commit:
         from unmask.filters.features import features, view_stats
 
         stats = view_stats(view)
@@ -104,7 +104,7 @@ class Learn2PDPolicy:
         chosen = view.candidates & final
         if self.topk:
             chosen |= top_k_mask(view.candidate_confidence, view.schedule_k, block=view.block)
-        return chosen
+        return Commit.of(chosen, view)
 
 
 def example_learn2pd(**_: Any) -> Learn2PDPolicy:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 from attrs import field, frozen
 
-from unmask.core.types import StepView
+from unmask.core.types import Commit, StepView
 from unmask.core.validators import integer, number
 from unmask.strategies._select import top_k_mask
 
@@ -28,7 +28,7 @@ class LocalLeapPolicy:
             raise ValueError(f"relaxed must be at most tau (a neighbour's threshold is the lower one), got "
                              f"relaxed={self.relaxed} > tau={self.tau}")
 
-    def select(self, view: StepView) -> torch.Tensor:
+    def select(self, view: StepView) -> Commit:
         confidence = view.candidate_confidence
         top1 = top_k_mask(confidence, torch.ones_like(view.schedule_k), block=view.block)
         anchors = confidence >= self.tau
@@ -37,4 +37,4 @@ class LocalLeapPolicy:
             # Columns within radius of an anchor (2r + 1 wide, bounds inclusive).
             near = torch.nn.functional.max_pool1d(anchors[:, None].float(), kernel_size=2 * self.radius + 1,
                                                   stride=1, padding=self.radius)[:, 0] > 0
-        return top1 | anchors | (near & (confidence >= self.relaxed))
+        return Commit.of(top1 | anchors | (near & (confidence >= self.relaxed)), view)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 from attrs import field, frozen
 
-from unmask.core.types import StepView
+from unmask.core.types import Commit, StepView
 from unmask.core.validators import number
 from unmask.strategies._select import top_k_mask
 
@@ -17,7 +17,7 @@ class ThresholdPolicy:
 
     tau: float = field(default=0.9, validator=number(minimum=0, maximum=1))
 
-    def select(self, view: StepView) -> torch.Tensor:
+    def select(self, view: StepView) -> Commit:
         confidence = view.candidate_confidence
         top1 = top_k_mask(confidence, torch.ones_like(view.schedule_k), block=view.block)
-        return top1 | (confidence >= self.tau)
+        return Commit.of(top1 | (confidence >= self.tau), view)

@@ -5,7 +5,7 @@ from typing import ClassVar
 import torch
 from attrs import field, frozen
 
-from unmask.core.types import StepView
+from unmask.core.types import Commit, StepView
 from unmask.core.validators import integer, optional
 from unmask.strategies._select import top_k_mask
 
@@ -19,9 +19,9 @@ class TopKPolicy:
 
     k: int | None = field(default=None, validator=optional(integer(minimum=1)))
 
-    def select(self, view: StepView) -> torch.Tensor:
+    def select(self, view: StepView) -> Commit:
         k = view.schedule_k if self.k is None else torch.full_like(view.schedule_k, self.k)
-        return top_k_mask(view.candidate_confidence, k, block=view.block)
+        return Commit.of(top_k_mask(view.candidate_confidence, k, block=view.block), view)
 
 
 @frozen(kw_only=True)
@@ -34,10 +34,10 @@ class RandomPolicy:
     k: int | None = field(default=None, validator=optional(integer(minimum=1)))
     stochastic: ClassVar[bool] = True  # draws from the decode's shared random stream
 
-    def select(self, view: StepView) -> torch.Tensor:
+    def select(self, view: StepView) -> Commit:
         if view.generator is None:
             raise ValueError("the random policy needs view.generator (the decode's seeded generator)")
         noise = torch.rand(view.x.shape, generator=view.generator, device=view.x.device)
         scores = noise.masked_fill(~view.candidates, float("-inf"))
         k = view.schedule_k if self.k is None else torch.full_like(view.schedule_k, self.k)
-        return top_k_mask(scores, k, block=view.block)
+        return Commit.of(top_k_mask(scores, k, block=view.block), view)

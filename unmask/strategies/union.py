@@ -51,14 +51,36 @@ class UnionPolicy:
     def check_config(self, config: DecodeConfig) -> None:
         check_config(self.policies, config)
 
-    def select(self, view: StepView) -> torch.Tensor | Commit:
+    def select(self, view: StepView) -> Commit:
+        """Every field united: a position any member fills, re-masks or edits; its token is the prediction
+        unless a member writes another (an oracle's reference), the earlier member's where several do. A member's ``evaluated`` candidate holds for a row only where the
+        union's decision on that row is that member's own (otherwise the canvas is not the candidate)."""
         decisions = [policy.select(view) for policy in self.policies]
-        masks = [d.mask if isinstance(d, Commit) else d for d in decisions]
-        commit = torch.stack(masks).any(0)
-        if not any(isinstance(d, Commit) for d in decisions):
-            return commit
+        mask = torch.stack([d.mask for d in decisions]).any(0)
+        written = [d.mask | (d.edit if d.edit is not None else False) for d in decisions]
         tokens = view.x0
-        for decision in reversed(decisions):  # earlier members win where they disagree
-            if isinstance(decision, Commit):
-                tokens = torch.where(decision.mask, decision.tokens, tokens)
-        return Commit(mask=commit, tokens=tokens)
+        for decision, where in zip(reversed(decisions), reversed(written)):  # earlier members win
+            tokens = torch.where(where & (decision.tokens != view.x0), decision.tokens, tokens)
+        remask = _any([d.remask for d in decisions])
+        edit = _any([d.edit for d in decisions])
+        evaluated = None
+        for decision in decisions:
+            if decision.evaluated is None:
+                continue
+            same = (decision.mask == mask).all(1) & ((tokens == decision.tokens) | ~mask).all(1)
+            same &= _rows_equal(decision.remask, remask) & _rows_equal(decision.edit, edit)
+            own = torch.where(same, decision.evaluated, -1)
+            evaluated = own if evaluated is None else torch.where(evaluated >= 0, evaluated, own)
+        return Commit(mask=mask, tokens=tokens, remask=remask, edit=edit, evaluated=evaluated)
+
+
+def _any(masks: list[torch.Tensor | None]) -> torch.Tensor | None:
+    given = [m for m in masks if m is not None]
+    return torch.stack(given).any(0) if given else None
+
+
+def _rows_equal(mine: torch.Tensor | None, union: torch.Tensor | None) -> torch.Tensor | bool:
+    """(B,) whether a member's optional mask equals the union's on each row (absent: no position)."""
+    if union is None:
+        return True
+    return (union == (mine if mine is not None else torch.zeros_like(union))).all(1)

@@ -32,16 +32,16 @@ CONFIGS = (
 def build_component(
     kind: str, spec: Any, *, rows: Sequence[int], gen_length: int, vocab_size: int, mask_token_id: int
 ) -> Any:
-    """An instance for a decode of ``rows`` (row identities): the entry's example where it has one."""
-    if not isinstance(spec, str):
-        return spec
-    name, params = parse_spec(spec)
-    if "+" not in spec and not params:
-        entry = registry().get(kind, name)
-        if entry.example is not None:
-            return entry.example(
-                rows=list(rows), gen_length=gen_length, vocab_size=vocab_size, mask_token_id=mask_token_id
-            )
+    """An instance for a decode of ``rows`` (row identities): the entry's example where it has one, as the
+    engine would use it (a policy that returns a mask adapted to return a ``Commit``)."""
+    if isinstance(spec, str):
+        name, params = parse_spec(spec)
+        if "+" not in spec and not params:
+            entry = registry().get(kind, name)
+            if entry.example is not None:
+                spec = entry.example(
+                    rows=list(rows), gen_length=gen_length, vocab_size=vocab_size, mask_token_id=mask_token_id
+                )
     return registry().create(kind, spec)
 
 
@@ -218,7 +218,10 @@ def _watched_decode(model: Any, prompts: Sequence[Sequence[int]], config: Decode
             previous.clear()
         if previous:
             kept = previous[-1] != view.mask_token_id
-            assert torch.equal(view.x[kept], previous[-1][kept]), "a committed token changed"
+            for declared in (view.remasked, view.edited):  # the only ways a committed token may change
+                if declared is not None:
+                    kept &= ~declared
+            assert torch.equal(view.x[kept], previous[-1][kept]), "a committed token changed undeclared"
         previous[:] = [view.x.clone()]
 
     result = decode(model, ids, attention_mask=mask, config=config, on_step=watch, **components)
@@ -255,13 +258,18 @@ def _unchanged(view: StepView, call: Callable[[StepView], Any]) -> Any:
 
 
 def _commit_mask(decision: Any, view: StepView) -> torch.Tensor:
-    mask = decision.mask if isinstance(decision, Commit) else decision
-    assert isinstance(mask, torch.Tensor), f"select must return a tensor or a Commit, got {type(decision).__name__}"
+    assert isinstance(decision, Commit), f"select must return a Commit, got {type(decision).__name__}"
+    mask = decision.mask
+    assert isinstance(mask, torch.Tensor), f"Commit.mask must be a tensor, got {type(mask).__name__}"
     assert mask.dtype == torch.bool, f"commit mask must be bool, got {mask.dtype}"
     assert mask.shape == view.x.shape, f"commit mask shape {tuple(mask.shape)} != canvas {tuple(view.x.shape)}"
-    if isinstance(decision, Commit):
-        assert decision.tokens.shape == view.x.shape, "Commit.tokens must have the canvas shape"
-        assert not (mask & (decision.tokens == view.mask_token_id)).any(), "a Commit wrote the mask token"
+    assert decision.tokens.shape == view.x.shape, "Commit.tokens must have the canvas shape"
+    assert not (mask & (decision.tokens == view.mask_token_id)).any(), "a Commit wrote the mask token"
+    for name in ("remask", "edit"):
+        revised = getattr(decision, name)
+        if revised is not None:
+            assert revised.dtype == torch.bool and revised.shape == view.x.shape, f"Commit.{name}: (B, L) bool"
+            assert not (revised & view.masked).any(), f"Commit.{name} names a masked position"
     return mask
 
 

@@ -57,7 +57,7 @@ class AllInPolicy:
     reach = "canvas"  # may commit any masked answer position, not only the block's
 
     def select(self, view: StepView) -> torch.Tensor:
-        block = unmask.registry().create("policies", "topk").select(view)
+        block = unmask.registry().create("policies", "topk").select(view).mask
         remaining = view.masked & view.row_active[:, None]
         remaining[:, :view.gen_start] = False
         # Positions this step did not predict (outside a cache's fed span) have -inf: not sure.
