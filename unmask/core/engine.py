@@ -14,6 +14,7 @@ import torch
 
 from unmask.core.candidates import CandidateScorer, Reuse
 from unmask.core.constraints import choose, forced_ends, restrict, vocabulary_of
+from unmask.core.model_info import ModelInfo
 from unmask.core.plugins import create, describe, plugin_manager
 from unmask.core.scoring import check_logits, on_canvas, predict
 from unmask.core.spec import Spec
@@ -89,13 +90,10 @@ def decode(
         config = DecodeConfig(**settings)
     elif settings:
         raise TypeError(f"pass either config or settings, not both (got settings {sorted(settings)})")
-    mask_id = _token_id(config.mask_token_id, model, "mask_token_id")
-    eos_id = _token_id(config.eos_token_id, model, "eos_token_id")
-    if mask_id == eos_id:
-        raise ValueError(f"mask_token_id and eos_token_id are both {mask_id}; the canvas needs them apart")
+    info = ModelInfo.of(model, config)
+    mask_id, eos_id, block_size = info.mask_token_id, info.eos_token_id, info.block_size
     input_ids, prompt_mask = _prompt_tensors(input_ids, attention_mask, eos_id)
-    block_size = model_block_size(model, config)
-    _check_prompts(input_ids, prompt_mask, model, config.gen_length, block_size)
+    _check_prompts(input_ids, prompt_mask, info, config.gen_length)
     if cache is None:
         cache = own_cache(model)
     if block_size and ((input_ids.shape[1] - prompt_mask.sum(1)) % block_size).any():
@@ -152,7 +150,7 @@ def decode(
     generator = torch.Generator(device=device).manual_seed(config.seed)
     cache_manager.reset(model)
     global_step = 0
-    lookbehind = int(bool(getattr(model, "shift_logits", False)))
+    lookbehind = int(info.shift_logits)
 
     blocks = block_columns(gen_start, length, config.num_block_tokens, aligned=block_size is not None)
     total_steps = len(blocks) * config.steps_per_block
@@ -283,13 +281,16 @@ def decode(
                                                   constraint_name, lambda view: _reach(view, reach_canvas))
                 decision = attrs.evolve(chosen[0], mask=commit, tokens=tokens)  # (a constraint's refusals left out)
                 canvas.apply(decision, global_step)
+                # Rows whose canvas is no longer what the policy decided (a constraint refused or cut) reuse nothing.
+                as_decided = (commit == chosen[0].mask).all(1) & ((tokens == chosen[0].tokens) | ~commit).all(1)
                 if constrainer is not None and (commit & (tokens == eos_id)).any():
                     # An answer the constraint has ended at an EOS: the rest of the row is EOS, now.
                     ends = forced_ends(constrainer, attrs.evolve(view, x=canvas.x, masked=canvas.x == mask_id))
                     if (ends >= 0).any():
                         canvas.cut(ends, global_step)
+                        as_decided &= ends < 0
                 if decision.evaluated is not None:
-                    reuse = scorer.reuse(decision.evaluated, canvas.x, reuse)
+                    reuse = scorer.reuse(torch.where(as_decided, decision.evaluated, -1), canvas.x, reuse)
 
                 # Stop criteria: finished rows, and EoTP's cut after the answer's end.
                 view = attrs.evolve(view, x=canvas.x, committed=commit, remasked=decision.remask,
@@ -336,22 +337,14 @@ def block_columns(gen_start: int, gen_length: int, size: int, *, aligned: bool =
 def own_cache(model: Any) -> str:
     """The cache a model decodes with by default: the exact cache of finished blocks where attention is
     block-causal and the model takes a KV cache, else none."""
-    return "exact" if getattr(model, "block_size", None) and getattr(model, "accepts_cache", False) else "none"
+    info = ModelInfo.of(model)
+    return "exact" if info.block_size and info.accepts_cache else "none"
 
 
 def model_block_size(model: Any, config: DecodeConfig) -> int | None:
     """A block-causal model's block size (its ``block_size`` attribute): the decode's blocks are it or
     sub-blocks of it."""
-    size = getattr(model, "block_size", None)
-    if size is None:
-        return None
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise ValueError(f"the model's block_size must be a positive integer or None, got {size!r}")
-    if size % config.num_block_tokens:
-        raise ValueError(f"block_length={config.block_length}: the model attends block-causally over blocks of "
-                         f"{size} positions; decode with block_length={size} or a divisor of it (sub-blocks, "
-                         "decoded left to right, as Fast-dLLM v2 does)")
-    return size
+    return ModelInfo.of(model, config).block_size
 
 
 def _for_rows(component: Any, rows: torch.Tensor) -> Any:
@@ -374,23 +367,12 @@ def _joined(results: Sequence[DecodeResult], groups: Sequence[torch.Tensor]) -> 
                         wall_s=sum(result.wall_s for result in results))
 
 
-def _token_id(configured: int | None, model: Any, name: str) -> int:
-    value = configured if configured is not None else getattr(model, name, None)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{name} is not set: give it in the config or as the model's attribute {name}")
-    vocab = getattr(model, "vocab_size", None)
-    if isinstance(vocab, int) and value >= vocab:
-        raise ValueError(f"{name}={value} is outside the model's vocabulary of {vocab}")
-    return value
-
-
 def _whole_blocks(columns: int, block_size: int) -> int:
     """``columns`` rounded up to a multiple of ``block_size``: a block-causal canvas ends with a whole block."""
     return -(-columns // block_size) * block_size
 
 
-def _check_prompts(input_ids: torch.Tensor, prompt_mask: torch.Tensor, model: Any, gen_length: int,
-                   block_size: int | None = None) -> None:
+def _check_prompts(input_ids: torch.Tensor, prompt_mask: torch.Tensor, info: ModelInfo, gen_length: int) -> None:
     """Refuse prompts the model cannot read: empty ones, ids outside its vocabulary, too long a canvas (for a
     block-causal model, the canvas runs to the end of the block holding the answer's last position)."""
     lengths = prompt_mask.sum(1)
@@ -400,16 +382,15 @@ def _check_prompts(input_ids: torch.Tensor, prompt_mask: torch.Tensor, model: An
     ids = input_ids[prompt_mask.bool()]
     if (ids < 0).any():
         raise ValueError(f"input_ids: token id {int(ids.min())} is negative")
-    vocab = getattr(model, "vocab_size", None)
-    if isinstance(vocab, int) and (ids >= vocab).any():
-        raise ValueError(f"input_ids: token id {int(ids.max())} is outside the model's vocabulary of {vocab}")
-    positions = getattr(model, "max_positions", None)
-    longest = int(lengths.max())
+    if info.vocab_size is not None and (ids >= info.vocab_size).any():
+        raise ValueError(f"input_ids: token id {int(ids.max())} is outside the model's vocabulary of "
+                         f"{info.vocab_size}")
+    longest, block_size = int(lengths.max()), info.block_size
     width = longest + gen_length if block_size is None else _whole_blocks(longest + gen_length, block_size)
-    if isinstance(positions, int) and width > positions:
+    if info.max_positions is not None and width > info.max_positions:
         blocks = "" if block_size is None else f", rounded up to whole blocks of {block_size},"
         raise ValueError(f"input_ids: the longest prompt ({longest} tokens) plus gen_length={gen_length}{blocks} "
-                         f"exceeds the model's {positions} positions")
+                         f"exceeds the model's {info.max_positions} positions")
 
 
 def _prompt_tensors(

@@ -9,6 +9,7 @@ task the decoding order of its first sample under every policy (which step commi
 from __future__ import annotations
 
 import math
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
@@ -133,6 +134,26 @@ def markdown_report(rows: Sequence[dict[str, Any]], *, title: str = "Results", c
 # A cell "keeps" the baseline's accuracy within TIE_POINTS and "loses" below LOSS_POINTS (with 50 samples per
 # task one sample is 2 points, so a single flipped answer is neither).
 TIE_POINTS, LOSS_POINTS = 1.0, 3.0
+
+
+def write_report(rows: Sequence[dict[str, Any]], *, title: str, command: str | None = None,
+                 report: str | Path | None = None, plots: str | Path | None = None, tokenizer: Any = None) -> str:
+    """The Markdown report of ``rows`` (written to ``report`` if given) with, given ``plots``, the Pareto plot
+    and each task's commit-order plots there, linked from the report. Returns the report's text."""
+    text = markdown_report(rows, title=title, command=command)
+    if plots:
+        folder = Path(plots)
+        figures = [plot_pareto(rows, folder / "pareto.png")]
+        for task in dict.fromkeys(r["task"] for r in rows):
+            for gen_length in sorted({r["gen_length"] for r in rows}):
+                group = sorted((r for r in rows if r["task"] == task and r["gen_length"] == gen_length),
+                               key=lambda r: -r["nfe_mean"])
+                figures.append(plot_commit_order(group, folder / f"order-{task}-{gen_length}.png", tokenizer=tokenizer))
+        base = Path(report).parent if report else Path(".")
+        text += "\n" + "\n".join(f"![{f.stem}]({os.path.relpath(f, base)})" for f in figures) + "\n"
+    if report:
+        write_atomically(report, lambda temporary: temporary.write_text(text))
+    return text
 
 
 def verdict_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -104,7 +104,7 @@ class Service:
         max_tokens = _integer(body, field, self.defaults.gen_length, 1, self.limits.max_tokens)
         block = min(settings.block_length, max_tokens)
         gen_length = -(-max_tokens // block) * block  # rounded up to whole blocks, cut back after
-        limit = getattr(self.model, "max_positions", None)
+        limit = self.batcher.info.max_positions
         if limit is not None and len(prompt_ids) + gen_length > limit:
             field = field if len(prompt_ids) < limit else ("messages" if chat else "prompt")
             raise ApiError(400, f"the prompt's {len(prompt_ids)} tokens and a canvas of {gen_length} exceed the "

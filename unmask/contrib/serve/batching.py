@@ -27,6 +27,7 @@ import attrs
 import torch
 
 from unmask.core.engine import decode, pad_prompts
+from unmask.core.model_info import ModelInfo
 from unmask.core.types import DecodeConfig, DecodeResult, StepView, StopDecision
 
 __all__ = ["Settings", "Job", "Batcher", "StepUpdate", "QueueFull", "DeadlineExceeded"]
@@ -131,6 +132,7 @@ class Batcher:
         if not wait_s >= 0:
             raise ValueError(f"batch wait must be at least 0, got {wait_s}")
         self.model, self.tokenizer, self.max_batch, self.wait_s = model, tokenizer, max_batch, wait_s
+        self.info = ModelInfo.of(model)
         self.max_queue, self.max_running = max_queue, max_running
         self._waiting: list[Job] = []
         self._running: set[threading.Thread] = set()
@@ -198,7 +200,7 @@ class Batcher:
     def _key(self, job: Job) -> tuple[Any, ...]:
         """What jobs of one batch share: their settings, and for a block-causal model their prompt length
         modulo its block size (the engine would decode other lengths as batches of their own)."""
-        block_size = getattr(self.model, "block_size", None)
+        block_size = self.info.block_size
         return job.settings, len(job.prompt_ids) % block_size if block_size else 0
 
     def _dispatch(self) -> None:
