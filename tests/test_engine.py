@@ -213,3 +213,24 @@ def test_chunked_scoring_samples_like_llada_across_chunk_borders(temperature):
     assert 70 > 2 * SCORE_COLUMNS and torch.equal(x0, expected.argmax(-1))
     torch.testing.assert_close(confidence, torch.softmax(logits.double(), -1).gather(-1, x0[..., None])[..., 0],
                                rtol=0, atol=1e-12)
+
+
+def test_steps_runs_the_decode_a_step_at_a_time_and_retires_rows_between_steps():
+    """``unmask.steps`` is ``decode`` paused at every step: the same result when run through, a view per
+    step outside inference mode for the caller, and a retired row finished at the next step while the
+    others decode exactly as before."""
+    model, prompts = FakeDenoiser(seed=4), [[1, 2, 3], [4, 5], [6]]
+    settings = {"gen_length": 16, "block_length": 8, "policy": "threshold:tau=0.5"}
+    whole = unmask.decode(model, prompts, **settings)
+    decoding = unmask.steps(model, prompts, **settings)
+    views = []
+    for view in decoding:
+        assert not torch.is_inference_mode_enabled()
+        views.append(view)
+        if len(views) == 2:
+            decoding.retire([1])
+    assert torch.equal(decoding.result.tokens[[0, 2]], whole.tokens[[0, 2]])
+    assert torch.equal(decoding.result.nfe[[0, 2]], whole.nfe[[0, 2]])
+    assert decoding.result.nfe[1] < whole.nfe[1]  # finished at the step after the retirement
+    assert not (decoding.result.tokens == model.mask_token_id).any()
+    assert torch.equal(unmask.steps(model, prompts, **settings).run().tokens, whole.tokens)

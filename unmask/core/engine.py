@@ -7,7 +7,7 @@ active row progresses, committed tokens never change); policies, stop criteria a
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, Generator, Sequence
 
 import attrs
 import torch
@@ -23,7 +23,7 @@ from unmask.core.types import (
     StepObserver, StepView, StopCriterion, UnmaskPolicy,
 )
 
-__all__ = ["decode", "block_columns", "linear_schedule", "model_block_size", "own_cache", "pad_prompts",
+__all__ = ["decode", "steps", "Decoding", "block_columns", "linear_schedule", "model_block_size", "own_cache", "pad_prompts",
            "REMASKS_PER_POSITION"]
 
 # How often one position may return to the mask in a decode. An active row fills at least one position per
@@ -84,8 +84,88 @@ def decode(
     for a block-causal model (one with a ``block_size``) that takes a KV cache, else ``"none"``.
     ``constraint`` (``"regex:pattern='...'"``) keeps every answer completable into a word of its language; it
     reads the tokens' text through ``tokenizer``. ``settings`` are :class:`DecodeConfig` fields when no
-    ``config`` is given.
+    ``config`` is given. :func:`steps` runs the same loop a step at a time.
     """
+    return steps(model, input_ids, attention_mask=attention_mask, config=config, policy=policy, stop=stop,
+                 cache=cache, constraint=constraint, tokenizer=tokenizer, on_step=on_step, **settings).run()
+
+
+def steps(model: DenoiserModel, input_ids: torch.Tensor | Sequence[Sequence[int]], **arguments: Any) -> Decoding:
+    """The decode of :func:`decode` (same arguments), a step at a time: iterate the returned
+    :class:`Decoding` for each step's view after its commits; between steps, ``retire(rows)`` finishes rows;
+    ``result`` holds the :class:`DecodeResult` once the iteration ends (``run()`` finishes it)."""
+    return Decoding(model, input_ids, arguments)
+
+
+class Decoding:
+    """A decode in progress. Each step runs in ``torch.inference_mode`` when the iteration asks for it; the
+    caller's code between steps runs outside it. Views are the engine's own: read them, do not change them."""
+
+    def __init__(self, model: DenoiserModel, input_ids: Any, arguments: dict[str, Any]) -> None:
+        self._retired = _Retired()
+        self._steps = _steps(model, input_ids, retired=self._retired, **arguments)
+        self.result: DecodeResult | None = None
+
+    def __iter__(self) -> Decoding:
+        return self
+
+    def __next__(self) -> StepView:
+        try:
+            with torch.inference_mode():
+                return next(self._steps)
+        except StopIteration as finished:
+            self.result = finished.value
+            raise
+
+    def retire(self, rows: torch.Tensor | Sequence[int]) -> None:
+        """Finish these rows (indices into the decode's batch, or a (B,) bool mask) at the next step, as a stop
+        criterion would: their remaining masks take the latest predictions; the other rows go on unchanged."""
+        self._retired.add(rows)
+
+    def run(self) -> DecodeResult:
+        """Decode the remaining steps; the result."""
+        for _ in self:
+            pass
+        assert self.result is not None
+        return self.result
+
+
+class _Retired:
+    """Rows a caller finished between steps, by index into the caller's batch; a block-causal model's batches
+    of rows read their own (``rows``: which of the caller's rows a batch holds)."""
+
+    def __init__(self) -> None:
+        self.indices: set[int] = set()
+
+    def add(self, rows: torch.Tensor | Sequence[int]) -> None:
+        rows = torch.as_tensor(rows)
+        self.indices |= set((rows.nonzero().flatten() if rows.dtype == torch.bool else rows.flatten()).tolist())
+
+    def rows(self, rows: torch.Tensor) -> torch.Tensor:
+        if not self.indices:
+            return torch.zeros(rows.shape, dtype=torch.bool, device=rows.device)
+        return torch.tensor([int(row) in self.indices for row in rows.tolist()], dtype=torch.bool,
+                            device=rows.device)
+
+
+def _steps(
+    model: DenoiserModel,
+    input_ids: torch.Tensor | Sequence[Sequence[int]],
+    *,
+    attention_mask: torch.Tensor | None = None,
+    config: DecodeConfig | None = None,
+    policy: UnmaskPolicy | Spec = "topk",
+    stop: StopCriterion | Spec | Sequence[StopCriterion | Spec] | None = "none",
+    cache: CacheManager | Spec | None = None,
+    constraint: Constraint | Spec | None = None,
+    tokenizer: Any = None,
+    on_step: StepObserver | None = None,
+    retired: _Retired,
+    rows: torch.Tensor | None = None,
+    **settings: Any,
+) -> Generator[StepView, None, DecodeResult]:
+    """The loop: yields each step's view after its commits, returns the result. ``rows``: which rows of the
+    caller's batch these are (a block-causal model's batches of one prompt length modulo its block)."""
     if config is None:
         config = DecodeConfig(**settings)
     elif settings:
@@ -94,6 +174,7 @@ def decode(
     mask_id, eos_id, block_size = info.mask_token_id, info.eos_token_id, info.block_size
     input_ids, prompt_mask = _prompt_tensors(input_ids, attention_mask, eos_id)
     _check_prompts(input_ids, prompt_mask, info, config.gen_length)
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device) if rows is None else rows
     if cache is None:
         cache = own_cache(model)
     if block_size and ((input_ids.shape[1] - prompt_mask.sum(1)) % block_size).any():
@@ -103,12 +184,13 @@ def decode(
         residues = prompt_mask.sum(1) % block_size
         groups = [(residues == r).nonzero().flatten() for r in sorted(set(residues.tolist()))]
         results = []
-        for rows in groups:
-            ids, mask = pad_prompts([input_ids[i][prompt_mask[i].bool()].tolist() for i in rows], eos_id)
-            parts = {name: _for_rows(component, rows) for name, component in
+        for group in groups:
+            ids, mask = pad_prompts([input_ids[i][prompt_mask[i].bool()].tolist() for i in group], eos_id)
+            parts = {name: _for_rows(component, group) for name, component in
                      (("policy", policy), ("stop", stop), ("cache", cache), ("constraint", constraint))}
-            results.append(decode(model, ids.to(input_ids.device), attention_mask=mask.to(input_ids.device),
-                                  config=config, **parts, tokenizer=tokenizer, on_step=on_step))
+            results.append((yield from _steps(model, ids.to(input_ids.device), attention_mask=mask.to(input_ids.device),
+                                              config=config, **parts, tokenizer=tokenizer, on_step=on_step,
+                                              retired=retired, rows=rows[group])))
         return _joined(results, groups)
     unmask_policy = create("policies", policy)
     if isinstance(stop, (list, tuple)) and not (len(stop) == 2 and isinstance(stop[1], dict)):
@@ -168,146 +250,146 @@ def decode(
             block_start=block[0], block_end=block[1], step=step, lookbehind=lookbehind,
         )
 
-    with torch.inference_mode():
-        for block_index, (block_start, block_end) in enumerate(blocks):
-            # A shifted block-causal model (Fast-dLLM v2) predicts a block's first token from the previous
-            # block's last position, outside the block's own forwards: it is committed first, by argmax.
-            seeded = bool(lookbehind) and block_size is not None and block_start % block_size == 0
-            # Once a model block is finished, the cache's forward on it (an exact cache stores its keys and
-            # values), for the rows that have a part of it (EoTP may have cut a row before it).
-            seed_logits: tuple[torch.Tensor, int] | None = None  # (logits, their first column)
-            if block_index and callable(finish_block):
-                finished = blocks[block_index - 1]
-                storing = ~done & (canvas.row_end > finished[0])
-                if storing.any() and (block_size is None or finished[1] % block_size == 0):
-                    state = canvas_state(canvas.x, finished, 0, extra=lookbehind if seeded else 0)
-                    plan = finish_block(state)
-                    if plan is not None:
-                        logits = _forward(model, canvas.x, state, plan, storing, max(mask_id, eos_id), global_step)
-                        nfe += storing.long()
-                        seed_logits = (logits, plan.start) if seeded and plan.end > block_start else None
-            seed_rows = None
-            if seeded:
-                seed_rows = ~done & (canvas.row_end > block_start) & (canvas.x[:, block_start] == mask_id)
-            if seed_rows is not None and seed_rows.any():
-                if seed_logits is None:  # no finishing forward reached the block's first column: one forward
-                    state = canvas_state(canvas.x, (block_start, block_end), 0)
-                    plan = cache_manager.plan(state)
-                    seed_logits = (_forward(model, canvas.x, state, plan, seed_rows, max(mask_id, eos_id),
-                                            global_step), plan.start)
-                    nfe += seed_rows.long()
-                logits, offset = seed_logits
-                first, _ = predict(logits[:, block_start - offset][:, None], config.temperature, generator, mask_id)
-                seed = torch.zeros_like(canvas.x, dtype=torch.bool)
-                seed[:, block_start] = seed_rows
-                canvas.apply(Commit(mask=seed, tokens=first[:, :1].expand_as(canvas.x)), global_step)
-            window = (columns >= block_start) & (columns < block_end)
-            window = window[None, :].expand(batch, width)
-            schedule = linear_schedule((canvas.x[:, block_start:block_end] == mask_id).sum(1), config.steps_per_block)
-            step = 0
-            while True:
-                # Which rows still decode this block.
-                x = canvas.x
-                masked = x == mask_id
-                row_active = ~done & (masked & window).any(1)
-                if not row_active.any():
-                    break
-
-                # Forward what the cache plans (or take a committed candidate's logits).
-                state = canvas_state(x, (block_start, block_end), step)
+    for block_index, (block_start, block_end) in enumerate(blocks):
+        # A shifted block-causal model (Fast-dLLM v2) predicts a block's first token from the previous
+        # block's last position, outside the block's own forwards: it is committed first, by argmax.
+        seeded = bool(lookbehind) and block_size is not None and block_start % block_size == 0
+        # Once a model block is finished, the cache's forward on it (an exact cache stores its keys and
+        # values), for the rows that have a part of it (EoTP may have cut a row before it).
+        seed_logits: tuple[torch.Tensor, int] | None = None  # (logits, their first column)
+        if block_index and callable(finish_block):
+            finished = blocks[block_index - 1]
+            storing = ~done & (canvas.row_end > finished[0])
+            if storing.any() and (block_size is None or finished[1] % block_size == 0):
+                state = canvas_state(canvas.x, finished, 0, extra=lookbehind if seeded else 0)
+                plan = finish_block(state)
+                if plan is not None:
+                    logits = _forward(model, canvas.x, state, plan, storing, max(mask_id, eos_id), global_step)
+                    nfe += storing.long()
+                    seed_logits = (logits, plan.start) if seeded and plan.end > block_start else None
+        seed_rows = None
+        if seeded:
+            seed_rows = ~done & (canvas.row_end > block_start) & (canvas.x[:, block_start] == mask_id)
+        if seed_rows is not None and seed_rows.any():
+            if seed_logits is None:  # no finishing forward reached the block's first column: one forward
+                state = canvas_state(canvas.x, (block_start, block_end), 0)
                 plan = cache_manager.plan(state)
-                # Rows whose canvas is a candidate scored last step take its logits and count no forward.
-                reused = reuse.rows(plan, x) if reuse is not None else torch.zeros_like(row_active)
-                fed = row_active & ~reused
-                if reuse is not None and not fed.any():
-                    logits = reuse.logits
-                else:
-                    logits = _forward(model, x, state, plan, fed, max(mask_id, eos_id), global_step)
-                    nfe += fed.long()
-                    if reuse is not None and reused.any():
-                        logits = torch.where(reused[:, None, None], reuse.logits, logits)
-                # Rows neither fed nor reused (done, or through with the block) have no predictions this step.
-                scored_rows = row_active | reused
-                scorer = CandidateScorer(
-                    model=model, cache_manager=cache_manager,
-                    next_state=lambda x: canvas_state(x, (block_start, block_end), step + 1), x=x,
-                    row_active=row_active, nfe=nfe, candidate_rows=candidate_rows, temperature=config.temperature,
-                    generator=generator, mask_id=mask_id, largest_id=max(mask_id, eos_id), global_step=global_step,
+                seed_logits = (_forward(model, canvas.x, state, plan, seed_rows, max(mask_id, eos_id),
+                                        global_step), plan.start)
+                nfe += seed_rows.long()
+            logits, offset = seed_logits
+            first, _ = predict(logits[:, block_start - offset][:, None], config.temperature, generator, mask_id)
+            seed = torch.zeros_like(canvas.x, dtype=torch.bool)
+            seed[:, block_start] = seed_rows
+            canvas.apply(Commit(mask=seed, tokens=first[:, :1].expand_as(canvas.x)), global_step)
+        window = (columns >= block_start) & (columns < block_end)
+        window = window[None, :].expand(batch, width)
+        schedule = linear_schedule((canvas.x[:, block_start:block_end] == mask_id).sum(1), config.steps_per_block)
+        step = 0
+        while True:
+            # Which rows still decode this block.
+            x = canvas.x
+            masked = x == mask_id
+            row_active = ~done & (masked & window).any(1)
+            if not row_active.any():
+                break
+
+            # Forward what the cache plans (or take a committed candidate's logits).
+            state = canvas_state(x, (block_start, block_end), step)
+            plan = cache_manager.plan(state)
+            # Rows whose canvas is a candidate scored last step take its logits and count no forward.
+            reused = reuse.rows(plan, x) if reuse is not None else torch.zeros_like(row_active)
+            fed = row_active & ~reused
+            if reuse is not None and not fed.any():
+                logits = reuse.logits
+            else:
+                logits = _forward(model, x, state, plan, fed, max(mask_id, eos_id), global_step)
+                nfe += fed.long()
+                if reuse is not None and reused.any():
+                    logits = torch.where(reused[:, None, None], reuse.logits, logits)
+            # Rows neither fed nor reused (done, or through with the block) have no predictions this step.
+            scored_rows = row_active | reused
+            scorer = CandidateScorer(
+                model=model, cache_manager=cache_manager,
+                next_state=lambda x: canvas_state(x, (block_start, block_end), step + 1), x=x,
+                row_active=row_active, nfe=nfe, candidate_rows=candidate_rows, temperature=config.temperature,
+                generator=generator, mask_id=mask_id, largest_id=max(mask_id, eos_id), global_step=global_step,
+            )
+
+            def score(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                """x0 and its probability at masked positions of the fed span."""
+                return on_canvas(x, masked & scored_rows[:, None], plan.start,
+                                 *predict(logits, config.temperature, generator, mask_id))
+
+            def step_view(x0: torch.Tensor, confidence: torch.Tensor) -> StepView:
+                return StepView(
+                    x=x, x0=x0, confidence=confidence, masked=masked, window=window, row_active=row_active,
+                    # Past the schedule's last step (a policy that committed less), one token per step.
+                    schedule_k=schedule[:, step] if step < config.steps_per_block else torch.ones_like(nfe),
+                    nfe=nfe.clone(), logits=_block_logits(logits, plan.start, block_start, block_end),
+                    generator=generator, gen_start=gen_start, block_start=block_start, block_end=block_end,
+                    block_index=block_index, step=step, mask_token_id=mask_id, eos_token_id=eos_id,
+                    global_step=global_step, total_steps=total_steps, span_logits=logits,
+                    span_start=plan.start, evaluate=scorer,
                 )
 
-                def score(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                    """x0 and its probability at masked positions of the fed span."""
-                    return on_canvas(x, masked & scored_rows[:, None], plan.start,
-                                     *predict(logits, config.temperature, generator, mask_id))
+            if constrainer is not None:  # tokens it does not allow are banned before scoring, in place
+                if reuse is not None and reused.any():
+                    logits = logits.clone()  # (reused candidate logits stay as they were scored)
+                unscored = step_view(x, torch.zeros(x.shape, dtype=torch.float64))
+                restrict(constrainer, unscored, _reach(unscored, reach_canvas), logits, plan.start, constraint_name)
+            view = step_view(*score(logits))
 
-                def step_view(x0: torch.Tensor, confidence: torch.Tensor) -> StepView:
-                    return StepView(
-                        x=x, x0=x0, confidence=confidence, masked=masked, window=window, row_active=row_active,
-                        # Past the schedule's last step (a policy that committed less), one token per step.
-                        schedule_k=schedule[:, step] if step < config.steps_per_block else torch.ones_like(nfe),
-                        nfe=nfe.clone(), logits=_block_logits(logits, plan.start, block_start, block_end),
-                        generator=generator, gen_start=gen_start, block_start=block_start, block_end=block_end,
-                        block_index=block_index, step=step, mask_token_id=mask_id, eos_token_id=eos_id,
-                        global_step=global_step, total_steps=total_steps, span_logits=logits,
-                        span_start=plan.start, evaluate=scorer,
-                    )
+            # The policy chooses; the engine checks it and applies the progress floor (and, with a
+            # constraint, chooses again while it refuses a commit).
+            chosen: list[Commit] = []
 
-                if constrainer is not None:  # tokens it does not allow are banned before scoring, in place
-                    if reuse is not None and reused.any():
-                        logits = logits.clone()  # (reused candidate logits stay as they were scored)
-                    unscored = step_view(x, torch.zeros(x.shape, dtype=torch.float64))
-                    restrict(constrainer, unscored, _reach(unscored, reach_canvas), logits, plan.start, constraint_name)
-                view = step_view(*score(logits))
+            def select(view: StepView) -> tuple[torch.Tensor, torch.Tensor]:
+                chosen[:] = [_checked_commit(unmask_policy.select(view), view, config.progress_floor,
+                                             logits.shape[-1], reach_canvas, canvas)]
+                return chosen[0].mask, chosen[0].tokens
 
-                # The policy chooses; the engine checks it and applies the progress floor (and, with a
-                # constraint, chooses again while it refuses a commit).
-                chosen: list[Commit] = []
+            if constrainer is None:
+                commit, tokens = select(view)
+            else:
+                def score_at(rows: torch.Tensor, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                    """x0 and its probability at these canvas positions (masked, in the fed span)."""
+                    x0, confidence = predict(logits[rows, columns - plan.start][None], config.temperature,
+                                             generator, mask_id)
+                    return x0[0], confidence[0]
 
-                def select(view: StepView) -> tuple[torch.Tensor, torch.Tensor]:
-                    chosen[:] = [_checked_commit(unmask_policy.select(view), view, config.progress_floor,
-                                                 logits.shape[-1], reach_canvas, canvas)]
-                    return chosen[0].mask, chosen[0].tokens
+                commit, tokens, view = choose(constrainer, view, select, logits, plan.start, score_at,
+                                              constraint_name, lambda view: _reach(view, reach_canvas))
+            decision = attrs.evolve(chosen[0], mask=commit, tokens=tokens)  # (a constraint's refusals left out)
+            canvas.apply(decision, global_step)
+            # Rows whose canvas is no longer what the policy decided (a constraint refused or cut) reuse nothing.
+            as_decided = (commit == chosen[0].mask).all(1) & ((tokens == chosen[0].tokens) | ~commit).all(1)
+            if constrainer is not None and (commit & (tokens == eos_id)).any():
+                # An answer the constraint has ended at an EOS: the rest of the row is EOS, now.
+                ends = forced_ends(constrainer, attrs.evolve(view, x=canvas.x, masked=canvas.x == mask_id))
+                if (ends >= 0).any():
+                    canvas.cut(ends, global_step)
+                    as_decided &= ends < 0
+            if decision.evaluated is not None:
+                reuse = scorer.reuse(torch.where(as_decided, decision.evaluated, -1), canvas.x, reuse)
 
-                if constrainer is None:
-                    commit, tokens = select(view)
-                else:
-                    def score_at(rows: torch.Tensor, columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                        """x0 and its probability at these canvas positions (masked, in the fed span)."""
-                        x0, confidence = predict(logits[rows, columns - plan.start][None], config.temperature,
-                                                 generator, mask_id)
-                        return x0[0], confidence[0]
-
-                    commit, tokens, view = choose(constrainer, view, select, logits, plan.start, score_at,
-                                                  constraint_name, lambda view: _reach(view, reach_canvas))
-                decision = attrs.evolve(chosen[0], mask=commit, tokens=tokens)  # (a constraint's refusals left out)
-                canvas.apply(decision, global_step)
-                # Rows whose canvas is no longer what the policy decided (a constraint refused or cut) reuse nothing.
-                as_decided = (commit == chosen[0].mask).all(1) & ((tokens == chosen[0].tokens) | ~commit).all(1)
-                if constrainer is not None and (commit & (tokens == eos_id)).any():
-                    # An answer the constraint has ended at an EOS: the rest of the row is EOS, now.
-                    ends = forced_ends(constrainer, attrs.evolve(view, x=canvas.x, masked=canvas.x == mask_id))
-                    if (ends >= 0).any():
-                        canvas.cut(ends, global_step)
-                        as_decided &= ends < 0
-                if decision.evaluated is not None:
-                    reuse = scorer.reuse(torch.where(as_decided, decision.evaluated, -1), canvas.x, reuse)
-
-                # Stop criteria: finished rows, and EoTP's cut after the answer's end.
-                view = attrs.evolve(view, x=canvas.x, committed=commit, remasked=decision.remask,
-                                    edited=decision.edit, nfe=nfe.clone(), evaluate=None)
-                decision = stop_criterion.check(view)
-                if decision.end is not None and (decision.end >= 0).any():
-                    canvas.cut(decision.end, global_step)
-                newly_done = decision.done & ~done
-                if newly_done.any():
-                    canvas.finalise(view.x0, newly_done, global_step)
-                    done |= newly_done
-                if on_step is not None:
-                    on_step(view)
-                if notify:
-                    observers(view=view)
-                step += 1
-                global_step += 1
+            # Stop criteria: finished rows, and EoTP's cut after the answer's end.
+            view = attrs.evolve(view, x=canvas.x, committed=commit, remasked=decision.remask,
+                                edited=decision.edit, nfe=nfe.clone(), evaluate=None)
+            decision = stop_criterion.check(view)
+            if decision.end is not None and (decision.end >= 0).any():
+                canvas.cut(decision.end, global_step)
+            newly_done = (decision.done | retired.rows(rows)) & ~done
+            if newly_done.any():
+                canvas.finalise(view.x0, newly_done, global_step)
+                done |= newly_done
+            if on_step is not None:
+                on_step(view)
+            if notify:
+                observers(view=view)
+            yield view
+            step += 1
+            global_step += 1
 
     tokens = canvas.x[:, gen_start:gen_start + config.gen_length]
     is_eos = tokens == eos_id

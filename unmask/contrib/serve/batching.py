@@ -6,12 +6,12 @@ A dispatcher thread takes the oldest waiting request, waits up to ``wait_s`` for
 size), and starts the batch in a thread of its own, up to ``max_running`` batches at once. The batches hold
 the model in turn, one step each (a first-come, first-served turn passed at every step boundary), so a
 16-token request sent behind long ones waits a few of their steps, not their whole decodes. Decoding is
-batch-invariant, so each answer equals the request decoded alone; sampled requests (temperature > 0) draw
-noise for the whole batch, so they are decoded alone. At most ``max_queue`` requests wait: beyond that
-:meth:`Batcher.submit` raises :class:`QueueFull` at once. A cancelled request (a client that went away) or
-one past its deadline is finished by a stop criterion at the next step: its row stops counting forwards, the
-others go on as they were. A batch that raises is retried one request at a time, so a bad constraint fails
-only its own request.
+batch-invariant, so each answer equals the request decoded alone; sampled requests (temperature > 0) draw noise for
+the whole batch, so they are decoded alone. At most ``max_queue`` requests wait: beyond that
+:meth:`Batcher.submit` raises :class:`QueueFull` at once. The batch decodes a step at a time
+(``unmask.steps``): a cancelled request (a client that went away) or one past its deadline has its row retired
+between steps; it stops counting forwards after the next one, the others go on as they were. A batch that
+raises is retried one request at a time, so a bad constraint fails only its own request.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from typing import Any, Callable
 import attrs
 import torch
 
-from unmask.core.engine import decode, pad_prompts
+from unmask.core.engine import pad_prompts, steps
 from unmask.core.model_info import ModelInfo
-from unmask.core.types import DecodeConfig, DecodeResult, StepView, StopDecision
+from unmask.core.types import DecodeConfig, DecodeResult
 
 __all__ = ["Settings", "Job", "Batcher", "StepUpdate", "QueueFull", "DeadlineExceeded"]
 
@@ -83,19 +83,6 @@ class Job:
     def done(self) -> bool:
         """Whether its row may stop: the client went away or the deadline passed."""
         return self.cancelled.is_set() or self.expired
-
-
-class _Finished:
-    """A stop criterion: the rows whose request was cancelled or ran past its deadline are done (monotone:
-    neither comes back)."""
-
-    def __init__(self, jobs: list[Job]) -> None:
-        self.jobs = jobs
-        self.flags = [False] * len(jobs)
-
-    def check(self, view: StepView) -> StopDecision:
-        self.flags = [flag or job.done for flag, job in zip(self.flags, self.jobs)]
-        return StopDecision(done=torch.tensor(self.flags, dtype=torch.bool, device=view.x.device))
 
 
 class _Turns:
@@ -242,42 +229,42 @@ class Batcher:
                     job.future.set_exception(alone)
 
     def _decode(self, jobs: list[Job]) -> None:
+        """Decode the batch a step at a time (``unmask.steps``), passing the model's turn after each step and
+        retiring the rows whose client went away or whose deadline passed."""
         settings = jobs[0].settings
         input_ids, attention_mask = pad_prompts([job.prompt_ids for job in jobs], self.model.eos_token_id)
         device = getattr(self.model, "device", "cpu")
         config = DecodeConfig(gen_length=settings.gen_length, block_length=settings.block_length,
                               temperature=settings.temperature, seed=settings.seed)
         commit_step = torch.full((len(jobs), settings.gen_length), -1, dtype=torch.long)
-        steps = [0]
-
-        def observe(view: StepView) -> None:
-            answer = view.x[:, view.gen_start:view.gen_start + settings.gen_length].cpu()  # (a block model's runs on)
-            fresh = (answer != view.mask_token_id) & (commit_step < 0)
-            commit_step[fresh] = steps[0]
-            steps[0] += 1
-            for row, job in enumerate(jobs):
-                if job.on_step is not None and not job.done:
-                    job.on_step(StepUpdate(tokens=answer[row].tolist(), commit_step=commit_step[row].tolist(),
-                                           step=steps[0], nfe=int(view.nfe[row])))
-            self._turns.pass_turn()  # the next batch waiting runs its step before this one's next
-
-        finished = _Finished(jobs)
-        stops = [settings.stop, finished] if settings.stop != "none" else [finished]
-        constraint = None if settings.constraint == "none" else settings.constraint
+        retired: set[int] = set()
         self._turns.acquire()
         self.rows_in_flight += len(jobs)
         try:
-            result = decode(self.model, input_ids.to(device), attention_mask=attention_mask.to(device),
-                            config=config, policy=settings.policy, stop=stops, cache=settings.cache,
-                            constraint=constraint, tokenizer=self.tokenizer, on_step=observe)
+            decoding = steps(self.model, input_ids.to(device), attention_mask=attention_mask.to(device),
+                             config=config, policy=settings.policy, stop=settings.stop, cache=settings.cache,
+                             constraint=None if settings.constraint == "none" else settings.constraint,
+                             tokenizer=self.tokenizer)
+            for step, view in enumerate(decoding, start=1):
+                answer = view.x[:, view.gen_start:view.gen_start + settings.gen_length].cpu()  # (a block model's runs on)
+                commit_step[(answer != view.mask_token_id) & (commit_step < 0)] = step - 1
+                for row, job in enumerate(jobs):
+                    if job.done and row not in retired:
+                        retired.add(row)
+                        decoding.retire([row])
+                    elif job.on_step is not None and not job.done:
+                        job.on_step(StepUpdate(tokens=answer[row].tolist(), commit_step=commit_step[row].tolist(),
+                                               step=step, nfe=int(view.nfe[row])))
+                self._turns.pass_turn()  # the next batch waiting runs its step before this one's next
         finally:
             self.rows_in_flight -= len(jobs)
             self._turns.release()
+        result = decoding.result
         self.log.append({"forwards": result.nfe.tolist(), "cancelled": [job.cancelled.is_set() for job in jobs]})
         for row, job in enumerate(jobs):
             if job.future.cancelled():
                 continue
-            if finished.flags[row] and not job.cancelled.is_set():  # cut at its deadline
+            if row in retired and not job.cancelled.is_set():  # cut at its deadline
                 job.future.set_exception(DeadlineExceeded(f"the request ran past its deadline of {job.timeout_s:g} s"))
             else:
                 job.future.set_result(_row(result, row, commit_step[row]))
