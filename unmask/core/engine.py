@@ -1,7 +1,8 @@
 """The denoising loop: LLaDA's semi-autoregressive block schedule with pluggable decisions.
 
 The engine owns the loop and its invariants (commits stay inside masked positions of the block, every
-active row progresses, committed tokens never change); policies, stop criteria and caches own decisions.
+active row progresses, a committed token changes only through a decision's declared re-mask or edit, the
+loop stays bounded); policies, stop criteria and caches own decisions.
 """
 
 from __future__ import annotations
