@@ -52,6 +52,13 @@ def seed_value(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    value = _converted(text, float, "a number")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
 def probability(text: str) -> float:
     value = _converted(text, float, "a number")
     if not 0 <= value <= 1:

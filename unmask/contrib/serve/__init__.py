@@ -21,6 +21,7 @@ def build_app(*args: Any, **kwargs: Any) -> Any:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The server's own flags: where it listens, who may reach it, and every limit on a request."""
+    from unmask.contrib.arguments import finite_float, positive_float, positive_int
     from unmask.contrib.serve.limits import Limits
 
     access = parser.add_argument_group("access (docs/serve.md: the threat model)")
@@ -39,25 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a trained Learn2PD filter that requests may pick as learn2pd:filter=NAME (repeat); "
                         "a request never names a folder")
     batching = parser.add_argument_group("batching")
-    batching.add_argument("--max-batch", type=_positive(int), default=8, help="requests decoded together (default: 8)")
-    batching.add_argument("--batch-wait-ms", type=_positive(float, zero=True), default=10.0,
+    batching.add_argument("--max-batch", type=positive_int, default=8, help="requests decoded together (default: 8)")
+    batching.add_argument("--batch-wait-ms", type=finite_float, default=10.0,
                           help="how long the first request waits for others to batch with (default: 10)")
     limits = parser.add_argument_group("limits on one request")
-    for field in attrs.fields(Limits):
-        limits.add_argument("--" + field.name.replace("_", "-"), type=_positive(int if field.type == "int" else float),
-                            default=field.default, metavar="N", help=f"{field.metadata['help']} (default: {field.default})")
-
-
-def _positive(convert: Any, zero: bool = False) -> Any:
-    def parse(text: str) -> Any:
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-        if not (value >= 0 if zero else value > 0) or value != value or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"must be a finite number {'>= 0' if zero else '> 0'}, got {text!r}")
-        return value
-    return parse
+    for field in attrs.fields(Limits):  # each limit is a flag: max_body_bytes is --max-body-bytes
+        limits.add_argument("--" + field.name.replace("_", "-"), metavar="N", default=field.default,
+                            type=positive_int if field.type == "int" else positive_float,
+                            help=f"{field.metadata['help']} (default: {field.default})")
 
 
 def config_from_args(args: argparse.Namespace, model: Any) -> Any:

@@ -246,7 +246,8 @@ class Batcher:
                              constraint=None if settings.constraint == "none" else settings.constraint,
                              tokenizer=self.tokenizer)
             for step, view in enumerate(decoding, start=1):
-                answer = view.x[:, view.gen_start:view.gen_start + settings.gen_length].cpu()  # (a block model's runs on)
+                # (a block model's canvas runs on past gen_length)
+                answer = view.x[:, view.gen_start:view.gen_start + settings.gen_length].cpu()
                 commit_step[(answer != view.mask_token_id) & (commit_step < 0)] = step - 1
                 for row, job in enumerate(jobs):
                     if job.done and row not in retired:
