@@ -177,7 +177,7 @@ def _steps(
     _check_prompts(input_ids, prompt_mask, info, config.gen_length)
     rows = torch.arange(input_ids.shape[0], device=input_ids.device) if rows is None else rows
     if cache is None:
-        cache = own_cache(model)
+        cache = info.own_cache
     if block_size and ((input_ids.shape[1] - prompt_mask.sum(1)) % block_size).any():
         # Blocks count from position 0: the canvas's columns must agree with positions modulo the block
         # size, so rows whose prompt lengths differ modulo it decode as batches of their own (left-padded
@@ -363,15 +363,17 @@ def _steps(
                                               constraint_name, lambda view: _reach(view, reach_canvas))
             decision = attrs.evolve(chosen[0], mask=commit, tokens=tokens)  # (a constraint's refusals left out)
             canvas.apply(decision, global_step)
-            # Rows whose canvas is no longer what the policy decided (a constraint refused or cut) reuse nothing.
-            as_decided = (commit == chosen[0].mask).all(1) & ((tokens == chosen[0].tokens) | ~commit).all(1)
+            ends = None
             if constrainer is not None and (commit & (tokens == eos_id)).any():
                 # An answer the constraint has ended at an EOS: the rest of the row is EOS, now.
                 ends = forced_ends(constrainer, attrs.evolve(view, x=canvas.x, masked=canvas.x == mask_id))
                 if (ends >= 0).any():
                     canvas.cut(ends, global_step)
-                    as_decided &= ends < 0
             if decision.evaluated is not None:
+                # Rows whose canvas is no longer what the policy decided (a constraint refused or cut) reuse nothing.
+                as_decided = (commit == chosen[0].mask).all(1) & ((tokens == chosen[0].tokens) | ~commit).all(1)
+                if ends is not None:
+                    as_decided &= ends < 0
                 reuse = scorer.reuse(torch.where(as_decided, decision.evaluated, -1), canvas.x, reuse)
 
             # Stop criteria: finished rows, and EoTP's cut after the answer's end.
@@ -420,8 +422,7 @@ def block_columns(gen_start: int, gen_length: int, size: int, *, aligned: bool =
 def own_cache(model: Any) -> str:
     """The cache a model decodes with by default: the exact cache of finished blocks where attention is
     block-causal and the model takes a KV cache, else none."""
-    info = ModelInfo.of(model)
-    return "exact" if info.block_size and info.accepts_cache else "none"
+    return ModelInfo.of(model).own_cache
 
 
 def model_block_size(model: Any, config: DecodeConfig) -> int | None:
@@ -552,27 +553,21 @@ def _checked_commit(decision: Any, view: StepView, progress_floor: bool, vocab_s
     if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tuple(tokens.shape) != shape:
         got = f"{tokens.dtype} {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
         raise TypeError(f"Commit.tokens must be a long tensor of shape {shape}, got {got}")
-    remask = _optional_mask(decision.remask, view.x, "Commit.remask")
-    edit = _optional_mask(decision.edit, view.x, "Commit.edit")
-    written = tokens[commit | edit]
-    if ((written < 0) | (written >= vocab_size)).any():
+    written = commit
+    if decision.edit is not None:
+        _check_mask(decision.edit, shape, "Commit.edit must be None or a bool tensor")
+        written = commit | decision.edit
+    chosen = tokens[written]
+    if ((chosen < 0) | (chosen >= vocab_size)).any():
         raise ValueError(f"Commit.tokens holds ids outside the vocabulary [0, {vocab_size})")
-    reach = _reach(view, reach_canvas)
-    if (commit & ~reach).any():
+    if (commit & ~_reach(view, reach_canvas)).any():
         where = "masked answer positions" if reach_canvas else "masked positions of the current block"
         raise ValueError(f"the policy committed positions that are not {where}")
-    if ((commit | edit) & (tokens == view.mask_token_id)).any():
+    if (written & (tokens == view.mask_token_id)).any():
         raise ValueError("the policy committed the mask token, which would leave the position masked; "
                          "return positions to the mask with Commit.remask")
-    editable = _committed(view, reach_canvas, canvas.row_end)
-    if (edit & ~editable).any():
-        raise ValueError("Commit.edit may name only committed answer positions of active rows within the "
-                         f"policy's reach ({'the answer' if reach_canvas else 'the current block'})")
-    if (remask & ~_committed(view, False, canvas.row_end)).any():  # a later block would leave it masked
-        raise ValueError("Commit.remask may name only committed positions of the current block of active rows")
-    if (remask & edit).any():
-        raise ValueError("Commit.remask and Commit.edit name the same position: re-mask it or edit it")
-    remask = remask & (canvas.remasks < REMASKS_PER_POSITION)
+    remask = _checked_revisions(decision, view, reach_canvas, canvas) if (
+        decision.remask is not None or decision.edit is not None) else None
     stalled = view.row_active & ~commit.any(1)
     if stalled.any():
         if not progress_floor:
@@ -582,21 +577,33 @@ def _checked_commit(decision: Any, view: StepView, progress_floor: bool, vocab_s
         floor = torch.zeros_like(commit)
         floor[stalled, best[stalled]] = True
         commit, tokens = commit | floor, torch.where(floor, view.x0, tokens)
-    return attrs.evolve(decision, mask=commit, tokens=tokens, remask=remask if remask.any() else None,
-                        edit=edit if edit.any() else None)
+    edit = decision.edit if decision.edit is not None and decision.edit.any() else None
+    return attrs.evolve(decision, mask=commit, tokens=tokens, remask=remask, edit=edit)
+
+
+def _checked_revisions(decision: Commit, view: StepView, reach_canvas: bool, canvas: _Canvas) -> torch.Tensor | None:
+    """A decision's re-masks and edits held to their rules (only for a decision that has any: the check costs a
+    step's worth of masks); the re-masks the engine applies, those past a position's budget dropped."""
+    shape = tuple(view.x.shape)
+    edit = decision.edit if decision.edit is not None else torch.zeros_like(decision.mask)
+    if (edit & ~_committed(view, reach_canvas, canvas.row_end)).any():
+        raise ValueError("Commit.edit may name only committed answer positions of active rows within the "
+                         f"policy's reach ({'the answer' if reach_canvas else 'the current block'})")
+    if decision.remask is None:
+        return None
+    _check_mask(decision.remask, shape, "Commit.remask must be None or a bool tensor")
+    if (decision.remask & ~_committed(view, False, canvas.row_end)).any():  # a later block would leave it masked
+        raise ValueError("Commit.remask may name only committed positions of the current block of active rows")
+    if (decision.remask & edit).any():
+        raise ValueError("Commit.remask and Commit.edit name the same position: re-mask it or edit it")
+    remask = decision.remask & (canvas.remasks < REMASKS_PER_POSITION)
+    return remask if remask.any() else None
 
 
 def _check_mask(mask: Any, shape: tuple[int, ...], what: str) -> None:
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != shape:
         got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise TypeError(f"{what} of shape {shape}, got {got}")
-
-
-def _optional_mask(mask: torch.Tensor | None, like: torch.Tensor, what: str) -> torch.Tensor:
-    if mask is None:
-        return torch.zeros_like(like, dtype=torch.bool)
-    _check_mask(mask, tuple(like.shape), f"{what} must be None or a bool tensor")
-    return mask
 
 
 def _committed(view: StepView, reach_canvas: bool, row_end: torch.Tensor) -> torch.Tensor:
@@ -617,11 +624,8 @@ class _Canvas:
     gen_start: int
     mask_id: int
     eos_id: int
-    remasks: torch.Tensor = attrs.field(default=None)  # (B, L) long: how often each position returned to the mask
-
-    def __attrs_post_init__(self) -> None:
-        if self.remasks is None:
-            self.remasks = torch.zeros_like(self.x)
+    # (B, L) long: how often each position returned to the mask
+    remasks: torch.Tensor = attrs.field(default=attrs.Factory(lambda self: torch.zeros_like(self.x), takes_self=True))
 
     def apply(self, decision: Commit, step: int) -> None:
         """Write a checked decision: fills and edits take their tokens, re-masked positions the mask again."""

@@ -24,6 +24,12 @@ class ModelInfo:
     max_positions: int | None  # the longest canvas it reads
     accepts_cache: bool  # it takes a KV cache (past_key_values)
 
+    @property
+    def own_cache(self) -> str:
+        """The cache it decodes with by default: the exact cache of finished blocks where attention is
+        block-causal and it takes a KV cache, else none."""
+        return "exact" if self.block_size and self.accepts_cache else "none"
+
     @classmethod
     def of(cls, model: Any, config: DecodeConfig | None = None) -> ModelInfo:
         """The model's facts, checked; ``config``'s token ids win over the model's, and its block length must
