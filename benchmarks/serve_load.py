@@ -21,39 +21,14 @@ import asyncio
 import json
 import platform
 import statistics
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from unmask._files import write_atomically, write_text_atomically
-
-
-def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
-    """``unmask serve`` in a process of its own (the clients' event loop does not share its interpreter)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "unmask.contrib.cli", "serve", "--port", str(port), "--policy", args.policy,
-               "--stop", args.stop, "--cache", args.cache, "--gen-length", str(args.max_tokens), "--max-batch", str(args.max_batch),
-               "--batch-wait-ms", str(args.batch_wait_ms), "--device", args.device]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(1200):
-        if server.poll() is not None:
-            raise SystemExit(f"the server exited with {server.returncode}: {' '.join(command)}")
-        try:
-            urllib.request.urlopen(url + "/v1/models")
-            return server, url + "/v1"
-        except OSError:
-            time.sleep(0.1)
-    server.kill()
-    raise SystemExit("the server did not answer within 120 s")
+from unmask.testing.crafted_requests import server_process
 
 
 def screenshot(url: str, path: Path) -> None:
@@ -152,14 +127,14 @@ def main() -> None:
     drawn = [samples(task, per_task, 0) for task in DEFAULT_TASKS]
     prompts = [drawn[i % len(drawn)][i // len(drawn)].prompt for i in range(args.requests)]
 
-    server, url = start_server(args)
-    try:
+    flags = ["--policy", args.policy, "--stop", args.stop, "--cache", args.cache, "--gen-length", str(args.max_tokens),
+             "--max-batch", str(args.max_batch), "--batch-wait-ms", str(args.batch_wait_ms), "--device", args.device]
+    # In a process of its own: the clients' event loop does not share its interpreter.
+    with server_process(flags) as (_, base):
+        url = base + "/v1"
         solo, solo_s, replies, together_s = asyncio.run(both_runs(url, prompts, args))
         if args.screenshot:
             screenshot(url, args.screenshot)
-    finally:
-        server.terminate()
-        server.wait(timeout=120)
 
     lost = [r for r in replies if "error" in r]
     answered = [(r, expected) for r, expected in zip(replies, solo) if "error" not in r]

@@ -18,19 +18,15 @@ import json
 import platform
 import sys
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from unmask.testing.crafted_requests import CRAFTED, PROMPT, Crafted, cpu_seconds, peak_rss_bytes, send, server_process
+from unmask.testing.crafted_requests import (
+    CRAFTED, PROMPT, Crafted, cpu_seconds, health, peak_rss_bytes, send, server_process,
+)
 
 NORMAL = Crafted("normal", json.dumps({"prompt": PROMPT, "max_tokens": 16}).encode(), 200)
 LONG = Crafted("long", json.dumps({"prompt": PROMPT, "max_tokens": 480}).encode(), 200)
-
-
-def health(url: str) -> dict:
-    with urllib.request.urlopen(url + "/health") as response:
-        return json.loads(response.read())
 
 
 def timed(url: str, crafted: Crafted) -> tuple[int, float]:

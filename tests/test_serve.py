@@ -203,24 +203,12 @@ def test_a_client_that_goes_away_frees_its_row_and_the_others_are_unchanged(serv
 def test_sigterm_finishes_the_requests_in_flight_then_exits():
     import http.client
     import signal
-    import socket
-    import subprocess
-    import sys
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "unmask.contrib.cli", "serve", "--port", str(port),
-                                "--gen-length", "64"], stderr=subprocess.DEVNULL)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(url + "/v1/models")
-                break
-            except OSError:
-                time.sleep(0.1)
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    from unmask.testing.crafted_requests import server_process
+
+    with server_process(["--gen-length", "64"]) as (process, url):
+        host, port = url.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=120)
         body = {"prompt": PROMPTS[0], "stream": True, "unmask_steps": True}
         connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
         response = connection.getresponse()
@@ -234,8 +222,6 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits():
         assert rest.rstrip().endswith("data: [DONE]") and finals and finals[-1]["usage"]["forwards"] == 64
         # After its graceful shutdown uvicorn re-raises the signal it caught, so the exit is SIGTERM's own.
         assert process.wait(timeout=60) in (0, -signal.SIGTERM)
-    finally:
-        process.kill()
 
 def test_the_page_fills_the_canvas_live_and_shows_the_apis_answer(server, client):
     import shutil

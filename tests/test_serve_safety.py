@@ -13,7 +13,7 @@ import pytest
 import unmask
 from unmask.contrib.models.reference import load_reference_model
 from unmask.testing.crafted_requests import (
-    CRAFTED, PROMPT, Crafted, cpu_seconds, peak_rss_bytes, send, server_process,
+    CRAFTED, PROMPT, Crafted, cpu_seconds, health, peak_rss_bytes, send, server_process,
 )
 
 KEY = "s3cret-key"
@@ -136,10 +136,6 @@ def _stream_until_closed(url, body, started, stop):
     return finished
 
 
-def _health(url):
-    return json.loads(get(url, "/health")[2])
-
-
 def test_a_short_request_is_answered_while_sixteen_max_canvas_requests_decode(guarded):
     """Batches take turns a step each: the short request does not wait for the long ones to finish (the ratio
     of times is measured by benchmarks/serve_safety.py)."""
@@ -149,14 +145,14 @@ def test_a_short_request_is_answered_while_sixteen_max_canvas_requests_decode(gu
         streams = [pool.submit(_stream_until_closed, url, long, started, stop) for _ in range(16)]
         for _ in range(16):
             assert started.acquire(timeout=120)
-        while _health(url)["rows_in_flight"] < 16:
+        while health(url)["rows_in_flight"] < 16:
             time.sleep(0.05)
         status, _, reply = completion(url, timeout_s=300)
         assert status == 200 and reply["usage"]["completion_tokens"] > 0
-        assert _health(url)["rows_in_flight"] == 16  # every long request still decoding
+        assert health(url)["rows_in_flight"] == 16  # every long request still decoding
         stop.set()
         assert not any(stream.result() for stream in streams)
-    while _health(url)["rows_in_flight"]:  # the dropped streams' rows are freed at their next step
+    while health(url)["rows_in_flight"]:  # the dropped streams' rows are freed at their next step
         time.sleep(0.1)
 
 
@@ -167,14 +163,14 @@ def test_a_full_queue_answers_429_at_once_and_deadlines_answer_504():
     with server_process(arguments) as (_, url):
         with ThreadPoolExecutor(17) as pool:
             waiting = [pool.submit(send, url, long) for _ in range(17)]  # one decoding, sixteen queued
-            while _health(url)["queue"] < 16:
+            while health(url)["queue"] < 16:
                 time.sleep(0.02)
             status, headers, reply = send(url, NORMAL)
             assert status == 429 and headers["retry-after"] == "1" and reply["error"]["code"] == "queue_full"
             answers = [future.result() for future in waiting]
         assert [status for status, _, _ in answers] == [504] * 17
         assert all("deadline" in reply["error"]["message"] for _, _, reply in answers)
-        assert send(url, NORMAL)[0] == 200 and _health(url) == {"status": "ok", "queue": 0, "rows_in_flight": 0}
+        assert send(url, NORMAL)[0] == 200 and health(url) == {"status": "ok", "queue": 0, "rows_in_flight": 0}
 
 
 def test_the_python_api_still_reads_schema_files(tmp_path):

@@ -6,7 +6,7 @@ import torch
 from attrs import field, frozen
 
 from unmask.core.engine import check_config
-from unmask.core.needs import artefact_sha256, requirements
+from unmask.core.needs import artefact_sha256, provide, requirements
 from unmask.core.plugins import create
 from unmask.core.types import Commit, DecodeConfig, StepView
 
@@ -39,9 +39,9 @@ class UnionPolicy:
         return set().union(*(requirements(policy) for policy in self.policies))
 
     def provide(self, **values: Any) -> UnionPolicy:
-        return UnionPolicy(policies=[
-            policy.provide(**{name: values[name] for name in requirements(policy)}) if requirements(policy)
-            else policy for policy in self.policies])
+        """Each member given what it needs (``unmask.core.needs.provide``)."""
+        return UnionPolicy(policies=[provide(policy, {name: (lambda v=value: v) for name, value in values.items()})
+                                     for policy in self.policies])
 
     @property
     def artefact_sha256(self) -> str | None:
@@ -53,8 +53,9 @@ class UnionPolicy:
 
     def select(self, view: StepView) -> Commit:
         """Every field united: a position any member fills, re-masks or edits; its token is the prediction
-        unless a member writes another (an oracle's reference), the earlier member's where several do. A member's ``evaluated`` candidate holds for a row only where the
-        union's decision on that row is that member's own (otherwise the canvas is not the candidate)."""
+        unless a member writes another (an oracle's reference), the earlier member's where several do. A
+        member's ``evaluated`` candidate holds for a row only where the union's decision on that row is that
+        member's own (otherwise the canvas is not the candidate)."""
         decisions = [policy.select(view) for policy in self.policies]
         mask = torch.stack([d.mask for d in decisions]).any(0)
         written = [d.mask | (d.edit if d.edit is not None else False) for d in decisions]

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import attrs
 
-__all__ = ["Crafted", "CRAFTED", "PROMPT", "nested_schema", "server_process", "send", "peak_rss_bytes", "cpu_seconds"]
+__all__ = ["Crafted", "CRAFTED", "PROMPT", "nested_schema", "server_process", "send", "health", "peak_rss_bytes", "cpu_seconds"]
 
 PROMPT = "shuffle: ada ben cal dov"
 BOMB = "(a|b)*a(a|b){40}"  # a 2**41-state automaton
@@ -156,6 +156,12 @@ def send(url: str, crafted: Crafted, headers: dict[str, str] | None = None,
     except ValueError:
         body = None
     return response.status, dict(response.getheaders()), body
+
+
+def health(url: str) -> dict[str, Any]:
+    """The server's ``/health``: its queue and the rows it is decoding."""
+    with urllib.request.urlopen(url + "/health", timeout=60) as response:
+        return json.loads(response.read())
 
 
 def peak_rss_bytes(pid: int) -> int:
