@@ -39,8 +39,9 @@ MAX_STOPS = 4
 STREAM_GRACE_S = 55.0
 SHUTDOWN_S = 60
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-# OpenAI fields the server does not implement, taken only at the value that asks for nothing: a client that
-# asks for more is told so (400) instead of believing it got it.
+# OpenAI fields the server does not implement, taken only at the values that ask for nothing: a client that
+# asks for more is told so (400) instead of believing it got it. An empty tuple: any value, as it asks the
+# server for nothing (``user`` identifies the caller; usage always comes with the last chunk of a stream).
 NEUTRAL: dict[str, tuple[Any, ...]] = {
     "logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (None, False), "best_of": (None, 1),
     "suffix": (None, ""), "logit_bias": (None, {}), "top_p": (None, 1), "presence_penalty": (None, 0),
