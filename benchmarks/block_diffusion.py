@@ -1,9 +1,9 @@
 """A block-diffusion model beside the bidirectional model it was fine-tuned from, on the same held-out items.
 
-    python benchmarks/block_diffusion.py --block-model reference-block --batch-size 16 \
+    python benchmarks/block_diffusion.py --block-model reference-block \
         --out benchmarks/results/block_diffusion.json
     python benchmarks/block_diffusion.py --block-model reference-block --policies threshold:tau=0.9 \
-        --out benchmarks/results/block_diffusion_threshold_b64.json
+        --out benchmarks/results/block_diffusion_threshold.json
 
 Both models decode the suite's evaluation prompts (``--n`` per task, gen 128, block 32, stop ``none`` so both
 decode every block) with topk, threshold 0.9 and Learn2PD, and with EoTP; the block model with its exact
@@ -40,9 +40,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="first sample seed (default: 0)")
     parser.add_argument("--gen-length", type=int, default=128)
     parser.add_argument("--block-length", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=64,
-                        help="rows per decode (default: 64); a block model splits them by prompt length modulo the "
-                             "block, so small batches leave few rows per forward")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="rows per decode (default: 32, as unmask bench); a block model's rows of any prompt "
+                             "lengths decode together")
     parser.add_argument("--policies", default=None,
                         help="comma-separated subset of topk, threshold:tau=0.9, learn2pd (default: all three)")
     parser.add_argument("--out", type=Path, default=None, help="write all rows as JSON here")

@@ -3,13 +3,14 @@ loads; ablation grids checked whole before they run."""
 
 from __future__ import annotations
 
-import time
+import socket
 
 import pytest
 import torch
 
 import unmask
 from unmask.contrib.eval.ablate import GridError
+from unmask.core import engine
 
 from _bad_inputs import GENERATE, GRID, assert_one_line_error
 
@@ -95,13 +96,12 @@ def test_grid_files_are_checked_before_the_model_loads(text, expected, tmp_path,
     assert_one_line_error(["ablate", grid], expected, capsys)
 
 
-def test_an_unknown_model_name_waits_on_no_network(capsys):
-    started = time.perf_counter()
+def test_an_unknown_model_name_waits_on_no_network(capsys, monkeypatch):
+    monkeypatch.setattr(socket.socket, "connect", lambda *args: pytest.fail("a connection was attempted"))
     assert_one_line_error(GENERATE + ["--model", "no-such-name"],
                           "neither a registered model (reference, reference-block)", capsys)
     with pytest.raises(ValueError, match="pass --download"):
         unmask.load("no-such-owner/no-such-name")
-    assert time.perf_counter() - started < 5
 
 
 def test_ablate_locks_its_resolved_output_before_the_model_loads(tmp_path, capsys, monkeypatch):
@@ -150,9 +150,8 @@ FRESH_CLI_CASES = [
 @pytest.mark.parametrize("argv, expected", FRESH_CLI_CASES, ids=[" ".join(c[0])[:60] for c in FRESH_CLI_CASES])
 def test_fresh_cli_errors(argv, expected, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    started = time.perf_counter()
+    monkeypatch.setattr(engine, "_steps", lambda *args, **kwargs: pytest.fail("a decode ran"))
     assert_one_line_error(argv, expected, capsys)
-    assert time.perf_counter() - started < 5
     assert not (tmp_path / "out").exists()
 
 

@@ -4,7 +4,6 @@ hang on a broken model or a bare traceback from inside torch."""
 from __future__ import annotations
 
 import math
-import time
 
 import attrs
 import pytest
@@ -23,6 +22,7 @@ class Broken(FakeDenoiser):
         self.fault = fault
 
     def forward(self, input_ids, **kwargs):
+        self.forwards = getattr(self, "forwards", 0) + 1
         logits = super().forward(input_ids, **kwargs)
         if self.fault == "short":
             return logits[:, :-1]
@@ -35,10 +35,10 @@ class Broken(FakeDenoiser):
                                             ("nan", "step 0: the model returned NaN"),
                                             ("-inf", "step 0: the model returned NaN or infinite")])
 def test_a_broken_model_raises_at_once(fault, message):
-    started = time.perf_counter()
+    model = Broken(fault)
     with pytest.raises(ValueError, match=message):
-        unmask.decode(Broken(fault), [[1, 2, 3]], gen_length=8)
-    assert time.perf_counter() - started < 1.0
+        unmask.decode(model, [[1, 2, 3]], gen_length=8)
+    assert model.forwards == 1  # the first forward's logits are checked
 
 
 class CommitTokens:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -191,9 +190,7 @@ def test_a_damaged_checkpoint_is_one_line_before_the_data_is_prepared(damage, ex
     checkpoint = tmp_path / "m.checkpoint"
     checkpoint.mkdir()
     damage(checkpoint)
-    started = time.perf_counter()
     assert_one_line_error(["train-model", "--out", tmp_path / "m", "--resume"], expected, capsys)
-    assert time.perf_counter() - started < 5
 
 
 def test_checkpoint_tensors_that_do_not_fit_the_model_name_the_file(tmp_path):
@@ -252,10 +249,11 @@ def test_non_utf8_prompts_name_the_file(tmp_path, capsys):
     ({"num_hidden_layers": 10**6}, "the config does not belong to these weights"),
     ({"hidden_size": 10**6, "num_attention_heads": 1, "head_dim": 10**6}, "describes at least"),
 ])
-def test_a_config_far_larger_than_its_weights_is_refused_before_allocation(change, expected, tmp_path, capsys):
-    started = time.perf_counter()
-    assert_one_line_error(GENERATE + ["--model", tiny_dir(tmp_path, **change)], expected, capsys)
-    assert time.perf_counter() - started < 5
+def test_a_config_far_larger_than_its_weights_is_refused_before_allocation(change, expected, tmp_path, capsys,
+                                                                           monkeypatch):
+    directory = tiny_dir(tmp_path, **change)
+    monkeypatch.setattr(torch.nn.Linear, "__init__", lambda *args, **kwargs: pytest.fail("a layer was built"))
+    assert_one_line_error(GENERATE + ["--model", directory], expected, capsys)
 
 
 @pytest.mark.parametrize("kind, damage, expected", [

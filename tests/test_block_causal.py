@@ -10,7 +10,7 @@ from unmask.contrib.models.transformers import block_causal_mask
 from unmask.core.engine import block_columns, pad_prompts
 
 BLOCK = 4
-# 16 prompts of lengths 1-16: every residue modulo the block, so rows decode in groups.
+# 16 prompts of lengths 1-16: every residue modulo the block, so each row's answer starts at its own column.
 PROMPTS = [[5 + (row * 7 + i) % 30 for i in range(1 + row)] for row in range(16)]
 
 
@@ -80,12 +80,13 @@ def test_exact_cache_gives_the_uncached_logits_and_one_more_forward_per_finished
         assert torch.equal(plain.nfe, -(-(lengths + 16) // BLOCK) * BLOCK - lengths)
 
 
-def test_blocks_finish_in_order_and_a_batch_decodes_as_each_row_alone(model):
-    result = unmask.decode(model, PROMPTS, gen_length=16, block_length=BLOCK, policy="threshold:tau=0.3",
-                           stop="eotp")
+@pytest.mark.parametrize("policy", ["threshold:tau=0.3", "learn2pd"])
+def test_blocks_finish_in_order_and_a_batch_decodes_as_each_row_alone(model, policy):
+    """Learn2PD reads the whole block (its filter's features): a row's blocks are its own model's blocks, the
+    first holding the prompt's end, whatever rows share the batch."""
+    result = unmask.decode(model, PROMPTS, gen_length=16, block_length=BLOCK, policy=policy, stop="eotp")
     for row, prompt in enumerate(PROMPTS):
-        alone = unmask.decode(model, [prompt], gen_length=16, block_length=BLOCK, policy="threshold:tau=0.3",
-                              stop="eotp")
+        alone = unmask.decode(model, [prompt], gen_length=16, block_length=BLOCK, policy=policy, stop="eotp")
         assert torch.equal(alone.tokens[0], result.tokens[row]) and alone.nfe[0] == result.nfe[row]
         steps = result.commit_step[row]
         blocks = block_columns(len(prompt), 16, BLOCK, aligned=True)
@@ -98,6 +99,34 @@ def test_blocks_finish_in_order_and_a_batch_decodes_as_each_row_alone(model):
                 last = int(block.max())
 
 
+class Counted:
+    """A model that counts its forwards and the rows fed to each."""
+
+    def __init__(self, model):
+        self.model, self.rows = model, []
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __call__(self, input_ids, **kwargs):
+        self.rows.append(input_ids.shape[0])
+        return self.model(input_ids, **kwargs)
+
+
+def test_rows_of_every_prompt_length_share_each_step_forward():
+    """Prompts of lengths 1-16 (every residue modulo the block): one batch, one forward per step for all
+    active rows, each row's answer from its own column of the shared blocks."""
+    model = Counted(tiny_denoiser("llama", block_size=BLOCK))
+    views = []
+    result = unmask.decode(model, PROMPTS, gen_length=16, block_length=BLOCK, policy="threshold:tau=0.3",
+                           cache="none", on_step=views.append)
+    assert len(model.rows) == len(views)
+    starts = views[0].answer_starts
+    assert torch.equal(starts - starts.min(), torch.tensor([len(p) % BLOCK for p in PROMPTS]) - min(
+        len(p) % BLOCK for p in PROMPTS))
+    assert not (result.tokens == model.mask_token_id).any()
+
+
 @pytest.mark.parametrize("policy", ["topk", "threshold:tau=0.9", "entropy_bound", "entropy_threshold", "margin",
                                     "local_leap", "freedave:draft_steps=3", "learn2pd", "random"])
 @pytest.mark.parametrize("stop", ["none", "eotp", "prophet"])
@@ -108,8 +137,8 @@ def test_every_policy_and_stop_decodes_a_block_causal_model(policy, stop):
     assert result.components["cache"]["name"] == "exact"
 
 
-def test_the_oracle_reproduces_vanilla_on_a_block_model_across_its_batches():
-    """The oracle holds a reference per row: the engine hands each batch of one residue its rows."""
+def test_the_oracle_reproduces_vanilla_on_a_block_model_whatever_each_answer_start():
+    """The oracle holds a reference per row, aligned at each row's own answer start."""
     from unmask.strategies.oracle import OraclePolicy
 
     model = tiny_denoiser("llama", block_size=BLOCK)

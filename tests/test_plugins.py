@@ -196,3 +196,37 @@ def test_a_plugin_gets_what_it_requires_from_the_runner_alone_and_inside_a_union
         assert "needs reference" in capsys.readouterr().err
     finally:
         unmask.unregister_plugin(plugin)
+
+
+class PickyPolicy:
+    """A policy written against the protocol alone (no Component base): two abilities of its own."""
+
+    reach = "canvas"
+
+    def __init__(self):
+        self.checked = []
+
+    def check_config(self, config):
+        self.checked.append(config.gen_length)
+        if config.gen_length > 8:
+            raise ValueError("picky: gen_length at most 8")
+
+    def select(self, view):
+        return view.candidates & (view.candidate_confidence == view.candidate_confidence.max(1, keepdim=True).values)
+
+
+def test_a_component_of_any_class_keeps_its_abilities_and_takes_the_defaults(model):
+    """``unmask.create`` adapts a component that does not derive from Component once: the engine reads its
+    own abilities (reach, check_config) and the defaults of the others, and its bool mask becomes a Commit."""
+    from unmask.core.component import Component
+
+    created = unmask.create("policies", PickyPolicy())
+    assert isinstance(created, Component) and created.reach == "canvas"
+    assert created.requirements() == set() and created.artefact_sha256 is None and not created.stochastic
+    assert unmask.describe("policies", created)["name"].endswith("PickyPolicy")
+    result = unmask.decode(model, [[5, 6, 7]], gen_length=8, policy=created)
+    assert created.checked == [8] and not (result.tokens == model.mask_token_id).any()
+    with pytest.raises(ValueError, match="picky: gen_length at most 8"):
+        unmask.decode(model, [[5, 6, 7]], gen_length=16, policy=PickyPolicy())
+    topk = unmask.create("policies", "topk")
+    assert unmask.create("policies", topk) is topk  # a built-in derives from Component: not wrapped

@@ -5,6 +5,7 @@ from unmask import _moved  # noqa: E402
 
 _moved.install()
 
+from unmask.core.component import Component  # noqa: E402
 from unmask.core.engine import Decoding, decode, linear_schedule, pad_prompts, steps  # noqa: E402
 from unmask.core.plugins import (  # noqa: E402
     create, describe, hookimpl, register_plugin, registry, unregister_plugin,
@@ -30,7 +31,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "load", "ablate", "__version__", "decode", "steps", "Decoding", "linear_schedule", "pad_prompts", "create", "describe", "hookimpl",
+    "load", "ablate", "__version__", "decode", "steps", "Decoding", "linear_schedule", "pad_prompts", "create", "describe", "hookimpl", "Component",
     "register_plugin", "unregister_plugin", "registry", "SpecError", "parse_spec", "CacheManager", "Candidates", "Commit",
     "DecodeConfig", "DecodeResult", "DenoiserModel", "StepView", "StopCriterion", "StopDecision", "UnmaskPolicy",
 ]

@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 import torch
 from attrs import define, field
 
+from unmask.caches._rows import BlockKVRows
+from unmask.core.model_info import ModelInfo
 from unmask.core.types import CanvasState, ForwardPlan
 from unmask.core.validators import integer, one_of, optional
 
@@ -25,7 +27,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 @define
-class _BlockCacheManager:
+class _BlockCacheManager(BlockKVRows):
     # String parameters a request to `unmask serve` may set: data, never a path (docs/serve.md).
     request_strings: ClassVar[dict[str, str]] = {"dtype": "text"}
 
@@ -36,12 +38,13 @@ class _BlockCacheManager:
     _block_start: int = field(default=-1, init=False, repr=False, eq=False)
 
     def reset(self, model: Any = None) -> None:
-        if model is not None and not getattr(model, "accepts_cache", False):
+        info = None if model is None else ModelInfo.of(model)
+        if info is not None and not info.accepts_cache:
             raise ValueError(
                 f"cache {type(self).__name__} needs a model that takes a KV cache (past_key_values or cache); "
                 f"{type(model).__name__} does not (use cache='none')"
             )
-        if model is not None and getattr(model, "block_size", None) is not None:
+        if info is not None and info.block_size is not None:
             raise ValueError(f"cache {type(self).__name__} approximates a bidirectional model's context; this model "
                              "attends block-causally, so finished blocks have an exact cache: use cache='exact'")
         self._cache, self._stored_width, self._block_start = None, 0, -1

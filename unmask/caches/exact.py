@@ -13,13 +13,15 @@ from typing import Any
 
 from attrs import define, field
 
+from unmask.caches._rows import BlockKVRows
+from unmask.core.model_info import ModelInfo
 from unmask.core.types import CanvasState, ForwardPlan
 
 __all__ = ["ExactBlockCache"]
 
 
 @define
-class ExactBlockCache:
+class ExactBlockCache(BlockKVRows):
     """Store each finished block's keys/values with one forward on it, and run later steps on the current
     block alone against them: exact, since a block-causal model's finished blocks never see later tokens.
 
@@ -32,11 +34,12 @@ class ExactBlockCache:
 
     def reset(self, model: Any = None) -> None:
         if model is not None:
-            size = getattr(model, "block_size", None)
+            info = ModelInfo.of(model)
+            size = info.block_size
             if size is None:
                 raise ValueError("cache exact needs a block-causal model (one with a block_size); a bidirectional "
                                  "model's context changes with every commit: use cache='prefix' or 'dual'")
-            if not getattr(model, "accepts_cache", False):
+            if not info.accepts_cache:
                 raise ValueError(f"cache exact needs a model that takes a KV cache; {type(model).__name__} does not "
                                  "(use cache='none')")
             self._block_size = size

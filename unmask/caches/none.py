@@ -4,11 +4,12 @@ from typing import Any
 
 from attrs import define
 
+from unmask.core.component import Component
 from unmask.core.types import CanvasState, ForwardPlan
 
 
 @define
-class NoCache:
+class NoCache(Component):
     """Feed the whole canvas at every step and keep nothing: exact, and the baseline for caches.
 
     LLaDA's reference sampler (arXiv 2502.09992) runs the full canvas at every step.

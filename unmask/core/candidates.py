@@ -2,7 +2,7 @@
 commits one of them whole, and the next step takes that candidate's logits instead of a new forward.
 
 The candidates are scored as the next step would score them: through the plan the cache manager makes for
-the next step, on a copy of its cache (``repeated``) so the decode's own cache is left as it was, in one
+the next step, on a copy of its cache (the manager's ``repeated``) so the decode's own cache is left as it was, in one
 batched forward of K x B rows. That forward counts once in each active row's NFE, as the forward it
 replaces would; ``candidate_rows`` counts the K canvases each row sent through it.
 """
@@ -68,13 +68,15 @@ class CandidateScorer:
         state = self.next_state(canvases[0])
         plan = self.cache_manager.plan(state)
         cache = plan.past_key_values
-        if cache is not None and not callable(getattr(cache, "repeated", None)):
-            raise TypeError(f"{type(cache).__name__} cannot score candidates: a cache needs repeated(times)")
+        if cache is not None:
+            cache = self.cache_manager.repeated(cache, count)
+            if cache is None:
+                raise TypeError(f"{type(self.cache_manager).__name__} cannot score candidates: its plans' cache "
+                                "needs repeating (Component.repeated)")
         fed = canvases[:, :, plan.start:plan.end].reshape(count * batch, -1)
         logits = self.model(
             fed, position_ids=state.position_ids[:, plan.start:plan.end].repeat(count, 1),
-            attention_mask=plan.attention_mask.repeat(count, 1),
-            past_key_values=None if cache is None else cache.repeated(count),
+            attention_mask=plan.attention_mask.repeat(count, 1), past_key_values=cache,
         )
         check_logits(logits, (count * batch, plan.end - plan.start), self.largest_id, self.global_step)
         self.nfe += counted.long()

@@ -57,7 +57,7 @@ def restrict(constraint: Constraint, view: StepView, reach: torch.Tensor, logits
     if empty.any():
         row, column = positions[empty.nonzero()[0, 0]].tolist()
         raise ValueError(f"constraint {name}: no token can go at row {row}, answer position "
-                         f"{column - view.gen_start}: no answer that fits in the canvas satisfies it (a longer "
+                         f"{column - int(view.answer_starts[row])}: no answer that fits in the canvas satisfies it (a longer "
                          "gen_length, or another constraint)")
     _ban(logits, positions, span_start, ~allowed)
 
@@ -89,8 +89,7 @@ def forced_ends(constraint: Constraint, view: StepView) -> torch.Tensor:
     """(B,) the column of each row's first EOS where the constraint allows only EOS at every masked column
     after it (the answer has ended: the engine cuts the row there), -1 elsewhere. ``view.x`` is the canvas
     after the step's commits."""
-    is_eos = view.x == view.eos_token_id
-    is_eos[:, :view.gen_start] = False
+    is_eos = (view.x == view.eos_token_id) & view.in_answer
     first = torch.where(is_eos.any(1), is_eos.long().argmax(1), torch.full_like(view.row_active, -1, dtype=torch.long))
     columns = torch.arange(view.x.shape[1], device=view.x.device)[None, :]
     later = (columns > first[:, None]) & (first[:, None] >= 0)

@@ -15,13 +15,14 @@ import pluggy
 import torch
 from attrs import frozen
 
+from unmask.core.component import ABILITIES, Component
 from unmask.core.spec import SpecError, parse_spec, split_combined
 from unmask.core.types import Commit, StepView
 
 __all__ = [
     "hookimpl", "hookspec", "KINDS", "Entry", "Registrar", "Registry", "DuplicateComponentError",
-    "plugin_manager", "register_plugin", "unregister_plugin", "registry", "create", "describe", "MaskPolicy",
-    "as_policy",
+    "plugin_manager", "register_plugin", "unregister_plugin", "registry", "create", "describe", "Declared",
+    "declared", "COMPONENTS",
 ]
 
 PROJECT = "unmask"
@@ -41,6 +42,8 @@ KINDS: dict[str, tuple[str, str | None]] = {
 }
 
 # What an object passed instead of a spec must have, per kind.
+# The kinds whose components the engine runs, each with the abilities of Component.
+COMPONENTS = ("policies", "stops", "caches", "constraints")
 REQUIRED_METHODS: dict[str, tuple[str, ...]] = {
     "policies": ("select",), "stops": ("check",), "caches": ("reset", "plan"),
     "constraints": ("prepare", "allowed", "refuse"),
@@ -160,10 +163,11 @@ class Registry:
         return entries[name]
 
     def create(self, kind: str, spec: Any) -> Any:
-        """Build a component from a spec: an instance (returned as is), a string, or ``(name, params)``. A
-        policy whose ``select`` is not declared to return a ``Commit`` comes back adapted (:class:`MaskPolicy`)."""
+        """Build a component from a spec: an instance, a string, or ``(name, params)``. One whose class does not
+        derive from ``Component``, or a policy whose ``select`` is not declared to return a ``Commit``, comes
+        back adapted (:class:`Declared`)."""
         component = self._create(kind, spec)
-        return as_policy(component) if kind == "policies" else component
+        return declared(component, kind=kind) if kind in COMPONENTS else component
 
     def _create(self, kind: str, spec: Any) -> Any:
         if isinstance(spec, str):
@@ -200,8 +204,8 @@ class Registry:
 
     def describe(self, kind: str, component: Any) -> dict[str, Any]:
         """The name, parameters and provider of a component, for result records."""
-        if type(component) is MaskPolicy:
-            component = component.policy
+        if type(component) is Declared:
+            component = component.component
         entry = next((e for e in self._kind(kind).values() if e.factory is type(component)), None)
         params = {}
         if attrs.has(type(component)):
@@ -220,35 +224,47 @@ class Registry:
         return self._entries[kind]
 
 
-class MaskPolicy:
-    """A policy whose ``select`` returns a bool mask (or does not say what it returns), adapted once, when it is
-    created: its decision is ``Commit.of(mask, view)``, a ``Commit`` it returns passes unchanged. Every other
-    attribute is the policy's own, so its abilities (``reach``, ``check_config``, ...) still show."""
+class Declared(Component):
+    """A component of a class that does not derive from :class:`~unmask.core.component.Component` (a plug-in
+    written against the protocols alone), adapted once, when it is created: it keeps each ability it has and
+    takes the defaults of the others. A policy whose ``select`` is not declared to return a ``Commit`` (a
+    bool mask) decides ``Commit.of(mask, view)``. Every other attribute is the component's own."""
 
-    __slots__ = ("policy",)
-
-    def __init__(self, policy: Any) -> None:
-        object.__setattr__(self, "policy", policy)
+    def __init__(self, component: Any, *, masks: bool = False) -> None:
+        self.__dict__["component"], self.__dict__["masks"] = component, masks
+        for name in ABILITIES:  # the one place a component's abilities are looked up by name
+            if name != "provide" and hasattr(component, name):
+                self.__dict__[name] = getattr(component, name)
 
     def select(self, view: StepView) -> Commit:
-        decision = self.policy.select(view)
-        return decision if isinstance(decision, Commit) else Commit.of(decision, view)
+        decision = self.component.select(view)
+        return Commit.of(decision, view) if self.masks and not isinstance(decision, Commit) else decision
+
+    def provide(self, **values: Any) -> Any:
+        provided = self.component.provide(**values) if hasattr(self.component, "provide") else self.component
+        return declared(provided, masks=self.masks)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.policy, name)
+        return getattr(self.__dict__["component"], name)
 
     def __repr__(self) -> str:
-        return repr(self.policy)
+        return repr(self.component)
 
 
-def as_policy(component: Any) -> Any:
-    """``component`` as a policy whose ``select`` returns a ``Commit``: as it is where its class declares so
-    (``def select(self, view) -> Commit``), else adapted."""
-    if isinstance(component, MaskPolicy):
+def declared(component: Any, *, kind: str | None = None, masks: bool | None = None) -> Any:
+    """``component`` with every ability of :class:`Component` declared: as it is where its class derives from
+    it (and, for a policy, declares ``def select(self, view) -> Commit``), else adapted (:class:`Declared`)."""
+    if isinstance(component, Declared):
         return component
-    returns = getattr(getattr(type(component), "select", None), "__annotations__", {}).get("return")
-    declared = returns is Commit or (isinstance(returns, str) and returns.split(".")[-1] == "Commit")
-    return component if declared else MaskPolicy(component)
+    if masks is None:
+        masks = kind == "policies" and not _returns_commit(component)
+    return component if isinstance(component, Component) and not masks else Declared(component, masks=masks)
+
+
+def _returns_commit(component: Any) -> bool:
+    returns = inspect.getattr_static(type(component), "select", None)
+    returns = getattr(returns, "__annotations__", {}).get("return")
+    return returns is Commit or (isinstance(returns, str) and returns.split(".")[-1] == "Commit")
 
 
 def _first_param(entry: Entry) -> str:

@@ -96,7 +96,10 @@ class StepView:
     remasked: torch.Tensor | None = tensor_field(default=None)  # (B, L) bool
     edited: torch.Tensor | None = tensor_field(default=None)  # (B, L) bool
     generator: torch.Generator | None = field(default=None, eq=False, repr=False)
-    gen_start: int = 0  # first generated column
+    gen_start: int = 0  # the first column where any row's answer starts
+    # (B,) long: each row's first answer column (None: gen_start for every row). Rows of a block-causal
+    # model's batch start their answers at different columns of the first block (unmask.core.layout).
+    answer_start: torch.Tensor | None = tensor_field(default=None)
     block_start: int = 0  # the block is columns [block_start, block_end)
     block_end: int = 0
     block_index: int = 0
@@ -116,6 +119,18 @@ class StepView:
     def block(self) -> tuple[int, int]:
         """The current block's columns, ``(block_start, block_end)``."""
         return self.block_start, self.block_end
+
+    @property
+    def answer_starts(self) -> torch.Tensor:
+        """(B,) long: each row's first answer column."""
+        if self.answer_start is None:
+            return torch.full((self.x.shape[0],), self.gen_start, dtype=torch.long, device=self.x.device)
+        return self.answer_start
+
+    @property
+    def in_answer(self) -> torch.Tensor:
+        """(B, L) bool: each row's answer columns (from its answer start to the canvas end)."""
+        return torch.arange(self.x.shape[1], device=self.x.device)[None, :] >= self.answer_starts[:, None]
 
     @property
     def candidates(self) -> torch.Tensor:

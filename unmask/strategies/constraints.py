@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import torch
 
+from unmask.core.component import Component
 from unmask.core.types import StepView, Vocabulary
 
 __all__ = ["RegexConstraint", "JsonSchemaConstraint"]
@@ -153,19 +154,20 @@ class _Automaton:
         return allowed
 
 
-class _SequentialRefusal:
+class _SequentialRefusal(Component):
     """``refuse`` for constraints with a per-row completability test: the row's commits are taken in order
     of confidence, and one that would leave no completion with those before it is refused."""
 
     def refuse(self, view: StepView, commit: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         refused = torch.zeros_like(commit)
+        starts = view.answer_starts.tolist()
         for row in commit.any(1).nonzero().flatten().tolist():
             columns = commit[row].nonzero().flatten()
             order = columns[view.confidence[row, columns].argsort(descending=True, stable=True)].tolist()
-            answer = view.x[row, view.gen_start:].tolist()
+            answer = view.x[row, starts[row]:].tolist()
             for column in order:
                 trial = list(answer)
-                trial[column - view.gen_start] = int(tokens[row, column])
+                trial[column - starts[row]] = int(tokens[row, column])
                 if self._fits(view, row, trial):
                     answer = trial
                 else:
@@ -200,12 +202,13 @@ class RegexConstraint(_SequentialRefusal):
     def allowed(self, view: StepView, positions: torch.Tensor) -> torch.Tensor:
         automaton = self._prepared()
         allowed = torch.zeros((len(positions), self._size), dtype=torch.bool)
+        starts = view.answer_starts.tolist()
         for row in positions[:, 0].unique().tolist():
-            answer = view.x[row, view.gen_start:].tolist()
+            answer = view.x[row, starts[row]:].tolist()
             before = automaton.forward(answer, view.mask_token_id)
             after = automaton.backward(answer, view.mask_token_id)
             for i in (positions[:, 0] == row).nonzero().flatten().tolist():
-                at = int(positions[i, 1]) - view.gen_start
+                at = int(positions[i, 1]) - starts[row]
                 allowed[i] = automaton.allowed(before[at], after[at + 1], self._size)
         return allowed
 

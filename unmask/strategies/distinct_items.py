@@ -63,10 +63,11 @@ class DistinctItemsConstraint(_SequentialRefusal):
 
     def allowed(self, view: StepView, positions: torch.Tensor) -> torch.Tensor:
         allowed = torch.ones((len(positions), self._size), dtype=torch.bool)
-        rows = {row: (view.x[row, view.gen_start:].tolist(), self._prompt_items(view, row))
+        starts = view.answer_starts.tolist()
+        rows = {row: (view.x[row, starts[row]:].tolist(), self._prompt_items(view, row))
                 for row in positions[:, 0].unique().tolist()}  # once per row, not per position
         for i, (row, column) in enumerate(positions.tolist()):
-            (answer, items), at = rows[row], column - view.gen_start
+            (answer, items), at = rows[row], column - starts[row]
             if items is not None:
                 allowed[i] = self._permutation_allowed(answer, at, view.mask_token_id, items)
                 continue
@@ -117,7 +118,7 @@ class DistinctItemsConstraint(_SequentialRefusal):
     def _prompt_items(self, view: StepView, row: int) -> frozenset[str] | None:
         if not self.permutation_of_prompt:
             return None
-        prompt = [token for token in view.x[row, :view.gen_start].tolist() if token < self._size]
+        prompt = [token for token in view.x[row, :int(view.answer_starts[row])].tolist() if token < self._size]
         colon = max((i for i, token in enumerate(prompt) if self._key[token].endswith(":")), default=-1)
         return frozenset(self._key[token] for token in prompt[colon + 1:] if self._item[token])
 

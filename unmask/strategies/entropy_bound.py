@@ -3,6 +3,7 @@ from __future__ import annotations
 import torch
 from attrs import field, frozen
 
+from unmask.core.component import Component
 from unmask.core.types import Commit, StepView
 from unmask.core.validators import number
 from unmask.strategies._select import block_values
@@ -17,7 +18,7 @@ def block_entropy(view: StepView) -> torch.Tensor:
 
 
 @frozen(kw_only=True)
-class EntropyBoundPolicy:
+class EntropyBoundPolicy(Component):
     """Commit the lowest-entropy masked positions while their summed entropy minus its maximum stays <= bound.
 
     The EB-sampler (Ben-Hamu et al. 2025, arXiv 2505.24857); at least one position per step.

@@ -6,6 +6,7 @@ from typing import Any
 import torch
 from attrs import field, frozen
 
+from unmask.core.component import Component
 from unmask.core.scoring import column_chunks
 from unmask.core.types import Commit, StepView
 from unmask.strategies._select import top_k_mask
@@ -18,7 +19,7 @@ def _bound(instance: Any, attribute: Any, value: Any) -> None:
 
 
 @frozen(kw_only=True)
-class EntropyThresholdPolicy:
+class EntropyThresholdPolicy(Component):
     """Commit the masked position of the block with the lowest entropy, and every one whose entropy is at
     most ``h`` (below ``h`` with ``strict``).
 

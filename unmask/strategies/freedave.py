@@ -3,13 +3,14 @@ from __future__ import annotations
 import torch
 from attrs import field, frozen
 
+from unmask.core.component import Component
 from unmask.core.types import Commit, DecodeConfig, StepView
 from unmask.core.validators import integer
 from unmask.strategies._select import top_k_mask
 
 
 @frozen(kw_only=True)
-class FreeDavePolicy:
+class FreeDavePolicy(Component):
     """Lossless parallel decoding: draft the next ``draft_steps`` states of one-token-per-step decoding
     from this step's confidences, score every draft in one batched forward, and accept the longest chain
     of drafts that one-token-per-step decoding would itself have reached. The output equals ``topk`` with

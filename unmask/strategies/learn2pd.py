@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import torch
 from attrs import field, frozen
 
+from unmask.core.component import Component
 from unmask.core.types import Commit, DecodeConfig, StepView
 from unmask.core.validators import number, optional
 from unmask.strategies._select import top_k_mask
@@ -35,7 +36,7 @@ def _resolve(value: Any) -> Any:
 
 
 @frozen(kw_only=True)
-class Learn2PDPolicy:
+class Learn2PDPolicy(Component):
     """Commit masked positions whose learned filter says "already final" (probability > tau), united with
     the schedule's top-k (one token per step when steps = gen length); ``topk=False`` keeps only the
     engine's progress floor.

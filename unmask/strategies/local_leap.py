@@ -3,13 +3,14 @@ from __future__ import annotations
 import torch
 from attrs import field, frozen
 
+from unmask.core.component import Component
 from unmask.core.types import Commit, StepView
 from unmask.core.validators import integer, number
 from unmask.strategies._select import top_k_mask
 
 
 @frozen(kw_only=True)
-class LocalLeapPolicy:
+class LocalLeapPolicy(Component):
     """Fast-dLLM's threshold with local determinism propagation: masked positions of the block with
     confidence >= ``tau`` are anchors, and every masked position within ``radius`` columns of an anchor
     commits at the relaxed threshold ``relaxed``; always the most confident one too.

@@ -3,6 +3,7 @@ from __future__ import annotations
 import torch
 from attrs import field, frozen
 
+from unmask.core.component import Component
 from unmask.core.types import Commit, StepView
 from unmask.core.validators import optional
 from unmask.strategies._select import top_k_mask
@@ -14,7 +15,7 @@ def _token_matrix(instance: object, attribute: object, value: torch.Tensor) -> N
 
 
 @frozen(kw_only=True)
-class OraclePolicy:
+class OraclePolicy(Component):
     """Commit exactly the masked positions of the block whose prediction equals the reference output.
 
     Learn2PD's "extremely greedy parallel" oracle (arXiv 2509.25188). A row with no match commits its most
@@ -30,14 +31,15 @@ class OraclePolicy:
             raise ValueError("the oracle needs reference=(rows, gen_length) tokens, the vanilla output of the same "
                              "prompts; unmask bench, ablate and collect decode it for you")
         batch, width = view.x.shape
-        span = min(width - view.gen_start, self.reference.shape[1])
         if self.reference.shape[0] != batch:
             raise ValueError(f"reference has {self.reference.shape[0]} rows but the decode has {batch}")
         # A block-causal model's canvas runs on to its block's end, past gen_length: there the oracle has no
         # reference and takes the prediction.
-        target = view.x0.clone()
-        target[:, :view.gen_start] = view.x[:, :view.gen_start]
-        target[:, view.gen_start:view.gen_start + span] = self.reference[:, :span].to(view.x.device)
+        target = torch.where(view.in_answer, view.x0, view.x)
+        columns = view.answer_starts[:, None] + torch.arange(self.reference.shape[1], device=view.x.device)[None, :]
+        on_canvas = columns < width
+        rows = torch.arange(batch, device=view.x.device)[:, None].expand_as(columns)
+        target[rows[on_canvas], columns[on_canvas]] = self.reference.to(view.x.device)[on_canvas]
         commit = view.candidates & (view.x0 == target)
         stalled = view.row_active & ~commit.any(1)
         fallback = top_k_mask(view.candidate_confidence, stalled.long(), block=view.block)
@@ -49,10 +51,6 @@ class OraclePolicy:
 
     def provide(self, reference: torch.Tensor) -> OraclePolicy:
         return OraclePolicy(reference=reference)
-
-    def select_rows(self, index: torch.Tensor) -> OraclePolicy:
-        """The oracle for a batch of rows ``index`` of this one's (the engine's batches of a block model)."""
-        return OraclePolicy(reference=self.reference[index.to(self.reference.device)])
 
 
 def example_oracle(*, rows: list[int], gen_length: int, vocab_size: int, mask_token_id: int) -> OraclePolicy:

@@ -6,6 +6,7 @@ from typing import Any
 import torch
 from attrs import field, frozen
 
+from unmask.core.component import Component
 from unmask.core.types import StepView, StopDecision
 from unmask.core.validators import integer
 
@@ -17,7 +18,7 @@ def _gap_threshold(instance: Any, attribute: Any, value: Any) -> None:
 
 
 @frozen(kw_only=True)
-class ProphetStop:
+class ProphetStop(Component):
     """Finish a row once the model is sure of its answer region: when the mean gap between the top-1 and
     top-2 *logits* over the first ``answer`` positions of the answer (committed or not) reaches the
     threshold of the decode's progress (``early`` before a third of the step budget, ``mid`` before two
@@ -44,16 +45,19 @@ class ProphetStop:
 
     def gap(self, view: StepView) -> torch.Tensor | None:
         """(B,) mean top-1 minus top-2 logit over the answer region, or None where it was not fed."""
-        end = min(view.gen_start + self.answer, view.x.shape[1])
-        region = view.logits_at(view.gen_start, end)
+        starts = view.answer_starts
+        length = min(self.answer, view.x.shape[1] - int(starts.max()))
+        region = view.logits_at(view.gen_start, int(starts.max()) + length)
         if region is None:
             return None
+        if (starts != view.gen_start).any():  # each row's own answer columns
+            offsets = (starts - view.gen_start)[:, None] + torch.arange(length, device=starts.device)[None, :]
+            region = region.gather(1, offsets[..., None].expand(-1, -1, region.shape[-1]))
         top2 = region.float().topk(2, dim=-1).values
         return (top2[..., 0] - top2[..., 1]).double().mean(1)
 
     def check(self, view: StepView) -> StopDecision:
-        remaining = view.x == view.mask_token_id
-        remaining[:, :view.gen_start] = False
+        remaining = (view.x == view.mask_token_id) & view.in_answer
         finished = ~remaining.any(1)  # nothing left to fill: done, and stays done
         gap = self.gap(view)
         if gap is None:

@@ -7,13 +7,14 @@ from typing import Any, ClassVar
 import torch
 from attrs import field, frozen
 
+from unmask.core.component import Component
 from unmask.core.plugins import create
 from unmask.core.types import DecodeConfig, StepView, StopDecision
 from unmask.core.validators import integer, one_of
 
 
 @frozen(kw_only=True)
-class NoStop:
+class NoStop(Component):
     """Never finish a row early and never cut: every row decodes its whole canvas (the default stop).
 
     Source: unmask (LLaDA's and Fast-dLLM's loops decode the full canvas, padding included).
@@ -24,7 +25,7 @@ class NoStop:
 
 
 @frozen(kw_only=True)
-class EoTPStop:
+class EoTPStop(Component):
     """End-of-text prediction: cut the answer at the first EOS committed this step, else at the most
     confident masked position predicting EOS; everything after becomes EOS and leaves the canvas.
 
@@ -39,7 +40,7 @@ class EoTPStop:
 
     def check(self, view: StepView) -> StopDecision:
         eos, columns = view.eos_token_id, torch.arange(view.x.shape[1], device=view.x.device)
-        generated = columns[None, :] >= view.gen_start
+        generated = view.in_answer
         content = generated & (view.x != view.mask_token_id) & (view.x != eos)
         last_content = torch.where(content, columns, -1).max(1).values  # (B,)
         allowed = generated & (columns[None, :] > last_content[:, None]) & view.row_active[:, None]
@@ -61,7 +62,7 @@ class EoTPStop:
 
 
 @frozen(kw_only=True)
-class MaxNFEStop:
+class MaxNFEStop(Component):
     """Finish a row after ``n`` forwards; its remaining masks take their latest predictions (a budget cap).
 
     Source: unmask (an NFE budget, as used to compare decoders at equal compute).
@@ -80,7 +81,7 @@ def _stops(specs: Any) -> tuple[Any, ...]:
 
 
 @frozen(kw_only=True)
-class AnyStop:
+class AnyStop(Component):
     """A row is done when any member says so; the earliest end wins (``a + b`` in a spec).
 
     Source: unmask (the combinator of stop criteria).

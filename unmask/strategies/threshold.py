@@ -3,13 +3,14 @@ from __future__ import annotations
 import torch
 from attrs import field, frozen
 
+from unmask.core.component import Component
 from unmask.core.types import Commit, StepView
 from unmask.core.validators import number
 from unmask.strategies._select import top_k_mask
 
 
 @frozen(kw_only=True)
-class ThresholdPolicy:
+class ThresholdPolicy(Component):
     """Commit every masked position of the block with confidence >= tau, and always the most confident one.
 
     Fast-dLLM's confidence-aware parallel decoding (Wu et al. 2025, arXiv 2505.22618; NVlabs/Fast-dLLM).

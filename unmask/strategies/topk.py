@@ -5,13 +5,14 @@ from typing import ClassVar
 import torch
 from attrs import field, frozen
 
+from unmask.core.component import Component
 from unmask.core.types import Commit, StepView
 from unmask.core.validators import integer, optional
 from unmask.strategies._select import top_k_mask
 
 
 @frozen(kw_only=True)
-class TopKPolicy:
+class TopKPolicy(Component):
     """Commit the k most confident masked positions of the block, k from the linear schedule unless given.
 
     LLaDA's low-confidence remasking (Nie et al. 2025, arXiv 2502.09992; ML-GSAI/LLaDA generate.py).
@@ -25,7 +26,7 @@ class TopKPolicy:
 
 
 @frozen(kw_only=True)
-class RandomPolicy:
+class RandomPolicy(Component):
     """Commit k masked positions of the block chosen uniformly at random, k from the linear schedule.
 
     LLaDA's random remasking (arXiv 2502.09992); draws from the decode's seeded generator.

@@ -5,6 +5,7 @@ from typing import Any
 import torch
 from attrs import field, frozen
 
+from unmask.core.component import Component
 from unmask.core.engine import check_config
 from unmask.core.needs import artefact_sha256, provide, requirements
 from unmask.core.plugins import create
@@ -21,7 +22,7 @@ def _policies(specs: Any) -> tuple[Any, ...]:
 
 
 @frozen(kw_only=True)
-class UnionPolicy:
+class UnionPolicy(Component):
     """Commit every position that any member policy commits (``a + b`` in a spec).
 
     Learn2PD unites its filter with the schedule's top-k this way (arXiv 2509.25188).
@@ -32,7 +33,12 @@ class UnionPolicy:
     @property
     def reach(self) -> str:
         """The union commits past the block (reach "canvas") if any member does."""
-        return "canvas" if any(getattr(p, "reach", "block") == "canvas" for p in self.policies) else "block"
+        return "canvas" if any(p.reach == "canvas" for p in self.policies) else "block"
+
+    @property
+    def stochastic(self) -> bool:  # type: ignore[override]
+        """Whether any member draws from the decode's random stream."""
+        return any(p.stochastic for p in self.policies)
 
     def requirements(self) -> set[str]:
         """What any member needs of the application (``unmask.core.needs``)."""

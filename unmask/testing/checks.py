@@ -231,17 +231,13 @@ def _watched_decode(model: Any, prompts: Sequence[Sequence[int]], config: Decode
 
 def _reach(policy: Any) -> str:
     """Where a policy may commit: its ``reach`` ("block", the default, or "canvas": any masked answer position)."""
-    if isinstance(policy, (str, tuple)):
-        policy = registry().create("policies", policy)
-    return str(getattr(policy, "reach", "block"))
+    return str(registry().create("policies", policy).reach)
 
 
 def _allowed(view: StepView, reach: str) -> torch.Tensor:
     if reach != "canvas":
         return view.candidates
-    allowed = view.masked & view.row_active[:, None]
-    allowed[:, :view.gen_start] = False
-    return allowed
+    return view.masked & view.row_active[:, None] & view.in_answer
 
 
 def _view_context(view: StepView) -> tuple[range, int, int, int]:
@@ -290,10 +286,7 @@ def _check_decision(decision: StopDecision, view: StepView) -> None:
 
 
 def _stochastic(component: Any) -> bool:
-    if isinstance(component, str):
-        name, _ = parse_spec(component.split("+")[0])
-        component = registry().get("policies", name).factory
-    return bool(getattr(component, "stochastic", False))
+    return bool(registry().create("policies", component).stochastic)
 
 
 @attrs.define

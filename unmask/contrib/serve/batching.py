@@ -247,7 +247,8 @@ class Batcher:
                              tokenizer=self.tokenizer)
             for step, view in enumerate(decoding, start=1):
                 # (a block model's canvas runs on past gen_length)
-                answer = view.x[:, view.gen_start:view.gen_start + settings.gen_length].cpu()
+                columns = view.answer_starts[:, None] + torch.arange(settings.gen_length, device=view.x.device)
+                answer = view.x.gather(1, columns).cpu()
                 commit_step[(answer != view.mask_token_id) & (commit_step < 0)] = step - 1
                 for row, job in enumerate(jobs):
                     if job.done and row not in retired:

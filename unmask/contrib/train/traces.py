@@ -144,7 +144,7 @@ def _collect_shard(model: Any, tokenizer: Any, items: Sequence[tuple[int, str]],
     for record in records:
         # Labels once the decode is over: the target may be the decode's own output.
         rows, columns = record.pop("rows"), record.pop("columns")
-        record["labels"] = record.pop("predicted") == target[rows][:, columns]
+        record["labels"] = record.pop("predicted") == target[rows].gather(1, columns.clamp(0, target.shape[1] - 1))
     shard = {key: torch.cat([r[key] for r in records]) for key in records[0]}
     write_atomically(path, lambda temporary: save_file(shard, temporary))
     entry = {"records": len(shard["labels"]), "prompts": len(items), "reference_nfe": config.gen_length * len(items),
@@ -176,11 +176,12 @@ def _record(view: StepView, items: Sequence[tuple[int, str]]) -> dict[str, torch
     """The active rows' block statistics at this step, and what their labels are computed from."""
     rows = view.row_active
     stats = view_stats(view)
-    offset = view.block_start - view.gen_start
     record = {key: getattr(stats, key)[rows] for key in BlockStats.TENSORS}
     record["predicted"] = view.x0[:, view.block_start:view.block_end][rows]
     record["rows"] = rows.nonzero().squeeze(1)
-    record["columns"] = torch.arange(offset, offset + stats.width)
+    # Each row's answer positions of the block (a block-causal batch's rows start their answers at their own
+    # columns; the prompt columns of a first block are never masked, so their labels are never read).
+    record["columns"] = (view.block_start - view.answer_starts[rows])[:, None] + torch.arange(stats.width)[None, :]
     record["prompt"] = torch.tensor([identity for identity, _ in items])[rows]
     record["block"] = torch.full((int(rows.sum()),), view.block_index)
     return record

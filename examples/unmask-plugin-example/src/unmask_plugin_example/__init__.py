@@ -58,8 +58,7 @@ class AllInPolicy:
 
     def select(self, view: StepView) -> torch.Tensor:
         block = unmask.registry().create("policies", "topk").select(view).mask
-        remaining = view.masked & view.row_active[:, None]
-        remaining[:, :view.gen_start] = False
+        remaining = view.masked & view.row_active[:, None] & view.in_answer
         # Positions this step did not predict (outside a cache's fed span) have -inf: not sure.
         sure = ((view.confidence >= self.tau) | ~remaining).all(dim=1)
         return block | (remaining & sure[:, None])
