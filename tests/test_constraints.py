@@ -266,7 +266,7 @@ def test_permutation_of_prompt_is_exact_on_small_canvases(names):
     # Against brute force: a token is allowed in a hole iff some filling of the holes is a valid answer.
     from itertools import product
 
-    from unmask.strategies.distinct_items import DistinctItemsConstraint
+    from unmask.constraints.distinct_items import DistinctItemsConstraint
 
     constraint = DistinctItemsConstraint(separator=",", permutation_of_prompt=True)
     constraint.prepare(vocabulary_of(TOKENIZER, len(WORDS) + 2, TOKENIZER.eos, TOKENIZER.mask), 0)

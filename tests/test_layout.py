@@ -15,8 +15,9 @@ ALLOWED = {
     "core": set(),
     "strategies": {"core", "filters"},
     "caches": {"core"},
+    "constraints": {"core"},
     "filters": {"core", "unmask"},
-    "testing": {"core", "strategies", "caches", "filters"},
+    "testing": {"core", "strategies", "caches", "filters", "constraints"},
 }
 HEAVY = ("sklearn", "skops", "reasoning_gym", "matplotlib")
 

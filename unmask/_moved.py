@@ -24,6 +24,8 @@ MOVED = {
     "unmask.contrib.report": "unmask.contrib.eval.report",
     "unmask.filters.traces": "unmask.contrib.train.traces",
     "unmask.filters.train": "unmask.contrib.train.filters",
+    "unmask.strategies.constraints": "unmask.constraints.regex",
+    "unmask.strategies.distinct_items": "unmask.constraints.distinct_items",
 }
 
 

@@ -1,10 +1,9 @@
-"""Built-in unmask policies and stop criteria, registered through the same hooks as any plug-in."""
+"""Built-in unmask policies and stop criteria, registered through the same hooks as any plug-in (the built-in
+constraints: ``unmask.constraints``)."""
 
 from __future__ import annotations
 
 from unmask.core.plugins import Registrar, hookimpl
-from unmask.strategies.constraints import JsonSchemaConstraint, RegexConstraint
-from unmask.strategies.distinct_items import DistinctItemsConstraint
 from unmask.strategies.entropy_bound import EntropyBoundPolicy
 from unmask.strategies.entropy_threshold import EntropyThresholdPolicy
 from unmask.strategies.freedave import FreeDavePolicy
@@ -20,7 +19,7 @@ from unmask.strategies.union import UnionPolicy
 __all__ = [
     "TopKPolicy", "RandomPolicy", "ThresholdPolicy", "EntropyBoundPolicy", "OraclePolicy", "UnionPolicy", "Learn2PDPolicy",
     "LocalLeapPolicy", "FreeDavePolicy", "EntropyThresholdPolicy", "NoStop", "EoTPStop", "MaxNFEStop", "AnyStop",
-    "ProphetStop", "RegexConstraint", "JsonSchemaConstraint", "DistinctItemsConstraint",
+    "ProphetStop",
 ]
 
 
@@ -45,10 +44,3 @@ def unmask_register_stops(registry: Registrar) -> None:
     registry.add("max_nfe", MaxNFEStop, example=lambda **_: MaxNFEStop(n=3))
     registry.add("any", AnyStop, example=lambda **_: AnyStop(stops=["eotp", "max_nfe:n=3"]))
     registry.add("prophet", ProphetStop)
-
-
-@hookimpl
-def unmask_register_constraints(registry: Registrar) -> None:
-    registry.add("regex", RegexConstraint, example=lambda **_: RegexConstraint(pattern="[a-z ]+"))
-    registry.add("json_schema", JsonSchemaConstraint)
-    registry.add("distinct_items", DistinctItemsConstraint)
