@@ -2,12 +2,14 @@
 
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import unmask
 from unmask.contrib.eval import runner
 from unmask.contrib.eval.ablate import GridError, load_grid, read_rows
 from unmask.contrib.cli import main
-from unmask.contrib.eval.report import aup_rows, pareto_front, verdict_rows, with_speedups
+from unmask.contrib.eval.report import aup_rows, pareto_front, pb_rows, pb_score, verdict_rows, with_speedups
 
 GRID = {
     "name": "small", "tasks": ["chain_sum", "sort"], "n": 3, "seed": 0, "gen_lengths": [32],
@@ -80,8 +82,44 @@ def test_report_and_plots_from_the_cli(tmp_path, capsys):
     assert (tmp_path / "plots" / "pareto.png").stat().st_size > 1000
     assert [p.name for p in (tmp_path / "plots").glob("order-*.png")] == ["order-chain_sum-32.png"]
     assert len(read_rows(tmp_path / "grid.jsonl")) == 3
+    assert "| threshold | none | none | 32 | 2 |" in report  # PBx over the two tau
     capsys.readouterr()
     assert main(["ablate", str(tmp_path / "missing.toml")]) == 2
+    # The same report from the stored rows, no decode; PB levels asked for.
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "grid.jsonl"), "--pb", "75,50"]) == 0
+    printed = capsys.readouterr().out
+    assert "| family | stop | cache | gen_length | configs | PB75 | PB50 |" in printed
+    assert "| chain_sum | threshold | none | none | 32 | 2 |" in printed
+    assert main(["report", str(tmp_path / "none.jsonl")]) == 2
+    assert "rows: " in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path / "grid.jsonl"), "--pb", "101"])
+    assert "argument --pb: must be comma-separated scores in [0, 100]" in capsys.readouterr().err
+
+
+@given(st.lists(st.tuples(st.floats(0.5, 32), st.floats(0, 100)), min_size=1, max_size=8), st.booleans())
+def test_pb_scores_fall_as_the_level_rises_and_a_lone_point_qualifies_by_its_score(points, discrete):
+    scores = [pb_score(points, level, discrete=discrete) for level in (90, 80, 70, 60, 0)]
+    found = [s for s in scores if s is not None]
+    assert found == sorted(found)  # a higher level never allows more tokens per step
+    assert scores[-1] is not None  # every point reaches 0
+    tps, score = points[0]
+    assert (pb_score([points[0]], 50, discrete=discrete) is not None) == (score >= 50)
+
+
+def test_pb_rows_read_top_k_at_its_k_and_interpolate_adaptive_sweeps():
+    def row(policy, task, accuracy, tpf, steps=None):
+        return {"task": task, "policy": policy, "stop": "none", "cache": "none", "gen_length": 32, "steps": steps,
+                "accuracy": accuracy, "tokens_per_forward": tpf}
+
+    rows = [row("topk", "a", 95, 1.0), row("topk", "b", 85, 1.0),  # k from the schedule: 32 / 32 steps
+            row("topk:k=4", "a", 80, 3.1), row("topk:k=4", "b", 70, 3.1),  # measured tpf is ignored: k = 4
+            row("threshold:tau=0.9", "a", 90, 4.0), row("threshold:tau=0.9", "b", 90, 6.0),  # (5 tps, 90)
+            row("threshold:tau=0.5", "a", 70, 9.0), row("threshold:tau=0.5", "b", 70, 11.0)]  # (10 tps, 70)
+    threshold, top = pb_rows(rows)
+    assert (threshold["family"], threshold["pb90"], threshold["pb80"], threshold["pb60"]) == ("threshold", 5.0, 7.5, 10.0)
+    assert (top["family"], top["configs"], top["pb90"], top["pb80"], top["pb70"]) == ("topk", 2, 1.0, 1.0, 4.0)
 
 
 def test_pareto_front_and_aup_rows():

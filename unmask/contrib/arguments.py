@@ -52,6 +52,14 @@ def seed_value(text: str) -> int:
     return value
 
 
+def score_levels(text: str) -> tuple[float, ...]:
+    """Comma-separated mean scores in [0, 100] (PBx levels), e.g. ``90,80,70,60``."""
+    levels = tuple(_converted(part.strip(), float, "comma-separated scores in [0, 100]") for part in text.split(","))
+    if not all(0 <= level <= 100 for level in levels):
+        raise argparse.ArgumentTypeError(f"must be comma-separated scores in [0, 100], got {text!r}")
+    return levels
+
+
 def positive_float(text: str) -> float:
     value = _converted(text, float, "a number")
     if not math.isfinite(value) or value <= 0:

@@ -12,7 +12,7 @@ from unmask.contrib import commands as actions
 from unmask.contrib import distributed
 from unmask.contrib.arguments import (
     one_line, Parser, prompt_text, add_chat_argument, add_decode_arguments, add_model_arguments,
-    cell_triple, positive_int, probability, seed_value, task_list,
+    cell_triple, positive_int, probability, score_levels, seed_value, task_list,
 )
 from unmask.contrib.serve import add_arguments as serve_arguments
 from unmask.contrib.train.traces import LABELS
@@ -109,8 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "in it are skipped")
     ablate.add_argument("--report", default=None, help="write a Markdown report here")
     ablate.add_argument("--plots", default=None, help="write plots to this directory (needs unmask[plots])")
+    ablate.add_argument("--pb", type=score_levels, default=(90, 80, 70, 60), metavar="X,Y,...",
+                        help="ParallelBench PBx levels in the report (default: 90,80,70,60)")
     ablate.add_argument("--verbose", action="store_true", help="show transformers' weight-loading progress")
     ablate.set_defaults(run=actions.run_ablate)
+
+    report = commands.add_parser("report", help="the Markdown report of stored ablation rows (AUP, PBx, wins "
+                                 "and losses), without decoding")
+    report.add_argument("rows", help="results JSONL written by unmask ablate")
+    report.add_argument("--title", default=None, help="the report's title (default: the file's name)")
+    report.add_argument("--pb", type=score_levels, default=(90, 80, 70, 60), metavar="X,Y,...",
+                        help="ParallelBench PBx levels: the most tokens per step at which the mean accuracy over "
+                        "tasks stays at or above each (default: 90,80,70,60)")
+    report.add_argument("--report", default=None, help="also write the report here")
+    report.set_defaults(run=actions.run_report)
 
     collect = commands.add_parser("collect", help="record Learn2PD traces: oracle decodes labelled 'already final'")
     collect.add_argument("--tasks", type=task_list, default=None, help="comma-separated tasks (default: the bundled model's task mix)")

@@ -137,7 +137,22 @@ def run_ablate(args: argparse.Namespace) -> int:
                                                         (("out", args.out), ("report", args.report),
                                                          ("plots", args.plots)) if v])
     print(write_report(rows, title=f"Ablation: {grid.name}", command=command, report=args.report, plots=args.plots,
-                       tokenizer=tokenizer))
+                       tokenizer=tokenizer, pb_levels=args.pb))
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from unmask.contrib.eval.ablate import read_rows
+    from unmask.contrib.eval.report import write_report
+
+    if not Path(args.rows).is_file():
+        raise ValueError(f"rows: {args.rows} is not a file (the JSONL that unmask ablate writes)")
+    rows = read_rows(args.rows)
+    if not rows:
+        raise ValueError(f"rows: {args.rows} holds no rows")
+    command = " ".join(["unmask report", args.rows] + [f"--{k} {v}" for k, v in (("report", args.report),) if v])
+    print(write_report(rows, title=args.title or f"Results: {Path(args.rows).name}", command=command,
+                       report=args.report, pb_levels=args.pb), end="")
     return 0
 
 

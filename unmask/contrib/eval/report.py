@@ -1,5 +1,5 @@
-"""Reports of ablation rows: a Markdown table, tokens per forward per task, AUP per policy family, and plots
-(``unmask[plots]``).
+"""Reports of ablation rows: a Markdown table, tokens per forward per task, AUP and ParallelBench's PBx per
+policy family, and plots (``unmask[plots]``).
 
 A policy's family is its spec without ``tau``: a threshold sweep is one family, each Learn2PD filter another.
 Plots: accuracy against NFE per task, each family's sweep drawn as a curve, with the Pareto front; and per
@@ -18,7 +18,8 @@ from unmask._files import write_atomically
 from unmask.contrib.eval.runner import mean_row, speedups
 from unmask.core.spec import format_spec, parse_spec
 
-__all__ = ["markdown_report", "with_speedups", "mean_rows", "family", "aup", "aup_rows", "verdict_rows", "pareto_front",
+__all__ = ["markdown_report", "with_speedups", "mean_rows", "family", "aup", "aup_rows", "pb_score", "pb_rows",
+           "verdict_rows", "pareto_front",
            "plot_pareto", "plot_commit_order"]
 
 COLUMNS = ("task", "policy", "stop", "cache", "gen_length", "accuracy", "nfe_mean", "nfe_p50", "nfe_p90",
@@ -97,7 +98,71 @@ def aup_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             for (task, family, stop, cache, gen_length), points in sorted(groups.items())]
 
 
-def markdown_report(rows: Sequence[dict[str, Any]], *, title: str = "Results", command: str | None = None) -> str:
+# ParallelBench's leaderboard levels (mean score over tasks, %), ranked by PB80.
+PB_LEVELS = (90, 80, 70, 60)
+# Families whose tokens per step is the configured k (ParallelBench's top-k): their PBx is read off the sweep's
+# points; every other family's measured tokens per forward is interpolated between two points.
+DISCRETE_FAMILIES = ("topk", "random")
+
+
+def pb_score(points: Sequence[tuple[float, float]], level: float, *, discrete: bool) -> float | None:
+    """ParallelBench's PBx of one family's sweep (shared/METHODS.md M): the most tokens per step at which the
+    mean score over tasks stays at or above ``level``, from (tokens per step, mean score %) points; None where
+    no point qualifies. A discrete family takes the best qualifying point; an adaptive one its fastest point
+    if it qualifies, else interpolates inside the first pair from the fast end that straddles the level."""
+    if not points:
+        raise ValueError("pb_score needs at least one (tokens per step, score) point")
+    best: dict[float, float] = {}
+    for tps, score in points:  # equal tokens per step: the best score
+        best[tps] = max(score, best.get(tps, -math.inf))
+    ordered = sorted(best.items())
+    if discrete:
+        return max((tps for tps, score in ordered if score >= level), default=None)
+    if ordered[-1][1] >= level:
+        return ordered[-1][0]
+    for (tps_lo, score_lo), (tps_hi, score_hi) in reversed(list(zip(ordered, ordered[1:]))):
+        if score_lo >= level > score_hi:
+            return tps_lo + (score_lo - level) / (score_lo - score_hi) * (tps_hi - tps_lo)
+    return None
+
+
+def pb_rows(rows: Sequence[dict[str, Any]], levels: Sequence[float] = PB_LEVELS) -> list[dict[str, Any]]:
+    """PBx at each of ``levels`` per policy family (over its sweep; a top-k family over k) per stop, cache and
+    gen length: each configuration's score and tokens per step averaged over its tasks first."""
+    configs: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row["task"] != "mean":
+            configs[(_pb_family(row["policy"]), row["stop"], row["cache"], row["gen_length"], row["policy"])].append(row)
+    families: dict[tuple, list[tuple[float, float]]] = defaultdict(list)
+    for (name, stop, cache, gen_length, policy), group in configs.items():
+        tps = (_nominal_k(policy, group[0]) if _discrete(policy)
+               else sum(r["tokens_per_forward"] for r in group) / len(group))
+        families[(name, stop, cache, gen_length)].append((tps, sum(r["accuracy"] for r in group) / len(group)))
+    return [{"family": name, "stop": stop, "cache": cache, "gen_length": gen_length, "configs": len(points),
+             **{f"pb{level:g}": pb_score(points, level, discrete=_discrete(name)) for level in levels}}
+            for (name, stop, cache, gen_length), points in sorted(families.items())]
+
+
+def _discrete(policy: str) -> bool:
+    return "+" not in policy and parse_spec(policy)[0] in DISCRETE_FAMILIES
+
+
+def _pb_family(policy: str) -> str:
+    """A sweep's family: a top-k family spans its k too."""
+    if not _discrete(policy):
+        return family(policy)
+    name, params = parse_spec(policy)
+    return format_spec(name, {k: v for k, v in params.items() if k != "k"})
+
+
+def _nominal_k(policy: str, row: dict[str, Any]) -> float:
+    """A top-k configuration's tokens per step: its k, else the schedule's gen_length / steps."""
+    k = parse_spec(policy)[1].get("k")
+    return float(k) if k is not None else row["gen_length"] / (row.get("steps") or row["gen_length"])
+
+
+def markdown_report(rows: Sequence[dict[str, Any]], *, title: str = "Results", command: str | None = None,
+                    pb_levels: Sequence[float] = PB_LEVELS) -> str:
     rows = with_speedups(rows)
     everything = [*rows, *mean_rows(rows)]
     lines = [f"# {title}", ""]
@@ -119,6 +184,14 @@ def markdown_report(rows: Sequence[dict[str, Any]], *, title: str = "Results", c
               "| task | family | stop | cache | gen_length | points | aup |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['task']} | {r['family']} | {r['stop']} | {r['cache']} | {r['gen_length']} | {r['points']} | "
               f"{r['aup']} |" for r in aup_rows(everything)]
+    levels = [f"PB{level:g}" for level in pb_levels]
+    lines += ["", "PBx (ParallelBench: the most tokens per step at which the mean accuracy over tasks stays at or "
+                  "above x; - where no configuration does) per policy family:", "",
+              "| family | stop | cache | gen_length | configs | " + " | ".join(levels) + " |",
+              "|---|---|---|---|---|" + "---|" * len(levels)]
+    lines += [f"| {r['family']} | {r['stop']} | {r['cache']} | {r['gen_length']} | {r['configs']} | "
+              + " | ".join("-" if r[label.lower()] is None else f"{r[label.lower()]:.2f}" for label in levels) + " |"
+              for r in pb_rows(rows, pb_levels)]
     verdicts = verdict_rows(everything)
     if verdicts:
         lines += ["", f"Wins and losses per task, against the baseline cell: the most accurate cell; among the cells "
@@ -137,10 +210,11 @@ TIE_POINTS, LOSS_POINTS = 1.0, 3.0
 
 
 def write_report(rows: Sequence[dict[str, Any]], *, title: str, command: str | None = None,
-                 report: str | Path | None = None, plots: str | Path | None = None, tokenizer: Any = None) -> str:
+                 report: str | Path | None = None, plots: str | Path | None = None, tokenizer: Any = None,
+                 pb_levels: Sequence[float] = PB_LEVELS) -> str:
     """The Markdown report of ``rows`` (written to ``report`` if given) with, given ``plots``, the Pareto plot
     and each task's commit-order plots there, linked from the report. Returns the report's text."""
-    text = markdown_report(rows, title=title, command=command)
+    text = markdown_report(rows, title=title, command=command, pb_levels=pb_levels)
     if plots:
         folder = Path(plots)
         figures = [plot_pareto(rows, folder / "pareto.png")]
