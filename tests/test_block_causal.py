@@ -3,6 +3,8 @@ the exact cache of finished blocks, and every policy decoding through them uncha
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import unmask
 from unmask.contrib.models.tiny import tiny_denoiser
@@ -303,3 +305,31 @@ def test_fast_dllm_v2_reference_loop_gives_the_tokens_of_threshold_on_sub_blocks
         assert torch.equal(result.tokens, expected), cache
     with pytest.raises(ValueError, match="block_length=3: .* a divisor of it"):
         unmask.decode(model, PROMPTS[:1], gen_length=12, block_length=3)
+
+
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=6), st.sampled_from([(4, 4), (8, 4), (8, 8), (16, 8)]),
+       st.integers(1, 6))
+@settings(max_examples=60, deadline=None)
+def test_the_layout_keeps_columns_and_positions_together_modulo_the_block(lengths, sizes, blocks):
+    """Every row left-padded by whole blocks; its prompt then its masks up to the end of its answer's last
+    model block (EOS after); blocks shared by all rows, each inside one model block, covering every answer."""
+    from unmask.core.layout import lay_out
+    from unmask.core.model_info import ModelInfo
+
+    size, block_length = sizes
+    gen_length = blocks * block_length
+    info = ModelInfo(mask_token_id=0, eos_token_id=1, vocab_size=50, shift_logits=False, block_size=size,
+                     max_positions=None, accepts_cache=True)
+    prompts = [[2 + (row + i) % 40 for i in range(n)] for row, n in enumerate(lengths)]
+    layout = lay_out(*pad_prompts(prompts, 1), info, gen_length, block_length)
+    for row, prompt in enumerate(prompts):
+        start, end = int(layout.answer_start[row]), int(layout.row_end[row])
+        pad = start - len(prompt)
+        assert pad % size == 0 and (end - pad) % size == 0
+        assert layout.x[row, pad:start].tolist() == prompt and not layout.real[row, :pad].any()
+        assert (layout.x[row, start:end] == 0).all() and (layout.x[row, end:] == 1).all()
+        assert end - start >= gen_length and end - start - gen_length < size
+    edges = [b for block in layout.blocks for b in block]
+    assert edges[0] <= layout.gen_start and edges[-1] == layout.x.shape[1]
+    assert all(a[1] == b[0] for a, b in zip(layout.blocks, layout.blocks[1:]))
+    assert all(start // size == (end - 1) // size and end - start <= block_length for start, end in layout.blocks)

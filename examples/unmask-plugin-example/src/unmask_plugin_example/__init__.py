@@ -75,10 +75,8 @@ class ConfidentFinishStop:
     tau: float = field(default=0.95, validator=_fraction)
 
     def check(self, view: StepView) -> StopDecision:
-        masked = view.x == view.mask_token_id  # after this step's commits
-        gen = torch.zeros_like(masked)
-        gen[:, view.gen_start:] = True
-        remaining = masked & gen
+        # after this step's commits, in each row's answer
+        remaining = (view.x == view.mask_token_id) & view.in_answer
         # Positions not predicted this step (outside a cache's fed span) have -inf: not yet sure.
         sure = (view.confidence >= self.tau) | ~remaining
         return StopDecision(done=sure.all(dim=1))
