@@ -2,16 +2,16 @@
 batches take turns step by step so that a short request is not stuck behind long ones.
 
 A dispatcher thread takes the oldest waiting request, waits up to ``wait_s`` for more with the same
-:class:`Settings` (up to ``max_batch``; for a block-causal model also the same prompt length modulo its block
-size), and starts the batch in a thread of its own, up to ``max_running`` batches at once. The batches hold
-the model in turn, one step each (a first-come, first-served turn passed at every step boundary), so a
-16-token request sent behind long ones waits a few of their steps, not their whole decodes. Decoding is
-batch-invariant, so each answer equals the request decoded alone; sampled requests (temperature > 0) draw noise for
-the whole batch, so they are decoded alone. At most ``max_queue`` requests wait: beyond that
-:meth:`Batcher.submit` raises :class:`QueueFull` at once. The batch decodes a step at a time
-(``unmask.steps``): a cancelled request (a client that went away) or one past its deadline has its row retired
-between steps; it stops counting forwards after the next one, the others go on as they were. A batch that
-raises is retried one request at a time, so a bad constraint fails only its own request.
+:class:`Settings` (up to ``max_batch``; prompts of any length), and starts the batch in a thread of its own,
+up to ``max_running`` batches at once. The batches hold the model in turn, one step each (a first-come,
+first-served turn passed at every step boundary), so a 16-token request sent behind long ones waits a few of
+their steps, not their whole decodes. Decoding is batch-invariant, so each answer equals the request decoded
+alone; sampled requests (temperature > 0) draw noise for the whole batch, so they are decoded alone. At most
+``max_queue`` requests wait: beyond that :meth:`Batcher.submit` raises :class:`QueueFull` at once. The batch
+decodes a step at a time (``unmask.steps``): a cancelled request (a client that went away) or one past its
+deadline has its row retired between steps; it stops counting forwards after the next one, the others go on as
+they were. A batch that raises is retried one request at a time, so a bad constraint fails only its own
+request.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ class Batcher:
             first = self._waiting[0]
             solo = first.settings.temperature > 0
             while True:
-                alike = [job for job in self._waiting if self._key(job) == self._key(first)]
+                alike = [job for job in self._waiting if job.settings == first.settings]
                 batch = alike[:1 if solo else self.max_batch]
                 left = first.queued_at + self.wait_s - time.monotonic()
                 if solo or len(batch) >= self.max_batch or left <= 0 or self._closing:
@@ -183,12 +183,6 @@ class Batcher:
             for job in batch:
                 self._waiting.remove(job)
             return batch
-
-    def _key(self, job: Job) -> tuple[Any, ...]:
-        """What jobs of one batch share: their settings, and for a block-causal model their prompt length
-        modulo its block size (the engine would decode other lengths as batches of their own)."""
-        block_size = self.info.block_size
-        return job.settings, len(job.prompt_ids) % block_size if block_size else 0
 
     def _dispatch(self) -> None:
         while (batch := self._take()) is not None:
