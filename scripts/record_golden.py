@@ -3,6 +3,7 @@ bundled models, batched and one prompt at a time, so that a change to the engine
 
     python scripts/record_golden.py --out tests/golden/engine.json     # record (about 15 minutes on 2 cores)
     python scripts/record_golden.py --check tests/golden/engine.json   # compare every configuration
+    python scripts/record_golden.py --add tests/golden/engine.json     # record a new built-in's configurations
 
 Each configuration is decoded through the public API only (``unmask.decode`` with specs), on 24 evaluation
 prompts of varied length (three from each of eight tasks: for the block model, prompt lengths differ modulo
@@ -110,9 +111,10 @@ class Decoder:
         return hashlib.sha256(json.dumps(outcomes).encode()).hexdigest()[:16]
 
 
-def record(decoder: Decoder) -> dict[str, Any]:
+def record(decoder: Decoder, skip: Any = ()) -> dict[str, Any]:
     golden = {}
-    for configuration in tqdm(list(configurations()), desc="golden", unit="config"):
+    todo = [c for c in configurations() if key(*c) not in skip]
+    for configuration in tqdm(todo, desc="golden", unit="config"):
         batched, forwards = decoder.outcome(configuration, list(range(24)))
         golden[key(*configuration)] = {"batched": batched, "alone": decoder.alone(configuration),
                                        "forwards": forwards}
@@ -124,16 +126,20 @@ def main() -> int:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--out", type=Path, help="record the golden outputs into this JSON file")
     group.add_argument("--check", type=Path, help="decode every configuration again and compare")
+    group.add_argument("--add", type=Path, help="record only the configurations this file lacks (a new built-in "
+                       "component's), keeping the others as they are")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     decoder = Decoder()
+    if args.add:
+        kept = json.loads(args.add.read_text())["configurations"]
+        found = {**kept, **record(decoder, skip=kept)}
+        _write(args.add, dict(sorted(found.items(), key=lambda item: _order(item[0]))))
+        print(f"{len(found) - len(kept)} configurations added to {args.add}")
+        return 0
     found = record(decoder)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        temporary = args.out.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"gen_length": GEN_LENGTH, "block_length": BLOCK_LENGTH, "tasks": TASKS,
-                                         "configurations": found}, indent=1) + "\n")
-        temporary.replace(args.out)
+        _write(args.out, found)
         print(f"{len(found)} configurations recorded in {args.out}")
         return 0
     expected = json.loads(args.check.read_text())["configurations"]
@@ -142,6 +148,19 @@ def main() -> int:
         print(f"changed: {name}: {expected[name]} -> {found.get(name)}")
     print(f"{len(expected) - len(changed)} of {len(expected)} configurations unchanged")
     return 1 if changed else 0
+
+
+def _order(name: str) -> int:
+    """A configuration's place in ``configurations()`` (the recorded file keeps that order)."""
+    return [key(*c) for c in configurations()].index(name)
+
+
+def _write(path: Path, found: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"gen_length": GEN_LENGTH, "block_length": BLOCK_LENGTH, "tasks": TASKS,
+                                     "configurations": found}, indent=1) + "\n")
+    temporary.replace(path)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ class Reviser:
         predicted[:, start:start + width] = probabilities.argmax(-1)
         own[:, start:start + width] = probabilities.gather(-1, view.x[:, start:start + width, None].clamp(
             max=probabilities.shape[-1] - 1))[..., 0]
-        committed = ~view.masked & view.window & view.row_active[:, None] & (view.x != view.eos_token_id)
+        committed = ~view.masked & view.window & view.in_answer & view.row_active[:, None] & (view.x != view.eos_token_id)
         committed[:, start + width:] = False
         edit = committed & (predicted != view.x) & (predicted != view.mask_token_id) & self.edits
         remask = torch.zeros_like(committed)

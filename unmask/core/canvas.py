@@ -38,6 +38,10 @@ class Canvas:
     eos_id: int
     # (B, L) long: how often each position returned to the mask
     remasks: torch.Tensor = attrs.field(default=attrs.Factory(lambda self: torch.zeros_like(self.x), takes_self=True))
+    # (B, L) float64: the confidence of the step that wrote each position (+inf where no decision wrote one)
+    confidence: torch.Tensor = attrs.field(default=attrs.Factory(
+        lambda self: torch.full(self.x.shape, float("inf"), dtype=torch.float64, device=self.x.device),
+        takes_self=True))
 
     @classmethod
     def of(cls, layout: Layout, mask_id: int, eos_id: int) -> Canvas:
@@ -53,15 +57,18 @@ class Canvas:
         columns = torch.arange(self.x.shape[1], device=self.x.device)
         return ((columns >= block[0]) & (columns < block[1]))[None, :].expand(self.x.shape[0], -1)
 
-    def apply(self, decision: Commit, step: int) -> None:
-        """Write a checked decision: fills and edits take their tokens, re-masked positions the mask again."""
+    def apply(self, decision: Commit, step: int, confidence: torch.Tensor) -> None:
+        """Write a checked decision: fills and edits take their tokens (and the step's ``confidence`` there),
+        re-masked positions the mask again."""
         written = decision.mask if decision.edit is None else decision.mask | decision.edit
         self.x = torch.where(written, decision.tokens, self.x)
         self.commit_step[written[:, self.gen_start:]] = step
+        self.confidence = torch.where(written, confidence, self.confidence)
         if decision.remask is not None:
             self.x = self.x.masked_fill(decision.remask, self.mask_id)
             self.commit_step[decision.remask[:, self.gen_start:]] = -1
             self.remasks += decision.remask.long()
+            self.confidence = self.confidence.masked_fill(decision.remask, float("inf"))
 
     def cut(self, end: torch.Tensor, step: int) -> None:
         """Fill each row with EOS from ``end`` (B,; -1: no cut) on and hide the columns after it."""

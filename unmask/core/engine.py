@@ -195,7 +195,8 @@ def _steps(
                     gen_start=layout.gen_start, answer_start=layout.answer_start, block_start=block[0],
                     block_end=block[1], block_index=block_index, step=step, mask_token_id=mask_id,
                     eos_token_id=eos_id, global_step=global_step, total_steps=total_steps,
-                    span_logits=forward.logits, span_start=forward.plan.start, evaluate=forward.scorer)
+                    span_logits=forward.logits, span_start=forward.plan.start, evaluate=forward.scorer,
+                    commit_confidence=canvas.confidence)
 
             forward = source.logits(block, step, row_active, global_step)
             forward = select.restrict(forward, lambda f: view_of(f, x, torch.zeros(x.shape, dtype=torch.float64)))
@@ -203,11 +204,12 @@ def _steps(
             scored = masked & (row_active | forward.reused)[:, None]
             view = view_of(forward, *forward.predictions(x, scored, config, generator, mask_id))
             decision, view, as_decided = select.choose(view, forward, canvas)
-            canvas.apply(decision, global_step)
+            canvas.apply(decision, global_step, view.confidence)
             as_decided &= ~select.end_answers(view, decision, canvas, global_step)
             source.keep(forward, decision, as_decided)
             view = attrs.evolve(view, x=canvas.x, committed=decision.mask, remasked=decision.remask,
-                                edited=decision.edit, nfe=source.nfe.clone(), evaluate=None)
+                                edited=decision.edit, nfe=source.nfe.clone(), evaluate=None,
+                                commit_confidence=canvas.confidence)
             done |= _stop(parts["stop"], view, canvas, done, retired.mask(done), global_step)
             if on_step is not None:
                 on_step(view)

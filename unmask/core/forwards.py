@@ -100,11 +100,12 @@ class LogitsSource:
             plan = self.cache.plan(state)
             seed = (self._forward(canvas.x, state, plan, rows, global_step), plan.start)
         logits, offset = seed
-        first, _ = predict(logits[:, block[0] - offset][:, None], self.config.temperature, self.generator,
-                           self.info.mask_token_id)
+        first, confidence = predict(logits[:, block[0] - offset][:, None], self.config.temperature, self.generator,
+                                    self.info.mask_token_id)
         mask = torch.zeros_like(canvas.x, dtype=torch.bool)
         mask[:, block[0]] = rows
-        canvas.apply(Commit(mask=mask, tokens=first[:, :1].expand_as(canvas.x)), global_step)
+        canvas.apply(Commit(mask=mask, tokens=first[:, :1].expand_as(canvas.x)), global_step,
+                     confidence[:, :1].expand(canvas.x.shape))
 
     def logits(self, block: tuple[int, int], step: int, row_active: torch.Tensor, global_step: int) -> Forward:
         """The step's logits: what the cache plans, fed for the active rows, except rows whose canvas is a

@@ -11,6 +11,7 @@ from unmask.strategies.local_leap import LocalLeapPolicy
 from unmask.strategies.learn2pd import Learn2PDPolicy, example_learn2pd
 from unmask.strategies.oracle import OraclePolicy, example_oracle
 from unmask.strategies.prophet import ProphetStop
+from unmask.strategies.remdm import ReMDMPolicy
 from unmask.strategies.stops import AnyStop, EoTPStop, MaxNFEStop, NoStop
 from unmask.strategies.threshold import ThresholdPolicy
 from unmask.strategies.topk import RandomPolicy, TopKPolicy
@@ -18,7 +19,7 @@ from unmask.strategies.union import UnionPolicy
 
 __all__ = [
     "TopKPolicy", "RandomPolicy", "ThresholdPolicy", "EntropyBoundPolicy", "OraclePolicy", "UnionPolicy", "Learn2PDPolicy",
-    "LocalLeapPolicy", "FreeDavePolicy", "EntropyThresholdPolicy", "NoStop", "EoTPStop", "MaxNFEStop", "AnyStop",
+    "LocalLeapPolicy", "FreeDavePolicy", "ReMDMPolicy", "EntropyThresholdPolicy", "NoStop", "EoTPStop", "MaxNFEStop", "AnyStop",
     "ProphetStop",
 ]
 
@@ -35,6 +36,7 @@ def unmask_register_policies(registry: Registrar) -> None:
     registry.add("local_leap", LocalLeapPolicy)
     registry.add("freedave", FreeDavePolicy)
     registry.add("entropy_threshold", EntropyThresholdPolicy)
+    registry.add("remdm", ReMDMPolicy)
 
 
 @hookimpl
