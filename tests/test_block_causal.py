@@ -10,6 +10,7 @@ import unmask
 from unmask.contrib.models.tiny import tiny_denoiser
 from unmask.contrib.models.transformers import block_causal_mask
 from unmask.core.engine import block_columns, pad_prompts
+from unmask.testing import RecordingModel
 
 BLOCK = 4
 # 16 prompts of lengths 1-16: every residue modulo the block, so each row's answer starts at its own column.
@@ -101,28 +102,14 @@ def test_blocks_finish_in_order_and_a_batch_decodes_as_each_row_alone(model, pol
                 last = int(block.max())
 
 
-class Counted:
-    """A model that counts its forwards and the rows fed to each."""
-
-    def __init__(self, model):
-        self.model, self.rows = model, []
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
-
-    def __call__(self, input_ids, **kwargs):
-        self.rows.append(input_ids.shape[0])
-        return self.model(input_ids, **kwargs)
-
-
 def test_rows_of_every_prompt_length_share_each_step_forward():
     """Prompts of lengths 1-16 (every residue modulo the block): one batch, one forward per step for all
     active rows, each row's answer from its own column of the shared blocks."""
-    model = Counted(tiny_denoiser("llama", block_size=BLOCK))
+    model = RecordingModel(tiny_denoiser("llama", block_size=BLOCK))
     views = []
     result = unmask.decode(model, PROMPTS, gen_length=16, block_length=BLOCK, policy="threshold:tau=0.3",
                            cache="none", on_step=views.append)
-    assert len(model.rows) == len(views)
+    assert len(model.fed) == len(views)
     starts = views[0].answer_starts
     assert torch.equal(starts - starts.min(), torch.tensor([len(p) % BLOCK for p in PROMPTS]) - min(
         len(p) % BLOCK for p in PROMPTS))

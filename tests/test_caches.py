@@ -7,7 +7,7 @@ import unmask
 from unmask.caches import DualCache, PrefixCache
 from unmask.core.types import CanvasState
 from unmask.contrib.models.tiny import tiny_denoiser
-from unmask.testing import FakeDenoiser, check_cache_manager
+from unmask.testing import FakeDenoiser, RecordingModel, check_cache_manager
 
 PROMPTS = [[4, 5, 6, 7, 8], [9, 10], [11, 12, 13]]
 
@@ -97,25 +97,11 @@ def test_bad_cache_parameters(spec, message):
         unmask.create("caches", spec)
 
 
-class Counting:
-    """Delegates to a model and counts the canvas columns it is fed."""
-
-    def __init__(self, inner):
-        self.inner, self.fed = inner, 0
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def __call__(self, input_ids, **kwargs):
-        self.fed += input_ids.shape[1]
-        return self.inner(input_ids, **kwargs)
-
-
 def test_caches_save_forwarded_tokens(denoiser):
     """Later steps of a block feed fewer columns: the point of the caches."""
     fed = {}
     for cache in ("none", "prefix", "dual"):
-        counting = Counting(denoiser)
+        counting = RecordingModel(denoiser)
         unmask.decode(counting, PROMPTS, gen_length=16, block_length=4, policy="topk", cache=cache)
-        fed[cache] = counting.fed
+        fed[cache] = sum(columns for _, columns in counting.fed)
     assert fed["dual"] < fed["prefix"] < fed["none"]

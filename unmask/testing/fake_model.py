@@ -94,3 +94,18 @@ class FakeTokenizer:
 
     def batch_decode(self, batch: Any) -> list[str]:
         return [self.decode(ids) for ids in batch]
+
+
+class RecordingModel:
+    """Any denoiser, with the shape (rows, columns) of every forward's ``input_ids`` recorded in ``fed``: what a
+    test counts to see how many forwards ran and how many rows and columns each was given."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.fed = model, []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def __call__(self, input_ids: torch.Tensor, **kwargs: Any) -> Any:
+        self.fed.append(tuple(input_ids.shape))
+        return self.model(input_ids, **kwargs)
