@@ -130,7 +130,8 @@ def checked_commit(decision: Any, view: StepView, progress_floor: bool, vocab_si
                          "return positions to the mask with Commit.remask")
     remask = _checked_revisions(decision, view, reach_canvas, canvas) if (
         decision.remask is not None or decision.edit is not None) else None
-    stalled = view.row_active & ~commit.any(1)
+    # (a row whose block has no mask left is in its edit-only steps: it fills nothing)
+    stalled = view.row_active & view.candidates.any(1) & ~commit.any(1)
     if stalled.any():
         if not progress_floor:
             raise RuntimeError(f"the policy committed nothing for active rows {stalled.nonzero().flatten().tolist()}")

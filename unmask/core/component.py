@@ -28,6 +28,9 @@ class Component:
     reach: ClassVar[str] = "block"
     # Policies: whether decisions draw from the decode's shared random stream (rows then depend on each other).
     stochastic: ClassVar[bool] = False
+    # Policies: how many steps a row's block stays open after its last mask is filled, for a policy that edits
+    # committed tokens there (LLaDA 2.1's post-fill edits); a step that edits nothing closes it.
+    steps_after_fill: int = 0
     # `unmask serve`: the string parameters a request may set, and as what (docs/serve.md); none by default.
     request_strings: ClassVar[Mapping[str, str]] = {}
     # The digest of a trained artefact the component decodes with (recorded in result rows), or None.
@@ -64,5 +67,5 @@ class Component:
 
 
 # The abilities above by name: an adapted component takes each one it has (unmask.core.plugins.declared).
-ABILITIES = ("reach", "stochastic", "request_strings", "artefact_sha256", "check_config", "requirements", "provide",
+ABILITIES = ("reach", "stochastic", "steps_after_fill", "request_strings", "artefact_sha256", "check_config", "requirements", "provide",
              "finish_block", "rows_of", "repeated")

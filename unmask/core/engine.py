@@ -180,9 +180,11 @@ def _steps(
         source.open_block(block_index, done, global_step)
         window = canvas.window(block)
         schedule = linear_schedule((canvas.x[:, block[0]:block[1]] == mask_id).sum(1), config.steps_per_block)
+        after_fill = _steps_after_fill(parts["policy"], canvas, window, done)
         for step in itertools.count():
             x, masked = canvas.x, canvas.x == mask_id
-            row_active = ~done & (masked & window).any(1)
+            filling = (masked & window).any(1)
+            row_active = ~done & (filling | (after_fill > 0))
             if not row_active.any():
                 break
             # Past the schedule's last step (a policy that committed less), one token per step.
@@ -211,6 +213,8 @@ def _steps(
                                 edited=decision.edit, nfe=source.nfe.clone(), evaluate=None,
                                 commit_confidence=canvas.confidence)
             done |= _stop(parts["stop"], view, canvas, done, retired.mask(done), global_step)
+            edited = torch.zeros_like(done) if decision.edit is None else decision.edit.any(1)
+            after_fill = torch.where(row_active & ~filling, (after_fill - 1) * edited, after_fill)
             if on_step is not None:
                 on_step(view)
             if notify:
@@ -218,6 +222,14 @@ def _steps(
             yield view
             global_step += 1
     return _result(canvas, layout, source, config, parts, time.perf_counter() - started)
+
+
+def _steps_after_fill(policy: Any, canvas: Canvas, window: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+    """(B,) steps each row's block may stay open after its last mask (``Component.steps_after_fill``), for the
+    rows with answer positions in the block: a step that begins with no mask and edits nothing closes it."""
+    columns = torch.arange(canvas.x.shape[1], device=canvas.x.device)[None, :]
+    has_answer = (window & canvas.answer & (columns < canvas.row_end[:, None])).any(1) & ~done
+    return has_answer.long() * int(policy.steps_after_fill)
 
 
 def _components(policy: Any, stop: Any, cache: Any, constraint: Any) -> dict[str, Any]:

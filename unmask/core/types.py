@@ -97,8 +97,9 @@ class StepView:
     edited: torch.Tensor | None = tensor_field(default=None)  # (B, L) bool
     generator: torch.Generator | None = field(default=None, eq=False, repr=False)
     gen_start: int = 0  # the first column where any row's answer starts
-    # (B, L) float64: the confidence each committed position had at the step that wrote it, +inf where no
-    # decision wrote one (prompt, masks, EoTP's cut): what a re-masking policy ranks (ReMDM). None: not kept.
+    # (B, L) float64: the confidence each committed position had at the step that wrote it (-inf for an edit:
+    # visible positions are not scored), +inf where no decision wrote one (prompt, masks, EoTP's cut): what a
+    # re-masking policy ranks (ReMDM). None: not kept.
     commit_confidence: torch.Tensor | None = tensor_field(default=None)
     # (B,) long: each row's first answer column (None: gen_start for every row). Rows of a block-causal
     # model's batch start their answers at different columns of the first block (unmask.core.layout).

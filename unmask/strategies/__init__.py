@@ -4,6 +4,7 @@ constraints: ``unmask.constraints``)."""
 from __future__ import annotations
 
 from unmask.core.plugins import Registrar, hookimpl
+from unmask.strategies.edit import EditPolicy
 from unmask.strategies.entropy_bound import EntropyBoundPolicy
 from unmask.strategies.entropy_threshold import EntropyThresholdPolicy
 from unmask.strategies.freedave import FreeDavePolicy
@@ -19,7 +20,7 @@ from unmask.strategies.union import UnionPolicy
 
 __all__ = [
     "TopKPolicy", "RandomPolicy", "ThresholdPolicy", "EntropyBoundPolicy", "OraclePolicy", "UnionPolicy", "Learn2PDPolicy",
-    "LocalLeapPolicy", "FreeDavePolicy", "ReMDMPolicy", "EntropyThresholdPolicy", "NoStop", "EoTPStop", "MaxNFEStop", "AnyStop",
+    "LocalLeapPolicy", "FreeDavePolicy", "ReMDMPolicy", "EditPolicy", "EntropyThresholdPolicy", "NoStop", "EoTPStop", "MaxNFEStop", "AnyStop",
     "ProphetStop",
 ]
 
@@ -37,6 +38,7 @@ def unmask_register_policies(registry: Registrar) -> None:
     registry.add("freedave", FreeDavePolicy)
     registry.add("entropy_threshold", EntropyThresholdPolicy)
     registry.add("remdm", ReMDMPolicy)
+    registry.add("edit", EditPolicy)
 
 
 @hookimpl

@@ -212,7 +212,9 @@ def _watched_decode(model: Any, prompts: Sequence[Sequence[int]], config: Decode
     def watch(view: StepView) -> None:
         committed = view.committed
         assert not (committed & ~_allowed(view, reach)).any(), f"a commit left masked ∩ {reach}"
-        assert committed[view.row_active].any(1).all(), "an active row committed nothing"
+        # (an active row with no mask left in its block is in its declared edit-only steps: steps_after_fill)
+        filling = view.row_active & (view.masked & view.window).any(1)
+        assert committed[filling].any(1).all(), "an active row committed nothing"
         assert not committed[~view.row_active].any(), "an inactive row committed"
         if view.global_step == 0:  # a decode's first step (a block-causal model decodes groups of rows in turn)
             previous.clear()
