@@ -20,8 +20,9 @@ class EditPolicy(Component):
     With ``tau_edit >= 1`` and ``max_post_steps=0`` it is threshold decoding. Editing pays only on a model
     trained to correct visible tokens; other models' logits at visible positions were never trained.
 
-    LLaDA 2.1 (inclusionAI, 2026; ``generate`` of modeling_llada21_moe.py, SGLang's JointThreshold); defaults
-    of the reference ``generate`` (0.95, 0.9, 16). The model card's modes: quality 0.7 / 0.5, speed 0.5 / 0.
+    Source: unmask, after LLaDA 2.1's technical report (inclusionAI/LLaDA2.X, no arXiv id) and its
+    ``generate`` (modeling_llada21_moe.py) and SGLang's JointThreshold; defaults of that ``generate`` (0.95,
+    0.9, 16). The model card's modes: quality 0.7 / 0.5, speed 0.5 / 0.
     """
 
     tau: float = field(default=0.95, validator=number(minimum=0, maximum=1))
