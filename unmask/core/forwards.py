@@ -45,6 +45,9 @@ class Forward:
 
 @attrs.define
 class LogitsSource:
+    """The decode's forwards: what each one feeds (the cache manager's plan over the canvas), the rows it is
+    run for, the counts it adds, and the candidate logits kept for the next step."""
+
     model: Any
     cache: Any  # a CacheManager with the abilities of Component
     info: ModelInfo
