@@ -1,9 +1,9 @@
 """Candidate canvases: a policy asks the engine to score K canvases of the step's rows (``view.evaluate``),
 commits one of them whole, and the next step takes that candidate's logits instead of a new forward.
 
-The candidates are scored as the next step would score them: through the plan the cache manager makes for
-the next step, on a copy of its cache (the manager's ``repeated``) so the decode's own cache is left as it was, in one
-batched forward of K x B rows. That forward counts once in each active row's NFE, as the forward it
+The candidates are scored as the next step would score them: through the plan the cache manager makes for the
+next step, on a copy of its cache (the manager's ``repeated``) so the decode's own cache is left as it was, in
+one batched forward of K x B rows. That forward counts once in each active row's NFE, as the forward it
 replaces would; ``candidate_rows`` counts the K canvases each row sent through it.
 """
 

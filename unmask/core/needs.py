@@ -2,11 +2,11 @@
 
 A component that needs something beyond the decode's inputs (the oracle: the vanilla output of the same
 prompts; Learn2PD: the decoding model's weights hash, to warn when its filter was trained on another model)
-declares the names with ``requirements() -> set[str]`` and takes the values with ``provide(**values)``,
-which returns the component to decode with (itself or a new one), abilities of ``unmask.core.component.
-Component``. A component whose output depends on a trained artefact says which with ``artefact_sha256`` (a digest, recorded in result rows so that a
-retrained artefact reruns them). The runner, trace collection, the CLI and the server ask these hooks, so
-a plug-in of a new kind needs no change to any of them: see docs/plugins.md.
+declares the names with ``requirements() -> set[str]`` and takes the values with ``provide(**values)``, which
+returns the component to decode with (itself or a new one), abilities of ``unmask.core.component.Component``.
+A component whose output depends on a trained artefact says which with ``artefact_sha256`` (a digest, recorded
+in result rows so that a retrained artefact reruns them). The runner, trace collection, the CLI and the server
+ask these hooks, so a plug-in of a new kind needs no change to any of them: see docs/plugins.md.
 """
 
 from __future__ import annotations
