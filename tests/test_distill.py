@@ -1,0 +1,51 @@
+"""dParallel's certainty-forcing pieces (shared/METHODS.md E.3, E.5): the complementary masks and the loss."""
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from unmask.contrib.train.distill import certainty_forcing_loss, certainty_masks
+
+
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=6), st.integers(1, 48), st.integers(1, 16),
+       st.integers(0, 2**32 - 1))
+@settings(max_examples=80, deadline=None)
+def test_the_pair_covers_the_active_block_once_and_masks_everything_after_it(lengths, answer, block, seed):
+    width = max(lengths) + answer
+    prompts = torch.tensor(lengths)
+    first, second = certainty_masks(prompts, width, block, torch.Generator().manual_seed(seed))
+    columns = torch.arange(width)
+    for row, prompt in enumerate(lengths):
+        assert not first[row, :prompt].any() and not second[row, :prompt].any()  # prompts never masked
+        differ = (first[row] ^ second[row]).nonzero().flatten()
+        both = (first[row] & second[row]).nonzero().flatten()
+        # The active block: where exactly one copy masks; everything after it: masked in both.
+        start = int(differ.min()) if len(differ) else int(both.min()) if len(both) else width
+        assert (start - prompt) % block == 0  # a block boundary of the answer
+        end = width if not len(both) else int(both.min())
+        assert end - start <= block or end == width
+        assert not (first[row] | second[row])[prompt:start].any()  # earlier blocks clean
+        assert (first[row] ^ second[row])[start:end].all()  # disjoint and covering inside the block
+        assert (first[row] & second[row])[columns >= end].all()  # later blocks always masked
+
+
+def test_the_entropy_term_counts_only_predictions_that_are_already_right():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, 11, generator=generator)
+    targets = logits.argmax(-1).clone()
+    targets[0, :3] = (targets[0, :3] + 1) % 11  # three wrong predictions
+    masked = torch.ones(2, 6, dtype=torch.bool)
+    loss, parts = certainty_forcing_loss(logits, targets, masked, beta=2.0)
+    assert parts["correct"] == 9
+    right = masked.clone()
+    right[0, :3] = False
+    log_p = torch.log_softmax(logits[right] / 0.5, -1)
+    assert abs(parts["entropy"] - float(-(log_p.exp() * log_p).sum(-1).mean())) < 1e-6
+    ce = torch.nn.functional.cross_entropy(logits[masked], targets[masked])
+    assert abs(float(loss) - (float(ce) + 2.0 * parts["entropy"])) < 1e-5
+    # Wrong everywhere: cross-entropy alone.
+    loss, parts = certainty_forcing_loss(logits, (logits.argmax(-1) + 1) % 11, masked, beta=2.0)
+    assert parts["correct"] == 0 and parts["entropy"] == 0.0
+    # Sharper right predictions lower the entropy term: what the objective pushes towards.
+    _, sharper = certainty_forcing_loss(logits * 3, targets, masked, beta=2.0)
+    assert sharper["entropy"] < certainty_forcing_loss(logits, targets, masked, beta=2.0)[1]["entropy"]
