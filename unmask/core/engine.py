@@ -19,7 +19,7 @@ from unmask.core.component import Component
 from unmask.core.forwards import Forward, LogitsSource
 from unmask.core.layout import Layout, block_columns, check_prompts, lay_out, pad_prompts, prompt_tensors
 from unmask.core.model_info import ModelInfo
-from unmask.core.plugins import create, describe, plugin_manager
+from unmask.core.plugins import ROLES, create, describe, plugin_manager
 from unmask.core.selection import selection
 from unmask.core.spec import Spec
 from unmask.core.types import (
@@ -213,8 +213,9 @@ def _steps(
                                 edited=decision.edit, nfe=source.nfe.clone(), evaluate=None,
                                 commit_confidence=canvas.confidence)
             done |= _stop(parts["stop"], view, canvas, done, retired.mask(done), global_step)
-            edited = torch.zeros_like(done) if decision.edit is None else decision.edit.any(1)
-            after_fill = torch.where(row_active & ~filling, (after_fill - 1) * edited, after_fill)
+            if parts["policy"].steps_after_fill:  # (no bookkeeping for a policy that declares none)
+                edited = torch.zeros_like(done) if decision.edit is None else decision.edit.any(1)
+                after_fill = torch.where(row_active & ~filling, (after_fill - 1) * edited, after_fill)
             if on_step is not None:
                 on_step(view)
             if notify:
@@ -268,11 +269,10 @@ def _result(canvas: Canvas, layout: Layout, source: LogitsSource, config: Decode
     is_eos = tokens == canvas.eos_id
     answer_lengths = torch.where(is_eos.any(1), is_eos.long().argmax(1),
                                  torch.full_like(source.nfe, config.gen_length))
-    kinds = {"policy": "policies", "stop": "stops", "cache": "caches", "constraint": "constraints"}
     return DecodeResult(
         tokens=tokens, answer_lengths=answer_lengths, nfe=source.nfe,
         commit_step=canvas.commit_step.gather(1, answer - layout.gen_start), wall_s=wall_s, config=config,
-        components={name: describe(kinds[name], part) for name, part in parts.items()},
+        components={role: describe(ROLES[role], part) for role, part in parts.items()},
         candidate_rows=source.candidate_rows,
     )
 

@@ -10,7 +10,7 @@ so one batch decodes rows of any prompt lengths together.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, overload
 
 import attrs
 import torch
@@ -78,7 +78,7 @@ def lay_out(input_ids: torch.Tensor, prompt_mask: torch.Tensor, info: ModelInfo,
                       blocks=block_columns(width, end - width, block_length, aligned=size is not None))
     whole = int((lengths // size).max()) * size  # the first block any answer starts in begins here
     starts = whole + lengths % size
-    ends = whole - (-(lengths % size + gen_length) // size) * size  # each answer's last block ends the row
+    ends = whole + whole_blocks(lengths % size + gen_length, size)  # each answer's last block ends the row
     end = int(ends.max())
     columns = torch.arange(end, device=device)[None, :]
     pads = (starts - lengths)[:, None]
@@ -100,7 +100,15 @@ def canvas_width(lengths: torch.Tensor, info: ModelInfo, gen_length: int) -> int
     return int((lengths // size).max()) * size + whole_blocks(int((lengths % size).max()) + gen_length, size)
 
 
-def whole_blocks(columns: int, block_size: int) -> int:
+@overload
+def whole_blocks(columns: int, block_size: int) -> int: ...
+
+
+@overload
+def whole_blocks(columns: torch.Tensor, block_size: int) -> torch.Tensor: ...
+
+
+def whole_blocks(columns: int | torch.Tensor, block_size: int) -> int | torch.Tensor:
     """``columns`` rounded up to a multiple of ``block_size``: a block-causal canvas ends with a whole block."""
     return -(-columns // block_size) * block_size
 

@@ -22,7 +22,7 @@ from unmask.core.types import Commit, StepView
 __all__ = [
     "hookimpl", "hookspec", "KINDS", "Entry", "Registrar", "Registry", "DuplicateComponentError",
     "plugin_manager", "register_plugin", "unregister_plugin", "registry", "create", "describe", "Declared",
-    "declared", "COMPONENTS",
+    "declared", "COMPONENTS", "ROLES",
 ]
 
 PROJECT = "unmask"
@@ -42,8 +42,10 @@ KINDS: dict[str, tuple[str, str | None]] = {
 }
 
 # What an object passed instead of a spec must have, per kind.
-# The kinds whose components the engine runs, each with the abilities of Component.
-COMPONENTS = ("policies", "stops", "caches", "constraints")
+# The kinds whose components the engine runs, each with the abilities of Component, by the role each plays in
+# a decode (decode's arguments and the keys of DecodeResult.components).
+ROLES = {"policy": "policies", "stop": "stops", "cache": "caches", "constraint": "constraints"}
+COMPONENTS = tuple(ROLES.values())
 REQUIRED_METHODS: dict[str, tuple[str, ...]] = {
     "policies": ("select",), "stops": ("check",), "caches": ("reset", "plan"),
     "constraints": ("prepare", "allowed", "refuse"),

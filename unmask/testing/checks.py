@@ -13,7 +13,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 from unmask.core.engine import check_config, decode, model_block_size, pad_prompts
-from unmask.core.plugins import registry
+from unmask.core.canvas import reach as reach_of
+from unmask.core.plugins import ROLES, registry
 from unmask.core.spec import parse_spec
 from unmask.core.types import Commit, DecodeConfig, StepView, StopDecision
 from unmask.testing.fake_model import FakeDenoiser, FakeTokenizer
@@ -190,8 +191,7 @@ def _serves(components: dict[str, Any], config: DecodeConfig, model: Any) -> boo
     """Whether the components accept ``config`` (their optional ``check_config``) and the model (a cache's
     ``reset(model)``: the exact cache serves block-causal models only, prefix and dual the others), and
     whether a block-causal model decodes blocks of this length."""
-    kinds = {"policy": "policies", "stop": "stops", "cache": "caches", "constraint": "constraints"}
-    made = {key: registry().create(kinds[key], spec) for key, spec in components.items() if key in kinds}
+    made = {key: registry().create(ROLES[key], spec) for key, spec in components.items() if key in ROLES}
     try:
         model_block_size(model, config)  # a block-causal model refuses blocks that do not divide its own
         check_config(list(made.values()), config)
@@ -236,10 +236,8 @@ def _reach(policy: Any) -> str:
     return str(registry().create("policies", policy).reach)
 
 
-def _allowed(view: StepView, reach: str) -> torch.Tensor:
-    if reach != "canvas":
-        return view.candidates
-    return view.masked & view.row_active[:, None] & view.in_answer
+def _allowed(view: StepView, where: str) -> torch.Tensor:
+    return reach_of(view, where == "canvas")  # the engine's own rule
 
 
 def _view_context(view: StepView) -> tuple[range, int, int, int]:
