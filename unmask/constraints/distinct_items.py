@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from unmask.core.types import StepView, Vocabulary
-from unmask.constraints.regex import _SequentialRefusal, derived
+from unmask.constraints.automaton import _SequentialRefusal, derived
 
 __all__ = ["DistinctItemsConstraint"]
 

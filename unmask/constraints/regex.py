@@ -2,27 +2,20 @@
 
 ``regex`` and ``json_schema`` follow "Constrained Decoding of Diffusion LLMs with Context-Free Grammars"
 (Mündler, Dekoninck, Vechev 2025, arXiv 2508.10111) with one change: a hole is exactly one token, not any
-string, so a canvas passes only if its holes can be filled with the tokens that remain. The language is
-compiled into a token-level automaton over the model's vocabulary (outlines-core); a row's answer is
-scanned forward (the states its committed tokens and holes can reach) and backward (the states from which
-the rest can still end in an accepting state), and a token may go in a hole iff it leads from a forward
-state to a backward one. Exact for regular languages; a JSON Schema is regular up to outlines-core's bounded
-nesting. Cost per step: O(answer length x automaton states) set operations per row, and one pass over each
-reachable state's token transitions per position the policy may commit.
+string, so a canvas passes only if its holes can be filled with the tokens that remain. outlines-core
+compiles the language into the token automaton that ``unmask.constraints.automaton`` scans. Exact for
+regular languages; a JSON Schema is regular up to outlines-core's bounded nesting.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import weakref
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import torch
-
-from unmask.core.component import Component
-from unmask.core.types import StepView, Vocabulary
+from unmask.constraints.automaton import AutomatonConstraint, TokenAutomaton
+from unmask.core.types import Vocabulary
 
 __all__ = ["RegexConstraint", "JsonSchemaConstraint"]
 
@@ -40,142 +33,54 @@ def _literal(text: str) -> str:
     return "".join(f"\\x{ord(char):02x}" if ord(char) < 128 else char for char in text)
 
 
-class _Automaton:
-    """A regular language over token ids: states 0..Q-1, END = Q (the answer ended with EOS)."""
-
-    def __init__(self, pattern: str, vocabulary: Vocabulary) -> None:
-        outlines_core = _outlines_core()
-        by_text: dict[str, list[int]] = {}
-        for token, text in enumerate(vocabulary.strings):
-            if text and token != vocabulary.eos_token_id:
-                by_text.setdefault(text, []).append(token)
-        # outlines-core refuses a language with a state no token leaves; one-character stand-ins with ids past
-        # the vocabulary satisfy it, and their transitions are dropped below (no token of the model is one).
-        size = len(vocabulary.strings)
-        for stand_in, char in enumerate(sorted(set(map(chr, range(32, 127))) | set("\n\t") | set(pattern))):
-            by_text.setdefault(char, []).append(size + stand_in)
-        try:
-            # The tokens' strings joined begin with what the tokenizer drops from a decoded answer.
-            index = outlines_core.Index(_literal(vocabulary.prefix) + f"(?:{pattern})",
-                                        outlines_core.Vocabulary(vocabulary.eos_token_id, by_text))
-        except (ValueError, RuntimeError) as error:  # outlines-core reports bad patterns as ValueError
-            raise ValueError(f"pattern={pattern!r}: {' '.join(str(error).split())}") from None
-        transitions = index.get_transitions()
-        states = sorted(set(transitions) | {index.get_initial_state()} | set(index.get_final_states()))
-        number = {state: i for i, state in enumerate(states)}
-        self.end = len(states)
-        self.start = number[index.get_initial_state()]
-        self.final = {number[state] for state in index.get_final_states()}
-        self.eos = vocabulary.eos_token_id
-        self.moves: list[dict[int, int]] = [{} for _ in states]  # state -> {token: next state}
-        for state, moves in transitions.items():
-            self.moves[number[state]] = {token: number[target] for token, target in moves.items()
-                                         if token != self.eos and token < size}
-        self.successors = [frozenset(m.values()) for m in self.moves]
-        self.predecessors: list[set[int]] = [set() for _ in range(self.end + 1)]
-        for state, targets in enumerate(self.successors):
-            for target in targets:
-                self.predecessors[target].add(state)
-        # Every transition as flat (source, token, target) tensors: the tokens a hole may take come from one
-        # vectorised pass over them.
-        triples = [(q, token, target) for q, moves in enumerate(self.moves) for token, target in moves.items()]
-        self.sources, self.tokens, self.targets = (torch.tensor(column, dtype=torch.long).reshape(-1)
-                                                   for column in (zip(*triples) if triples else ((), (), ())))
-        self.ending = frozenset(self.final | {self.end})  # states an EOS may follow
-        # Canvases repeat the same state sets (runs of holes saturate), so steps and allowed tokens are
-        # memoised; the (V,) masks in a memo of their own, kept small.
-        self._memo: dict[tuple[Any, ...], Any] = {}
-        self._masks: dict[tuple[Any, ...], Any] = {}
-
-    @staticmethod
-    def _remember(memo: dict[tuple[Any, ...], Any], key: tuple[Any, ...], compute: Any, size: int = 50_000) -> Any:
-        if key not in memo:
-            if len(memo) >= size:
-                memo.clear()
-            memo[key] = compute()
-        return memo[key]
-
-    def _step(self, states: frozenset[int], token: int, mask: int) -> frozenset[int]:
-        """The states after ``token`` (a hole: any token, or EOS) from any of ``states``."""
-        if token == mask:
-            return self._remember(self._memo, ("hole", states), lambda: frozenset().union(
-                *(self.successors[q] for q in states if q != self.end),
-                (self.end,) if states & self.ending else ()))
-        if token == self.eos:
-            return frozenset((self.end,)) if states & self.ending else frozenset()
-        return frozenset(self.moves[q][token] for q in states if q != self.end and token in self.moves[q])
-
-    def _back(self, later: frozenset[int], token: int, mask: int) -> frozenset[int]:
-        """The states from which ``token`` (a hole: any token, or EOS) leads into ``later``."""
-        ended = self.ending if self.end in later else frozenset()
-        if token == self.eos:
-            return ended
-        if token == mask:
-            return self._remember(self._memo, ("back", later), lambda: frozenset().union(
-                *(self.predecessors[q] for q in later if q != self.end), ended))
-        inverse = self._remember(self._memo, ("inverse", token), lambda: self._inverse(token))
-        return frozenset().union(*(inverse.get(q, ()) for q in later))
-
-    def _inverse(self, token: int) -> dict[int, set[int]]:
-        sources: dict[int, set[int]] = {}
-        for q, moves in enumerate(self.moves):
-            if token in moves:
-                sources.setdefault(moves[token], set()).add(q)
-        return sources
-
-    def forward(self, answer: list[int], mask: int) -> list[frozenset[int]]:
-        """S_0 .. S_G: the states the answer's first i tokens (holes: any token or EOS) can reach."""
-        sets = [frozenset((self.start,))]
-        for token in answer:
-            sets.append(self._step(sets[-1], token, mask))
-        return sets
-
-    def backward(self, answer: list[int], mask: int) -> list[frozenset[int]]:
-        """B_0 .. B_G: the states from which the answer's tokens from i on can end accepted."""
-        sets = [self.ending]
-        for token in reversed(answer):
-            sets.append(self._back(sets[-1], token, mask))
-        return sets[::-1]
-
-    def completable(self, answer: list[int], mask: int) -> bool:
-        return bool(self.forward(answer, mask)[-1] & self.ending)
-
-    def allowed(self, before: frozenset[int], after: frozenset[int], size: int) -> torch.Tensor:
-        """(V,) bool, read-only: tokens leading from a state of ``before`` to one of ``after`` (EOS included)."""
-        return self._remember(self._masks, (before, after, size), lambda: self._allowed(before, after, size), 256)
-
-    def _allowed(self, before: frozenset[int], after: frozenset[int], size: int) -> torch.Tensor:
-        allowed = torch.zeros(size, dtype=torch.bool)
-        into, out_of = torch.zeros(self.end + 1, dtype=torch.bool), torch.zeros(self.end + 1, dtype=torch.bool)
-        out_of[list(before)], into[list(after)] = True, True
-        allowed[self.tokens[out_of[self.sources] & into[self.targets]]] = True
-        if self.end in after and before & self.ending:
-            allowed[self.eos] = True
-        return allowed
+# outlines-core 0.2.14's index drops a transition from an accepting state into a state that does not accept
+# ("1(a1)?" loses the "a" after "1"). So the pattern is compiled followed by an end mark that no text holds,
+# the mark alone accepts, and the states the mark leaves from are the accepting ones.
+END_MARK = "\x00"
 
 
-class _SequentialRefusal(Component):
-    """``refuse`` for constraints with a per-row completability test: the row's commits are taken in order
-    of confidence, and one that would leave no completion with those before it is refused."""
+def indexed(pattern: str, texts: dict[str, list[int]], stand_in: int, eos: int) -> tuple[Any, list[dict[int, int]],
+                                                                                         set[int]]:
+    """outlines-core's automaton of ``pattern`` over tokens ``texts`` (text -> ids), the end mark given the id
+    ``stand_in``: (initial state, moves per state as {token: state} with states numbered 0.., accepting states)."""
+    outlines_core = _outlines_core()
+    texts = {**texts, END_MARK: [stand_in]}
+    try:
+        index = outlines_core.Index(f"(?:{pattern}){_literal(END_MARK)}", outlines_core.Vocabulary(eos, texts))
+    except (ValueError, RuntimeError) as error:  # outlines-core reports bad patterns as ValueError
+        raise ValueError(f"pattern={pattern!r}: {' '.join(str(error).split())}") from None
+    transitions = index.get_transitions()
+    states = sorted(set(transitions) | {index.get_initial_state()})
+    number = {state: i for i, state in enumerate(states)}
+    moves: list[dict[int, int]] = [{} for _ in states]
+    final = set()
+    for state, out in transitions.items():
+        if stand_in in out:
+            final.add(number[state])
+        moves[number[state]] = {token: number[target] for token, target in out.items()
+                                if token not in (eos, stand_in)}
+    return number[index.get_initial_state()], moves, final
 
-    def refuse(self, view: StepView, commit: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        refused = torch.zeros_like(commit)
-        starts = view.answer_starts.tolist()
-        for row in commit.any(1).nonzero().flatten().tolist():
-            columns = commit[row].nonzero().flatten()
-            order = columns[view.confidence[row, columns].argsort(descending=True, stable=True)].tolist()
-            answer = view.x[row, starts[row]:].tolist()
-            for column in order:
-                trial = list(answer)
-                trial[column - starts[row]] = int(tokens[row, column])
-                if self._fits(view, row, trial):
-                    answer = trial
-                else:
-                    refused[row, column] = True
-        return refused
+
+def pattern_automaton(pattern: str, vocabulary: Vocabulary) -> TokenAutomaton:
+    """The token automaton of a regular expression (outlines-core's index over the vocabulary)."""
+    by_text: dict[str, list[int]] = {}
+    for token, text in enumerate(vocabulary.strings):
+        if text and token != vocabulary.eos_token_id and END_MARK not in text:
+            by_text.setdefault(text, []).append(token)
+    # outlines-core refuses a language with a state no token leaves; one-character stand-ins with ids past
+    # the vocabulary satisfy it, and their transitions are dropped below (no token of the model is one).
+    size = len(vocabulary.strings)
+    for stand_in, char in enumerate(sorted(set(map(chr, range(32, 127))) | set("\n\t") | set(pattern))):
+        by_text.setdefault(char, []).append(size + 1 + stand_in)
+    # The tokens' strings joined begin with what the tokenizer drops from a decoded answer.
+    start, moves, final = indexed(_literal(vocabulary.prefix) + f"(?:{pattern})", by_text, size,
+                                  vocabulary.eos_token_id)
+    moves = [{token: target for token, target in out.items() if token < size} for out in moves]
+    return TokenAutomaton(start, final, moves, vocabulary.eos_token_id)
 
 
-class RegexConstraint(_SequentialRefusal):
+class RegexConstraint(AutomatonConstraint):
     """Answers that match a regular expression (Python ``re`` syntax, as outlines-core reads it), whole:
     ``regex:pattern='[a-z]+( [a-z]+)*'``. The answer is its text before the first EOS, as the tokenizer
     decodes it.
@@ -193,54 +98,12 @@ class RegexConstraint(_SequentialRefusal):
         except re.error as error:
             raise ValueError(f"pattern={pattern!r} is not a regular expression: {error}") from None
         self.pattern = pattern
-        self._automaton: _Automaton | None = None
 
-    def prepare(self, vocabulary: Vocabulary, gen_start: int) -> None:
-        self._automaton = _shared_automaton(self.pattern, vocabulary)
-        self._size = len(vocabulary.strings)
+    def _key(self) -> Any:
+        return ("automaton", self.pattern)
 
-    def allowed(self, view: StepView, positions: torch.Tensor) -> torch.Tensor:
-        automaton = self._prepared()
-        allowed = torch.zeros((len(positions), self._size), dtype=torch.bool)
-        starts = view.answer_starts.tolist()
-        for row in positions[:, 0].unique().tolist():
-            answer = view.x[row, starts[row]:].tolist()
-            before = automaton.forward(answer, view.mask_token_id)
-            after = automaton.backward(answer, view.mask_token_id)
-            for i in (positions[:, 0] == row).nonzero().flatten().tolist():
-                at = int(positions[i, 1]) - starts[row]
-                allowed[i] = automaton.allowed(before[at], after[at + 1], self._size)
-        return allowed
-
-    def _fits(self, view: StepView, row: int, answer: list[int]) -> bool:
-        return self._prepared().completable(answer, view.mask_token_id)
-
-    def _prepared(self) -> _Automaton:
-        if self._automaton is None:
-            raise RuntimeError("the constraint was used before prepare()")
-        return self._automaton
-
-
-# What a constraint derives from a vocabulary outlives one decode: an automaton over a large vocabulary takes
-# seconds to build, and a server or a grid decodes the same pattern again and again. Vocabularies are cached
-# per tokenizer, so (id, what) is a key while the weak reference still points at the same vocabulary.
-_DERIVED: dict[tuple[int, Any], tuple["weakref.ref[Vocabulary]", Any]] = {}
-MAX_DERIVED = 16
-
-
-def derived(vocabulary: Vocabulary, what: Any, build: Callable[[], Any]) -> Any:
-    """``build()``, remembered for this vocabulary under the hashable key ``what``."""
-    key = (id(vocabulary), what)
-    held = _DERIVED.get(key)
-    if held is None or held[0]() is not vocabulary:
-        if len(_DERIVED) >= MAX_DERIVED:
-            _DERIVED.clear()
-        held = _DERIVED[key] = (weakref.ref(vocabulary), build())
-    return held[1]
-
-
-def _shared_automaton(pattern: str, vocabulary: Vocabulary) -> _Automaton:
-    return derived(vocabulary, ("automaton", pattern), lambda: _Automaton(pattern, vocabulary))
+    def _build(self, vocabulary: Vocabulary) -> TokenAutomaton:
+        return pattern_automaton(self.pattern, vocabulary)
 
 
 class JsonSchemaConstraint(RegexConstraint):

@@ -19,12 +19,16 @@ CHAT_TEMPLATE = (
 )
 
 
-def tiny_tokenizer(*, chat: bool = True) -> Any:
-    """A character-level tokenizer (letters, digits, space, punctuation) with [MASK], an EOS and a chat template."""
+CHARACTERS = string.ascii_lowercase + string.digits + " +-=*,.?"
+
+
+def tiny_tokenizer(*, chat: bool = True, characters: str = CHARACTERS) -> Any:
+    """A character-level tokenizer (by default letters, digits, space, punctuation) with [MASK], an EOS and a
+    chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = SPECIALS + list(string.ascii_lowercase + string.digits + " +-=*,.?")
+    words = SPECIALS + list(dict.fromkeys(characters))
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="?"))
     backend.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
     backend.decoder = decoders.Fuse()  # characters join without spaces
@@ -59,12 +63,14 @@ def tiny_model(architecture: str, tokenizer: Any, *, seed: int = 0) -> Any:
     raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
 
 
-def tiny_denoiser(architecture: str = "llama", *, seed: int = 0, block_size: int | None = None) -> Any:
+def tiny_denoiser(architecture: str = "llama", *, seed: int = 0, block_size: int | None = None,
+                  characters: str = CHARACTERS) -> Any:
     """A tiny model wrapped as a ``DenoiserModel`` that takes KV caches (``llama`` or ``qwen2``); with
-    ``block_size`` it attends block-causally (blocks of that many positions from position 0)."""
+    ``block_size`` it attends block-causally (blocks of that many positions from position 0); its tokenizer is
+    ``tiny_tokenizer(characters=characters)``."""
     from unmask.contrib.models.transformers import SHIFTED_MODEL_TYPES, TransformersDenoiser
 
-    tokenizer = tiny_tokenizer()
+    tokenizer = tiny_tokenizer(characters=characters)
     model = tiny_model(architecture, tokenizer, seed=seed)
     return TransformersDenoiser(
         model=model, mask_token_id=tokenizer.mask_token_id, eos_token_id=tokenizer.eos_token_id,
