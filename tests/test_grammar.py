@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import unmask
-from unmask.constraints import Grammar
+from unmask.constraints import Grammar, RegexConstraint
 from unmask.constraints.grammar import lark_parser
 from unmask.core.constraints import vocabulary_of
 from unmask.testing.fake_model import FakeDenoiser
@@ -52,14 +52,14 @@ def parses(parser, text):
         return False
 
 
-def completable(parser, answer, mask, eos, depth):
+def completable(parser, answer, mask, eos, parentheses):
     """Whether the holes can be filled, one token each (EOS ends the answer), into a sentence lark parses and
-    that nests at most ``depth`` parentheses: a search over fillings, independent of the automaton."""
+    that nests at most ``parentheses`` deep: a search over fillings, independent of the automaton."""
     def balanced(text):
         level = 0
         for char in text:
             level += {"(": 1, ")": -1}.get(char, 0)
-            if level > depth:
+            if level > parentheses:
                 return False
         return True
 
@@ -84,9 +84,10 @@ def test_every_canvas_stays_completable_within_the_positions_left_and_answers_pa
     result = unmask.decode(MODEL, PROMPTS, gen_length=gen, block_length=gen, policy=policy, tokenizer=TOKENIZER,
                            constraint=Grammar(grammar, depth=depth),
                            on_step=lambda view: steps.append(view.x[:, view.gen_start:].clone()))
+    parentheses = depth - 1 if grammar == ARITHMETIC else depth  # its sum is open once outside any parenthesis
     for canvas in steps:
         for row in canvas.tolist():
-            assert completable(parser, row, MODEL.mask_token_id, MODEL.eos_token_id, depth), row
+            assert completable(parser, row, MODEL.mask_token_id, MODEL.eos_token_id, parentheses), row
     for row, length in zip(result.tokens.tolist(), result.answer_lengths.tolist()):
         assert parses(parser, TOKENIZER.decode(row[:length])), TOKENIZER.decode(row[:length])
 
@@ -176,10 +177,8 @@ def test_a_grammar_past_the_state_budget_is_refused_up_front():
                       tokenizer=TOKENIZER)
 
 
-def test_the_cli_reads_a_grammar_file(tmp_path):
-    from unmask.core.spec import create
-
-    constraint = create("constraints", f"grammar:file={GRAMMARS / 'arithmetic.lark'}")
+def test_a_spec_reads_a_grammar_file():
+    constraint = unmask.create("constraints", f"grammar:file={GRAMMARS / 'arithmetic.lark'}")
     assert constraint.grammar == ARITHMETIC
 
 
@@ -190,10 +189,10 @@ def test_a_token_is_allowed_exactly_when_the_canvas_stays_completable(canvas, gr
     """Sound and complete at every hole, for the grammar and for the regex constraint (an accepting state
     that can go on must keep its moves: outlines-core's index alone drops them)."""
     if grammar == "arithmetic":
-        constraint, parser, depth = Grammar(ARITHMETIC, depth=2), lark_parser(ARITHMETIC), 2
+        constraint, parser, parentheses = Grammar(ARITHMETIC, depth=3), lark_parser(ARITHMETIC), 2
     else:
-        constraint = unmask.create("constraints", "regex:pattern='1(\\+1)?|2'")
-        parser, depth = lark_parser('start: "1" ("+" "1")? | "2"'), 9
+        constraint = RegexConstraint("1(\\+1)?|2")
+        parser, parentheses = lark_parser('start: "1" ("+" "1")? | "2"'), 9
     constraint.prepare(vocabulary_of(TOKENIZER, len(TOKENIZER), TOKENIZER.eos, TOKENIZER.mask), 0)
     automaton, mask, eos = constraint._prepared(), TOKENIZER.mask, TOKENIZER.eos
     answer = [mask if token is None else token for token in canvas]
@@ -202,4 +201,4 @@ def test_a_token_is_allowed_exactly_when_the_canvas_stays_completable(canvas, gr
         allowed = automaton.allowed(before[at], after[at + 1], len(TOKENIZER))
         for token in range(len(WORDS)):
             filled = answer[:at] + [token] + answer[at + 1:]
-            assert bool(allowed[token]) == completable(parser, filled, mask, eos, depth), (answer, at, token)
+            assert bool(allowed[token]) == completable(parser, filled, mask, eos, parentheses), (answer, at, token)

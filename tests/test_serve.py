@@ -63,6 +63,15 @@ def test_a_completion_equals_the_same_decode_in_python(server, client):
     assert reply.usage.model_extra["forwards"] == int(result.nfe[0])
 
 
+def test_an_inline_grammar_gives_an_answer_that_parses(client):
+    from unmask.constraints.grammar import lark_parser
+
+    grammar = 'start: NUMBER (("+" | "-") NUMBER)*\nNUMBER: /[0-9]+/\n%ignore " "'  # its tokens are words
+    reply = client.completions.create(model="reference", prompt=PROMPTS[0], max_tokens=16,
+                                      extra_body={"response_format": {"type": "grammar", "grammar": grammar}})
+    lark_parser(grammar).parse(reply.choices[0].text)
+
+
 def test_chat_without_a_template_takes_one_user_message(server, client):
     expected, _ = alone(server, PROMPTS[1])
     reply = client.chat.completions.create(model="reference", max_tokens=32,
@@ -144,6 +153,11 @@ def post(server, path, body):
     ({"prompt": "copy: " + "ada " * 600}, 400, "prompt", "exceed the model's 512 positions"),
     ({"prompt": "copy: ada", "stop": ["a"] * 5}, 400, "stop", "at most 4"),
     ({"prompt": "copy: ada", "constraint": "regex:pattern='[a-'"}, 400, "constraint", "unterminated character set"),
+    ({"prompt": "copy: ada", "response_format": {"type": "grammar", "grammar": "start: (("}}, 400, "response_format",
+     "grammar: "),
+    ({"prompt": "copy: ada", "response_format": {"type": "grammar", "grammar": "start: x*"}}, 400, "response_format",
+     "Rule 'x' used but not defined"),
+    ({"prompt": "copy: ada", "constraint": "grammar:file=/etc/passwd"}, 400, "constraint", "a request may not set it"),
 ])
 def test_bad_requests_get_openai_style_errors_naming_the_field(server, body, status, param, message):
     code, reply = post(server, "/v1/completions", body)

@@ -38,6 +38,7 @@ DEFAULT_MAX_STATES = 50_000
 Frame = tuple[str, int]  # (rule, a state of its automaton)
 Stack = tuple[Frame, ...]  # the current place last; below it, the places the rules called return to
 Config = tuple[Stack, Any, Any]  # (stack, terminal being read or None between terminals, its automaton state)
+_PREFIX = "<prefix>"  # a configuration reading the tokenizer's prefix: ((), _PREFIX, characters read)
 
 
 def _lark() -> Any:
@@ -211,7 +212,7 @@ class _CharAutomaton:
     states are numbered as they are first reached, and each state's move on a character is computed once."""
 
     def __init__(self, rules: _Rules, terminals: dict[str, _Terminal], ignore: list[str], depth: int,
-                 max_states: int) -> None:
+                 max_states: int, prefix: str = "") -> None:
         self.rules, self.terminals, self.ignore = rules, terminals, ignore
         self.depth, self.max_states = depth, max_states
         self._ready_memo: dict[Stack, frozenset[Stack]] = {}
@@ -220,7 +221,10 @@ class _CharAutomaton:
         self._number: dict[frozenset[Config], int] = {}
         self._moves: list[dict[str, int | None]] = []
         begin = ((rules.start, rules.automata[rules.start][0]),)
-        self.start = self._state(frozenset((stack, None, None) for stack in self._ready(begin)))
+        self._begin = frozenset((stack, None, None) for stack in self._ready(begin))
+        # The tokens' strings joined begin with what a decoded answer drops (``prefix``): read before the grammar.
+        self.prefix = prefix
+        self.start = self._state(frozenset((((), _PREFIX, 0),)) if prefix else self._begin)
 
     def accepting(self, state: int) -> bool:
         return ((), None, None) in self.states[state]
@@ -290,6 +294,10 @@ class _CharAutomaton:
             return self._config_moves[config]
         stack, reading, state = config
         out: dict[str, set[Config]] = defaultdict(set)
+        if reading is _PREFIX:
+            out[self.prefix[state]] = set(self._begin) if state + 1 == len(self.prefix) else {((), _PREFIX, state + 1)}
+            self._config_moves[config] = dict(out)
+            return self._config_moves[config]
         place = self.rules.automata[stack[-1][0]][2][stack[-1][1]] if stack else {}
         if reading is None:
             expected = [symbol for symbol in place if symbol in self.rules.terminals]
@@ -322,12 +330,6 @@ def _token_automaton(chars: _CharAutomaton, vocabulary: Vocabulary) -> TokenAuto
                 node = node.setdefault(char, {})
             node.setdefault("", []).append(token)
     start = chars.start
-    for char in vocabulary.prefix:  # the tokens' strings joined begin with what a decoded answer drops
-        walked = chars.step(start, char)
-        if walked is None:
-            raise ValueError(f"grammar: no sentence begins with {vocabulary.prefix!r}, which this tokenizer's "
-                             "tokens begin with")
-        start = walked
     moves: dict[int, dict[int, int]] = {}
     work = [start]
     while work:
@@ -369,7 +371,8 @@ def _token_automaton(chars: _CharAutomaton, vocabulary: Vocabulary) -> TokenAuto
                           vocabulary.eos_token_id)
 
 
-def compile_characters(text: str, start: str, depth: int, max_states: int, alphabet: list[str]) -> _CharAutomaton:
+def compile_characters(text: str, start: str, depth: int, max_states: int, alphabet: list[str],
+                       prefix: str = "") -> _CharAutomaton:
     """The grammar's character automaton over ``alphabet`` (lark's rules; outlines-core's terminals)."""
     parser = lark_parser(text, start)
     rules = [(rule.origin.name, tuple(symbol.name for symbol in rule.expansion)) for rule in parser.rules]
@@ -379,7 +382,7 @@ def compile_characters(text: str, start: str, depth: int, max_states: int, alpha
         regex = _literal(pattern.value) if pattern.type == "str" and not pattern.flags else pattern.to_regexp()
         terminals[definition.name] = _Terminal(definition.name, regex, alphabet)
     ignore = [name for name in parser.ignore_tokens if name in terminals]
-    return _CharAutomaton(_Rules(rules, set(terminals), start), terminals, ignore, depth, max_states)
+    return _CharAutomaton(_Rules(rules, set(terminals), start), terminals, ignore, depth, max_states, prefix)
 
 
 class GrammarConstraint(AutomatonConstraint):
@@ -392,7 +395,7 @@ class GrammarConstraint(AutomatonConstraint):
     After Mündler, Dekoninck and Vechev 2025 (arXiv 2508.10111), with holes counted exactly."""
 
     # String parameters a request to `unmask serve` may set: data, never a path (docs/serve.md).
-    request_strings = {"grammar": "grammar", "start": "text"}  # a grammar is compiled under the server's budget
+    request_strings = {"start": "text"}  # a grammar comes inline as response_format, compiled under the budget
 
     def __init__(self, grammar: str | None = None, file: str | None = None, start: str = "start",
                  depth: int = DEFAULT_DEPTH, max_states: int = DEFAULT_MAX_STATES) -> None:
@@ -419,7 +422,8 @@ class GrammarConstraint(AutomatonConstraint):
     def _build(self, vocabulary: Vocabulary) -> TokenAutomaton:
         alphabet = sorted(({char for text in vocabulary.strings for char in text} - {END_MARK}) | set(vocabulary.prefix)
                           | set(map(chr, range(32, 127))) | set("\n\t"))
-        chars = compile_characters(self.grammar, self.start, self.depth, self.max_states, alphabet)
+        chars = compile_characters(self.grammar, self.start, self.depth, self.max_states, alphabet,
+                                   vocabulary.prefix)
         return _token_automaton(chars, vocabulary)
 
 

@@ -29,6 +29,7 @@ from unmask.contrib.serve.batching import Batcher, DeadlineExceeded, Job, QueueF
 from unmask.contrib.serve.limits import ApiError, Limits, check_spec, compile_pattern, json_depth
 from unmask.contrib.serve.metrics import Metrics
 from unmask.core.plugins import create, registry
+from unmask.core.spec import format_spec
 from unmask.core.types import SEED_MAX
 
 __all__ = ["ApiError", "ServeConfig", "build_app"]
@@ -206,15 +207,37 @@ class Service:
         kind = form.get("type") if isinstance(form, dict) else None
         if kind == "text":
             return None
+        if kind == "grammar":
+            return self._grammar(form.get("grammar"))
         if kind != "json_schema":
             raise ApiError(400, "response_format must be {\"type\": \"json_schema\", \"json_schema\": {\"name\": ..., "
-                           "\"schema\": {...}}} or {\"type\": \"text\"} (json_object is not supported: give its "
-                           "schema)", "response_format")
+                           "\"schema\": {...}}}, {\"type\": \"grammar\", \"grammar\": \"<Lark EBNF>\"} or "
+                           "{\"type\": \"text\"} (json_object is not supported: give its schema)", "response_format")
         inner = form.get("json_schema")
         schema = inner.get("schema") if isinstance(inner, dict) else None
         if not isinstance(schema, dict):
             raise ApiError(400, "response_format.json_schema.schema must be a JSON Schema object", "response_format")
         return compile_pattern({"schema": json.dumps(schema)}, "response_format", self.limits)
+
+    def _grammar(self, text: Any) -> str:
+        """An inline grammar compiled now for the model's vocabulary, its automaton held to the server's state
+        budget (the build stops there), as a ``grammar`` spec; the compiled automaton stays cached."""
+        from unmask.constraints.grammar import GrammarConstraint
+        from unmask.core.constraints import vocabulary_of
+
+        if not isinstance(text, str) or not text.strip():
+            raise ApiError(400, "response_format.grammar must be a non-empty grammar in Lark's EBNF", "response_format")
+        if len(text) > self.limits.max_pattern_chars:
+            raise ApiError(400, f"response_format.grammar is {len(text)} characters; the server takes at most "
+                           f"{self.limits.max_pattern_chars}", "response_format")
+        params = {"grammar": text, "max_states": self.limits.max_constraint_states}
+        try:
+            constraint = GrammarConstraint(**params)
+            constraint.prepare(vocabulary_of(self.tokenizer, self.model.vocab_size, self.model.eos_token_id,
+                                             self.model.mask_token_id), 0)
+        except (ValueError, RecursionError) as error:
+            raise ApiError(400, f"response_format: {' '.join(str(error).split())[:500]}", "response_format") from None
+        return format_spec("grammar", params)
 
     def text(self, tokens: list[int], max_tokens: int, stops: tuple[str, ...], final: bool) -> tuple[str, str | None]:
         """The answer's text so far (tokens left of the first open position; all of them when ``final``) and
