@@ -25,6 +25,7 @@ import torch
 
 import unmask
 from unmask._files import write_text_atomically
+from unmask.constraints import Grammar
 from unmask.constraints.grammar import lark_parser
 
 GRAMMARS = Path(__file__).resolve().parent.parent / "examples" / "grammars"
@@ -55,12 +56,12 @@ def measure_parse(decodes: int, gen_length: int) -> list[dict[str, Any]]:
             prompts = [tokenizer.encode("".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 9))))
                        for _ in range(count)]
             settings = dict(gen_length=gen_length, block_length=32, policy=policy, tokenizer=tokenizer)
-            unmask.decode(model, prompts[:1], constraint=unmask.constraints.Grammar(text), **settings)  # builds it
+            unmask.decode(model, prompts[:1], constraint=Grammar(text), **settings)  # builds it
             timed = {}
             for constrained in (False, True):
                 started = time.perf_counter()
                 result = unmask.decode(model, prompts, **settings,
-                                       constraint=unmask.constraints.Grammar(text) if constrained else None)
+                                       constraint=Grammar(text) if constrained else None)
                 answers = [tokenizer.decode(row[:n]) for row, n in zip(result.tokens.tolist(),
                                                                         result.answer_lengths.tolist())]
                 timed[constrained] = (time.perf_counter() - started, int(result.nfe.max()),
@@ -83,7 +84,7 @@ def measure_bundled(n: int, gen_length: int) -> list[dict[str, Any]]:
                for sample in samples(task, n=max(1, n // len(DEFAULT_TASKS)), seed=0)]
     rows = []
     for name in ("none", "json", "arithmetic"):
-        constraint = None if name == "none" else unmask.constraints.Grammar((GRAMMARS / f"{name}.lark").read_text()
+        constraint = None if name == "none" else Grammar((GRAMMARS / f"{name}.lark").read_text()
                                                                             + '\n%ignore " "')
         settings = dict(gen_length=gen_length, block_length=32, policy="threshold:tau=0.9", tokenizer=tokenizer)
         started = time.perf_counter()

@@ -2,6 +2,7 @@
 search with lark's parser), finished answers parse, a regular grammar equals its regex, a permissive grammar
 changes nothing, and a grammar too large for the budget is refused up front."""
 
+import json
 import string
 from pathlib import Path
 
@@ -177,6 +178,17 @@ def test_a_grammar_past_the_state_budget_is_refused_up_front():
                       tokenizer=TOKENIZER)
 
 
+def test_the_command_line_decodes_under_a_grammar_file(tmp_path, capsys):
+    from unmask.contrib.cli import main
+
+    grammar = 'start: NUMBER (("+" | "-") NUMBER)*\nNUMBER: /[0-9]+/\n%ignore " "'  # the bundled model's tokens are words
+    (tmp_path / "sum.lark").write_text(grammar)
+    assert main(["generate", "Calculate 1 + 2 =", "--constraint", f"grammar:file={tmp_path / 'sum.lark'}",
+                 "--gen-length", "16", "--block-length", "8"]) == 0
+    answer = capsys.readouterr().out.strip()
+    assert answer and parses(lark_parser(grammar), answer), answer
+
+
 def test_a_spec_reads_a_grammar_file():
     constraint = unmask.create("constraints", f"grammar:file={GRAMMARS / 'arithmetic.lark'}")
     assert constraint.grammar == ARITHMETIC
@@ -202,3 +214,35 @@ def test_a_token_is_allowed_exactly_when_the_canvas_stays_completable(canvas, gr
         for token in range(len(WORDS)):
             filled = answer[:at] + [token] + answer[at + 1:]
             assert bool(allowed[token]) == completable(parser, filled, mask, eos, parentheses), (answer, at, token)
+
+
+def test_a_recursive_schema_outlines_core_refuses_goes_through_the_grammar_route(tmp_path):
+    schema = {"anyOf": [{"type": "integer"}, {"type": "array", "items": {"$ref": "#"}}]}  # a tree of integers
+    path = tmp_path / "tree.json"
+    path.write_text(json.dumps(schema))
+    with pytest.raises(ValueError, match="recusion|recursion"):
+        __import__("outlines_core").json_schema.build_regex_from_schema(json.dumps(schema))
+
+    def tree(value):
+        return isinstance(value, int) or isinstance(value, list) and all(map(tree, value))
+
+    characters = string.digits + "[],-"
+    from unmask.contrib.models.tiny import tiny_denoiser, tiny_tokenizer
+
+    tokenizer, model = tiny_tokenizer(characters=characters), tiny_denoiser(characters=characters, seed=2)
+    result = unmask.decode(model, [tokenizer.encode(p) for p in ("1", "[2", "3]")], gen_length=16, block_length=8,
+                           policy="topk:k=2", constraint=("json_schema", {"schema": str(path)}), tokenizer=tokenizer,
+                           temperature=1.0, seed=0)
+    texts = [tokenizer.decode(row[:n]) for row, n in zip(result.tokens.tolist(), result.answer_lengths.tolist())]
+    assert all(tree(json.loads(text)) for text in texts), texts
+
+
+@pytest.mark.parametrize("schema, message", [
+    ({"anyOf": [{"type": "integer"}, {"type": "array", "items": {"$ref": "#"}, "minItems": 2}]}, "minItems"),
+    ({"anyOf": [{"type": "string", "pattern": "a+"}, {"type": "array", "items": {"$ref": "#"}}]}, "pattern"),
+])
+def test_a_recursive_schema_the_grammar_route_cannot_express_is_refused_by_keyword(tmp_path, schema, message):
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(schema))
+    with pytest.raises(ValueError, match=message):
+        unmask.create("constraints", f"json_schema:schema={path}")

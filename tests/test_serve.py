@@ -72,6 +72,13 @@ def test_an_inline_grammar_gives_an_answer_that_parses(client):
     lark_parser(grammar).parse(reply.choices[0].text)
 
 
+def test_a_recursive_json_schema_goes_through_the_grammar_route(client):
+    tree = {"anyOf": [{"type": "integer"}, {"type": "array", "items": {"$ref": "#"}}]}  # outlines-core refuses it
+    reply = client.completions.create(model="reference", prompt=PROMPTS[0], max_tokens=16, extra_body={
+        "response_format": {"type": "json_schema", "json_schema": {"name": "tree", "schema": tree}}})
+    assert isinstance(json.loads(reply.choices[0].text), (int, list)), reply.choices[0].text
+
+
 def test_chat_without_a_template_takes_one_user_message(server, client):
     expected, _ = alone(server, PROMPTS[1])
     reply = client.chat.completions.create(model="reference", max_tokens=32,

@@ -71,7 +71,11 @@ class TokenAutomaton:
             return self._remember(self._memo, ("back", later), lambda: frozenset().union(
                 *(self.predecessors[q] for q in later if q != self.end), ended))
         inverse = self._remember(self._memo, ("inverse", token), lambda: self._inverse(token))
-        return frozenset().union(*(inverse.get(q, ()) for q in later))
+        # Sets after runs of holes hold most states, and the canvas right of a step's commits is as it was:
+        # remembered, and walked from whichever side is smaller.
+        return self._remember(self._memo, ("back", token, later), lambda: frozenset().union(
+            *(inverse[q] for q in (inverse.keys() & later if len(inverse) < len(later) else
+                                   (q for q in later if q in inverse)))))
 
     def _inverse(self, token: int) -> dict[int, set[int]]:
         sources: dict[int, set[int]] = {}

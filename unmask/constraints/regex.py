@@ -106,9 +106,10 @@ class RegexConstraint(AutomatonConstraint):
         return pattern_automaton(self.pattern, vocabulary)
 
 
-class JsonSchemaConstraint(RegexConstraint):
+class JsonSchemaConstraint(AutomatonConstraint):
     """JSON matching a JSON Schema (a file: ``json_schema:schema=PATH``), through outlines-core's schema ->
-    regular expression (recursive schemas are unrolled to its bounded depth).
+    regular expression; a recursive schema that outlines-core refuses goes through the grammar route
+    (``unmask.constraints.schema_grammar``), its nesting bounded by the grammar constraint's ``depth``.
 
     After Mündler, Dekoninck and Vechev 2025 (arXiv 2508.10111), with holes counted exactly."""
 
@@ -119,14 +120,29 @@ class JsonSchemaConstraint(RegexConstraint):
         path = Path(str(schema))
         try:
             text = path.read_text(encoding="utf-8")
-            json.loads(text)
+            parsed = json.loads(text)
         except (OSError, UnicodeDecodeError) as error:
             raise ValueError(f"schema={schema!r}: cannot read it ({error.__class__.__name__})") from None
         except json.JSONDecodeError as error:
             raise ValueError(f"schema={schema!r} is not JSON: {error}") from None
-        try:
-            pattern = _outlines_core().json_schema.build_regex_from_schema(text)
-        except (ValueError, RuntimeError, TypeError) as error:
-            raise ValueError(f"schema={schema!r}: {' '.join(str(error).split())}") from None
-        super().__init__(pattern)
         self.schema = str(schema)
+        self.route: AutomatonConstraint = schema_route(parsed, f"schema={schema!r}")
+
+    def _key(self) -> Any:
+        return self.route._key()
+
+    def _build(self, vocabulary: Vocabulary) -> TokenAutomaton:
+        return self.route._build(vocabulary)
+
+
+def schema_route(schema: Any, name: str) -> AutomatonConstraint:
+    """The constraint of a JSON Schema: a regex where outlines-core writes one, else (recursion) a grammar."""
+    try:
+        return RegexConstraint(_outlines_core().json_schema.build_regex_from_schema(json.dumps(schema)))
+    except (ValueError, RuntimeError, TypeError) as error:
+        if "recusion" not in str(error) and "recursion" not in str(error):  # (outlines-core's spelling)
+            raise ValueError(f"{name}: {' '.join(str(error).split())}") from None
+    from unmask.constraints.grammar import GrammarConstraint
+    from unmask.constraints.schema_grammar import schema_grammar
+
+    return GrammarConstraint(schema_grammar(schema))

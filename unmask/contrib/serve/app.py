@@ -217,18 +217,29 @@ class Service:
         schema = inner.get("schema") if isinstance(inner, dict) else None
         if not isinstance(schema, dict):
             raise ApiError(400, "response_format.json_schema.schema must be a JSON Schema object", "response_format")
-        return compile_pattern({"schema": json.dumps(schema)}, "response_format", self.limits)
+        try:
+            return compile_pattern({"schema": json.dumps(schema)}, "response_format", self.limits)
+        except ApiError as error:
+            if "recusion" not in error.message:  # outlines-core refuses recursive schemas (its spelling)
+                raise
+        from unmask.constraints.schema_grammar import schema_grammar
 
-    def _grammar(self, text: Any) -> str:
+        try:
+            grammar = schema_grammar(schema)
+        except (ValueError, RecursionError) as error:
+            raise ApiError(400, f"response_format: {' '.join(str(error).split())[:500]}", "response_format") from None
+        return self._grammar(grammar, "response_format.json_schema.schema")
+
+    def _grammar(self, text: Any, field: str = "response_format.grammar") -> str:
         """An inline grammar compiled now for the model's vocabulary, its automaton held to the server's state
         budget (the build stops there), as a ``grammar`` spec; the compiled automaton stays cached."""
         from unmask.constraints.grammar import GrammarConstraint
         from unmask.core.constraints import vocabulary_of
 
         if not isinstance(text, str) or not text.strip():
-            raise ApiError(400, "response_format.grammar must be a non-empty grammar in Lark's EBNF", "response_format")
+            raise ApiError(400, f"{field} must be a non-empty grammar in Lark's EBNF", "response_format")
         if len(text) > self.limits.max_pattern_chars:
-            raise ApiError(400, f"response_format.grammar is {len(text)} characters; the server takes at most "
+            raise ApiError(400, f"{field} is {len(text)} characters; the server takes at most "
                            f"{self.limits.max_pattern_chars}", "response_format")
         params = {"grammar": text, "max_states": self.limits.max_constraint_states}
         try:
