@@ -1,5 +1,10 @@
 """dParallel's certainty-forcing pieces (shared/METHODS.md E.3, E.5): the complementary masks and the loss."""
 
+import json
+import math
+from pathlib import Path
+
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -49,3 +54,65 @@ def test_the_entropy_term_counts_only_predictions_that_are_already_right():
     # Sharper right predictions lower the entropy term: what the objective pushes towards.
     _, sharper = certainty_forcing_loss(logits * 3, targets, masked, beta=2.0)
     assert sharper["entropy"] < certainty_forcing_loss(logits, targets, masked, beta=2.0)[1]["entropy"]
+
+
+def _small(**changes):
+    from unmask.contrib.train.distillation import DistillConfig
+
+    settings = dict(tasks=("copy", "sort"), items=6, gen_length=16, block_length=8, steps=3, batch_size=4,
+                    warmup_steps=1)
+    return DistillConfig(**{**settings, **changes})
+
+
+def _weights(directory):
+    from safetensors.torch import load_file
+
+    return load_file(str(next(Path(directory).glob("*.safetensors"))))
+
+
+def test_distill_writes_a_model_that_loads_and_is_deterministic(tmp_path):
+    import unmask
+    from unmask.contrib.train.distillation import distill
+
+    first, second = distill(tmp_path / "a", _small(), progress=False), distill(tmp_path / "b", _small(), progress=False)
+    a, b = _weights(first), _weights(second)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(line) for line in (first / "training_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 2 and all(math.isfinite(row["loss"]) for row in log)
+    rows = [json.loads(line) for line in (first / "trajectories.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(len(row["answer"]) == 16 for row in rows)
+    model, tokenizer = unmask.load(str(first))
+    assert unmask.decode(model, [rows[0]["prompt"]], gen_length=16, block_length=8).tokens.shape == (1, 16)
+    assert not (tmp_path / "a.checkpoint").exists() and not (tmp_path / "a.trajectories.jsonl").exists()
+
+
+def test_an_interrupted_distillation_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    from unmask.contrib.train import distillation
+
+    whole = distillation.distill(tmp_path / "whole", _small(checkpoint_minutes=0.0), progress=False)
+    real, calls = distillation.pair_loss, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(distillation, "pair_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        distillation.distill(tmp_path / "cut", _small(checkpoint_minutes=0.0), progress=False)
+    monkeypatch.setattr(distillation, "pair_loss", real)
+    with pytest.raises(ValueError, match="unfinished run"):
+        distillation.distill(tmp_path / "cut", _small(checkpoint_minutes=0.0), progress=False)
+    resumed = distillation.distill(tmp_path / "cut", _small(checkpoint_minutes=0.0), progress=False, resume=True)
+    a, b = _weights(whole), _weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_distill_settings_are_clear_errors(tmp_path):
+    from unmask.contrib.train.distillation import distill
+
+    with pytest.raises(ValueError, match="items"):
+        _small(items=0)
+    with pytest.raises(Exception, match="no_such"):
+        distill(tmp_path / "x", _small(policy="no_such"), progress=False)

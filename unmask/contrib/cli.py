@@ -103,6 +103,26 @@ def build_parser() -> argparse.ArgumentParser:
                        "(or 'reference', the bundled model): its weights and token ids are kept, new words appended")
     train.set_defaults(run=actions.run_train_model)
 
+    distill = commands.add_parser("distill", help="dParallel's certainty-forcing distillation: fine-tune a model on "
+                                  "its own answers so a threshold commits more per step (CPU, under 45 minutes)")
+    distill.add_argument("--out", required=True, help="new directory for the distilled model")
+    distill.add_argument("--overwrite", action="store_true", help="write into a non-empty directory that distill "
+                         "did not write (entries of the same name are replaced)")
+    distill.add_argument("--recipe", default=None, metavar="JSON", help="DistillConfig fields as a JSON object, or a "
+                         "distilled model's training.json; the options below override it")
+    distill.add_argument("--base", default=None, help="the model to distill: a registered name or a model "
+                         "directory (default: reference)")
+    distill.add_argument("--prompts", default=None, metavar="JSONL", help="prompts ({\"prompt\": ...} per line) "
+                         "instead of the tasks' training items")
+    distill.add_argument("--items", type=positive_int, default=None, help="trajectory prompts (default: 1536)")
+    distill.add_argument("--policy", default=None, help="the policy that writes the trajectories (default: topk)")
+    distill.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default: 600)")
+    distill.add_argument("--seed", type=seed_value, default=None, help="seed of masks and batches (default: 0)")
+    distill.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: 2)")
+    distill.add_argument("--resume", action="store_true", help="continue from OUT.checkpoint and the trajectories "
+                         "already written (OUT.trajectories.jsonl)")
+    distill.set_defaults(run=actions.run_distill)
+
     ablate = commands.add_parser("ablate", help="run an ablation grid (TOML), resumable; write a report and plots")
     ablate.add_argument("grid", help="grid TOML file (see unmask.contrib.eval.ablate for its fields)")
     ablate.add_argument("--out", default=None, help="results JSONL (default: GRID with .jsonl); finished cells "

@@ -116,6 +116,19 @@ def run_train_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_distill(args: argparse.Namespace) -> int:
+    import attrs
+
+    from unmask.contrib.train.distillation import DistillConfig, distill, read_distill_recipe
+
+    config = read_distill_recipe(args.recipe) if args.recipe else DistillConfig()
+    given = {"base": args.base, "prompts": args.prompts, "items": args.items, "policy": args.policy,
+             "steps": args.steps, "seed": args.seed, "threads": args.threads}
+    config = attrs.evolve(config, **{name: value for name, value in given.items() if value is not None})
+    print(distill(args.out, config, overwrite=args.overwrite, resume=args.resume))
+    return 0
+
+
 def run_ablate(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
 

@@ -66,4 +66,4 @@ def certainty_forcing_loss(logits: torch.Tensor, targets: torch.Tensor, masked: 
         log_p = F.log_softmax(chosen[correct] / temperature, dim=-1)
         entropy = -(log_p.exp() * log_p).sum(-1).mean()
     loss = ce + beta * entropy
-    return loss, {"ce": float(ce), "entropy": float(entropy), "correct": int(correct.sum())}
+    return loss, {"ce": float(ce.detach()), "entropy": float(entropy.detach()), "correct": int(correct.sum())}
