@@ -114,9 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "directory (default: reference)")
     distill.add_argument("--prompts", default=None, metavar="JSONL", help="prompts ({\"prompt\": ...} per line) "
                          "instead of the tasks' training items")
-    distill.add_argument("--items", type=positive_int, default=None, help="trajectory prompts (default: 1536)")
+    distill.add_argument("--items", type=positive_int, default=None, help="trajectory prompts (default: 1024)")
     distill.add_argument("--policy", default=None, help="the policy that writes the trajectories (default: topk)")
-    distill.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default: 600)")
+    distill.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default: 1000)")
     distill.add_argument("--seed", type=seed_value, default=None, help="seed of masks and batches (default: 0)")
     distill.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: 2)")
     distill.add_argument("--resume", action="store_true", help="continue from OUT.checkpoint and the trajectories "

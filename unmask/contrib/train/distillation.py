@@ -43,15 +43,15 @@ class DistillConfig:
     base: str = "reference"  # a registered model name or a model directory (transformers layout)
     tasks: tuple[str, ...] = field(factory=_suite, converter=tuple)
     prompts: str | None = None  # a JSONL file of {"prompt": ...} rows instead of the tasks' training items
-    items: int = field(validator=validators.gt(0), default=1536)  # trajectory prompts (spread over the tasks)
+    items: int = field(validator=validators.gt(0), default=1024)  # trajectory prompts (spread over the tasks)
     policy: str = "topk"  # how the base model writes its trajectories
     gen_length: int = field(validator=validators.gt(0), default=128)
     block_length: int = field(validator=validators.gt(0), default=32)
     beta: float = 2.0  # the entropy term's weight (the authors' LLaDA value)
     temperature: float = 0.5  # of the entropy term's softmax
-    steps: int = field(validator=validators.gt(0), default=600)
+    steps: int = field(validator=validators.gt(0), default=1000)
     # rows per step (each as its complementary pair: twice as many in the forward)
-    batch_size: int = field(validator=validators.gt(0), default=32)
+    batch_size: int = field(validator=validators.gt(0), default=16)
     learning_rate: float = 1e-4
     warmup_steps: int = 30
     weight_decay: float = 0.01
