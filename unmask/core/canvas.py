@@ -57,6 +57,12 @@ class Canvas:
         columns = torch.arange(self.x.shape[1], device=self.x.device)
         return ((columns >= block[0]) & (columns < block[1]))[None, :].expand(self.x.shape[0], -1)
 
+    @property
+    def steps(self) -> torch.Tensor:
+        """(B, L) long: the global step that wrote each column, -1 where none did (``StepView.commit_step``)."""
+        before = self.commit_step.new_full((self.x.shape[0], self.gen_start), -1)
+        return torch.cat([before, self.commit_step], 1)
+
     def apply(self, decision: Commit, step: int, confidence: torch.Tensor) -> None:
         """Write a checked decision: fills and edits take their tokens (and the step's ``confidence`` there),
         re-masked positions the mask again."""

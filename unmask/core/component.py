@@ -31,6 +31,11 @@ class Component:
     # Policies: how many steps a row's block stays open after its last mask is filled, for a policy that edits
     # committed tokens there (LLaDA 2.1's post-fill edits); a step that edits nothing closes it.
     steps_after_fill: int = 0
+    # Policies: whether the policy reads ``view.leave_one_out``: each block position's logits predicted without
+    # seeing that position's own token, from the step's one forward (a masked copy of the block appended, each
+    # copy position attending to everything but its twin, at the twin's position id). Needs the full forward
+    # (cache "none") and a model that takes (B, 1, Q, K) masks (``accepts_pair_mask``): WINO's verification.
+    leave_one_out: ClassVar[bool] = False
     # `unmask serve`: the string parameters a request may set, and as what (docs/serve.md); none by default.
     request_strings: ClassVar[Mapping[str, str]] = {}
     # The digest of a trained artefact the component decodes with (recorded in result rows), or None.
@@ -67,5 +72,5 @@ class Component:
 
 
 # The abilities above by name: an adapted component takes each one it has (unmask.core.plugins.declared).
-ABILITIES = ("reach", "stochastic", "steps_after_fill", "request_strings", "artefact_sha256", "check_config",
+ABILITIES = ("reach", "stochastic", "steps_after_fill", "leave_one_out", "request_strings", "artefact_sha256", "check_config",
              "requirements", "provide", "finish_block", "rows_of", "repeated")

@@ -172,7 +172,8 @@ def _steps(
     canvas = Canvas.of(layout, mask_id, eos_id)
     counts = torch.zeros(len(canvas.x), dtype=torch.long, device=canvas.x.device)
     source = LogitsSource(model, parts["cache"], info, layout, canvas, config, generator, nfe=counts,
-                          candidate_rows=counts.clone())
+                          candidate_rows=counts.clone(), leave_one_out=parts["policy"].leave_one_out)
+    source.check()
     parts["cache"].reset(model)
     done = torch.zeros_like(counts, dtype=torch.bool)
     total_steps, global_step = len(layout.blocks) * config.steps_per_block, 0
@@ -198,7 +199,7 @@ def _steps(
                     block_end=block[1], block_index=block_index, step=step, mask_token_id=mask_id,
                     eos_token_id=eos_id, global_step=global_step, total_steps=total_steps,
                     span_logits=forward.logits, span_start=forward.plan.start, evaluate=forward.scorer,
-                    commit_confidence=canvas.confidence)
+                    commit_confidence=canvas.confidence, commit_step=canvas.steps, leave_one_out=forward.leave_one_out)
 
             forward = source.logits(block, step, row_active, global_step)
             forward = select.restrict(forward, lambda f: view_of(f, x, torch.zeros(x.shape, dtype=torch.float64)))

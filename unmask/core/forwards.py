@@ -28,6 +28,7 @@ class Forward:
     plan: ForwardPlan
     reused: torch.Tensor  # (B,) bool: rows that took a scored candidate's logits
     scorer: CandidateScorer  # the step's ``view.evaluate``
+    leave_one_out: torch.Tensor | None = None  # (B, W, V), for a policy that declares it (``view.leave_one_out``)
 
     def predictions(self, x: torch.Tensor, where: torch.Tensor, config: DecodeConfig, generator: torch.Generator,
                     mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,6 +59,13 @@ class LogitsSource:
     nfe: torch.Tensor  # (B,) forwards each row took part in
     candidate_rows: torch.Tensor  # (B,) candidate canvases each row sent through a forward
     reuse: Reuse | None = None  # logits of a committed candidate, for the next step
+    leave_one_out: bool = False  # each forward also predicts every block position without its own token
+
+    def check(self) -> None:
+        """Refuse what the decode's forwards cannot give, before the first one."""
+        if self.leave_one_out and (self.info.block_size is not None or not self.info.accepts_pair_mask):
+            raise ValueError("policy: it reads leave-one-out predictions (leave_one_out), which need a model that "
+                             "attends bidirectionally and takes (B, 1, Q, K) attention masks (accepts_pair_mask)")
 
     @property
     def largest_id(self) -> int:
@@ -116,6 +124,16 @@ class LogitsSource:
         x = self.canvas.x
         state = self.state(x, block, step)
         plan = self.cache.plan(state)
+        scorer = CandidateScorer(
+            model=self.model, cache_manager=self.cache, next_state=lambda x: self.state(x, block, step + 1), x=x,
+            row_active=row_active, nfe=self.nfe, candidate_rows=self.candidate_rows,
+            temperature=self.config.temperature, generator=self.generator, mask_id=self.info.mask_token_id,
+            largest_id=self.largest_id, global_step=global_step,
+        )
+        if self.leave_one_out:
+            logits, shadow = self._forward_leaving_one_out(x, state, plan, row_active, block, global_step)
+            return Forward(logits=logits, plan=plan, reused=torch.zeros_like(row_active), scorer=scorer,
+                           leave_one_out=shadow)
         reuse = self.reuse
         reused = reuse.rows(plan, x) if reuse is not None else torch.zeros_like(row_active)
         fed = row_active & ~reused
@@ -125,12 +143,6 @@ class LogitsSource:
             logits = self._forward(x, state, plan, fed, global_step)
             if reuse is not None and reused.any():
                 logits = torch.where(reused[:, None, None], reuse.logits, logits)
-        scorer = CandidateScorer(
-            model=self.model, cache_manager=self.cache, next_state=lambda x: self.state(x, block, step + 1), x=x,
-            row_active=row_active, nfe=self.nfe, candidate_rows=self.candidate_rows,
-            temperature=self.config.temperature, generator=self.generator, mask_id=self.info.mask_token_id,
-            largest_id=self.largest_id, global_step=global_step,
-        )
         return Forward(logits=logits, plan=plan, reused=reused, scorer=scorer)
 
     def keep(self, forward: Forward, decision: Commit, as_decided: torch.Tensor) -> None:
@@ -164,3 +176,32 @@ class LogitsSource:
         full = logits.new_zeros((x.shape[0], *logits.shape[1:]))
         full[index] = logits
         return full
+
+    def _forward_leaving_one_out(self, x: torch.Tensor, state: CanvasState, plan: ForwardPlan, rows: torch.Tensor,
+                                 block: tuple[int, int], global_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward of the whole canvas with a masked copy of the block appended (WINO's shadow block): copy
+        position j has block position j's position id and attends to every real column but its twin, and to
+        the whole copy; no canvas column attends to the copy, so the canvas's logits are the plain forward's.
+        Returns (B, L, V) canvas logits and (B, W, V) copy logits, zeros for rows not in ``rows``."""
+        if plan.start != 0 or plan.past_key_values is not None:
+            raise ValueError("policy: leave-one-out predictions need every column in each forward: cache='none'")
+        self.nfe += rows.long()
+        index = rows.nonzero().flatten()
+        fed, real = x[index, :plan.end], plan.attention_mask[index].bool()
+        rows_fed, width, length = len(index), block[1] - block[0], fed.shape[1]
+        ids = torch.cat([fed, fed.new_full((rows_fed, width), self.info.mask_token_id)], 1)
+        positions = torch.cat([state.position_ids[index, :length], state.position_ids[index, block[0]:block[1]]], 1)
+        twin = torch.arange(length, device=x.device)[None, :] == torch.arange(block[0], block[1], device=x.device)[:, None]
+        seen = torch.zeros((rows_fed, length + width, length + width), dtype=torch.bool, device=x.device)
+        seen[:, :length, :length] = real[:, None, :]
+        seen[:, length:, :length] = real[:, None, :] & ~twin[None]
+        seen[:, length:, length:] = True
+        seen |= torch.eye(length + width, dtype=torch.bool, device=x.device)[None]  # (padding sees itself)
+        bias = torch.zeros(seen.shape, dtype=torch.float32, device=x.device).masked_fill(
+            ~seen, torch.finfo(torch.float32).min)
+        logits: torch.Tensor = self.model(ids, position_ids=positions, attention_mask=bias[:, None])
+        check_logits(logits, (rows_fed, length + width), self.largest_id, global_step)
+        full = logits.new_zeros((x.shape[0], length, logits.shape[-1]))
+        shadow = logits.new_zeros((x.shape[0], width, logits.shape[-1]))
+        full[index], shadow[index] = logits[:, :length], logits[:, length:]
+        return full, shadow

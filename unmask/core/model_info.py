@@ -1,6 +1,7 @@
 """What the engine needs to know of a model, read once per decode: its token ids, vocabulary, positions and
 attention layout. A model states these as attributes (``mask_token_id``, ``eos_token_id``, ``vocab_size``,
-and where they apply ``shift_logits``, ``block_size``, ``max_positions``, ``accepts_cache``); this is the
+and where they apply ``shift_logits``, ``block_size``, ``max_positions``, ``accepts_cache``,
+``accepts_pair_mask``); this is the
 one place that reads them, so the loop and its stages ask :class:`ModelInfo` and never the model."""
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class ModelInfo:
     block_size: int | None  # a block-causal model's block (SDAR, Fast-dLLM v2, LLaDA 2.0); None: bidirectional
     max_positions: int | None  # the longest canvas it reads
     accepts_cache: bool  # it takes a KV cache (past_key_values)
+    # it takes a (B, 1, Q, K) additive attention mask (0: may attend, -inf: may not) in place of (B, K)
+    accepts_pair_mask: bool = False
 
     @property
     def own_cache(self) -> str:
@@ -51,7 +54,8 @@ class ModelInfo:
         return cls(mask_token_id=mask_id, eos_token_id=eos_id, vocab_size=vocab,
                    shift_logits=bool(getattr(model, "shift_logits", False)), block_size=size,
                    max_positions=positions if isinstance(positions, int) else None,
-                   accepts_cache=bool(getattr(model, "accepts_cache", False)))
+                   accepts_cache=bool(getattr(model, "accepts_cache", False)),
+                   accepts_pair_mask=bool(getattr(model, "accepts_pair_mask", False)))
 
 
 def _token_id(configured: int | None, model: Any, name: str, vocab: int | None) -> int:

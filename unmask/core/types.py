@@ -101,6 +101,8 @@ class StepView:
     # visible positions are not scored), +inf where no decision wrote one (prompt, masks, EoTP's cut): what a
     # re-masking policy ranks (ReMDM). None: not kept.
     commit_confidence: torch.Tensor | None = tensor_field(default=None)
+    # (B, L) long: the global step that wrote each position (-1 where none did: prompt, masks). None: not kept.
+    commit_step: torch.Tensor | None = tensor_field(default=None)
     # (B,) long: each row's first answer column (None: gen_start for every row). Rows of a block-causal
     # model's batch start their answers at different columns of the first block (unmask.core.layout).
     answer_start: torch.Tensor | None = tensor_field(default=None)
@@ -116,6 +118,9 @@ class StepView:
     # cache, the block and what follows under the prefix cache, the block alone under the dual cache.
     span_logits: torch.Tensor | None = tensor_field(default=None)  # (B, S, V)
     span_start: int = 0
+    # (B, W, V): each block position's logits without its own token seen, from the same forward; only for a
+    # policy that declares ``leave_one_out`` (unmask.core.component), else None.
+    leave_one_out: torch.Tensor | None = tensor_field(default=None)
     # The engine's call to score candidate canvases of these rows (see ``Evaluate``); None for stops.
     evaluate: Any = field(default=None, eq=False, repr=False)
 

@@ -13,6 +13,7 @@ from unmask.strategies.learn2pd import Learn2PDPolicy, example_learn2pd
 from unmask.strategies.oracle import OraclePolicy, example_oracle
 from unmask.strategies.prophet import ProphetStop
 from unmask.strategies.remdm import ReMDMPolicy
+from unmask.strategies.wino import WinoPolicy
 from unmask.strategies.stops import AnyStop, EoTPStop, MaxNFEStop, NoStop
 from unmask.strategies.threshold import ThresholdPolicy
 from unmask.strategies.topk import RandomPolicy, TopKPolicy
@@ -20,7 +21,7 @@ from unmask.strategies.union import UnionPolicy
 
 __all__ = [
     "TopKPolicy", "RandomPolicy", "ThresholdPolicy", "EntropyBoundPolicy", "OraclePolicy", "UnionPolicy", "Learn2PDPolicy",
-    "LocalLeapPolicy", "FreeDavePolicy", "ReMDMPolicy", "EditPolicy", "EntropyThresholdPolicy", "NoStop", "EoTPStop", "MaxNFEStop", "AnyStop",
+    "LocalLeapPolicy", "FreeDavePolicy", "ReMDMPolicy", "WinoPolicy", "EditPolicy", "EntropyThresholdPolicy", "NoStop", "EoTPStop", "MaxNFEStop", "AnyStop",
     "ProphetStop",
 ]
 
@@ -38,6 +39,7 @@ def unmask_register_policies(registry: Registrar) -> None:
     registry.add("freedave", FreeDavePolicy)
     registry.add("entropy_threshold", EntropyThresholdPolicy)
     registry.add("remdm", ReMDMPolicy)
+    registry.add("wino", WinoPolicy)
     registry.add("edit", EditPolicy)
 
 

@@ -32,6 +32,7 @@ class FakeDenoiser(nn.Module):
         self.mask_token_id = vocab_size - 1
         self.eos_token_id = vocab_size - 2
         self.shift_logits = False
+        self.accepts_pair_mask = True  # (B, 1, L, L) additive masks too: the leave-one-out forward
         self.eos_bias, self.eos_from = eos_bias, eos_from
         generator = torch.Generator().manual_seed(seed)
         self.tokens = nn.Embedding(vocab_size, hidden_size)
@@ -62,7 +63,9 @@ class FakeDenoiser(nn.Module):
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)[None].expand_as(input_ids)
         hidden = self.tokens(input_ids) + self.positions(position_ids)
         scores = self.query(hidden) @ self.key(hidden).transpose(1, 2) / hidden.shape[-1] ** 0.5  # (B, L, L)
-        if attention_mask is not None:
+        if attention_mask is not None and attention_mask.dim() == 4:  # (B, 1, L, L) additive
+            scores = scores + attention_mask[:, 0].to(scores.dtype)
+        elif attention_mask is not None:
             scores = scores.masked_fill(attention_mask[:, None, :] == 0, float("-inf"))
         hidden = hidden + self.out(torch.softmax(scores, dim=-1) @ self.value(hidden))
         hidden = hidden + self.mlp(hidden)

@@ -53,6 +53,18 @@ def step_views(draw: st.DrawFn, *, max_batch: int = 3, max_block: int = 8, max_b
     done = torch.rand(batch, generator=generator) < 0.15
     step = draw(st.integers(0, block - 1))
     total_steps = blocks * block
+    global_step = block_index * block + step
+    # Each written answer position's step: earlier blocks before this block's first step, the block's own in
+    # its steps so far (-1 where none wrote: prompt, masks).
+    earlier = torch.randint(0, max(1, block_index * block), (batch, width), generator=generator)
+    own = torch.randint(global_step - step, max(global_step - step + 1, global_step), (batch, width),
+                        generator=generator)
+    columns = torch.arange(width)[None, :]
+    commit_step = torch.where(columns < block_start, earlier, own).masked_fill(masked | (columns < prompt), -1)
+    # Leave-one-out logits of the block (for a policy that declares it), near the canvas's own.
+    leave_one_out = logits[:, block_start:block_end] + torch.randn((batch, block, vocab), generator=generator,
+                                                                    dtype=torch.float64)
+    leave_one_out[..., mask_id] = float("-inf")
     return StepView(
         x=x, x0=torch.where(masked, prediction, x), confidence=confidence.masked_fill(~masked, float("-inf")),
         masked=masked, window=window, row_active=~done & (masked & window).any(1),
@@ -60,8 +72,9 @@ def step_views(draw: st.DrawFn, *, max_batch: int = 3, max_block: int = 8, max_b
         nfe=torch.randint(step + 1, 4 * width + 2, (batch,), generator=generator),
         logits=logits[:, block_start:block_end], generator=torch.Generator().manual_seed(seed),
         gen_start=prompt, block_start=block_start, block_end=block_end, block_index=block_index, step=step,
-        mask_token_id=mask_id, eos_token_id=eos_id, global_step=block_index * block + step, total_steps=total_steps,
+        mask_token_id=mask_id, eos_token_id=eos_id, global_step=global_step, total_steps=total_steps,
         span_logits=logits.float(), span_start=0,  # a forward without cache: every column
+        commit_step=commit_step, leave_one_out=leave_one_out.float(),
     )
 
 

@@ -94,6 +94,13 @@ class TransformersDenoiser:
         return self.cache_argument is not None
 
     @property
+    def accepts_pair_mask(self) -> bool:
+        """Whether a (B, 1, Q, K) additive mask reaches attention as given: transformers' own decoder families,
+        attending bidirectionally (a block-causal model builds its own mask; remote code may not take one)."""
+        return (not self.remote_code and self.block_size is None
+                and self.model.config.model_type in PAIR_MASK_MODEL_TYPES)
+
+    @property
     def vocab_size(self) -> int:
         return int(self.model.get_output_embeddings().weight.shape[0])
 
@@ -120,6 +127,8 @@ class TransformersDenoiser:
                 raise ValueError("a block-causal model needs position_ids and attention_mask for its mask")
             attention_mask = block_causal_mask(attention_mask, position_ids, self.block_size,
                                                self.model.get_input_embeddings().weight.dtype)
+        elif attention_mask is not None and attention_mask.dim() == 4:  # additive, in the weights' dtype
+            attention_mask = attention_mask.to(self.model.get_input_embeddings().weight.dtype)
         inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if position_ids is not None and self.accepts_positions:
             inputs["position_ids"] = position_ids
@@ -137,6 +146,10 @@ class TransformersDenoiser:
         if self.shift_logits:
             logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
         return logits
+
+
+# transformers' decoder families whose attention adds a 4-D mask as given (the bundled models are Llama).
+PAIR_MASK_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
 
 
 def block_causal_mask(keys: torch.Tensor, query_positions: torch.Tensor, block_size: int,
