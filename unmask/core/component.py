@@ -34,7 +34,7 @@ class Component:
     # Policies: whether the policy reads ``view.leave_one_out``: each block position's logits predicted without
     # seeing that position's own token, from the step's one forward (a masked copy of the block appended, each
     # copy position attending to everything but its twin, at the twin's position id). Needs the full forward
-    # (cache "none") and a model that takes (B, 1, Q, K) masks (``accepts_pair_mask``): WINO's verification.
+    # (cache "none") and a model that takes (B, 1, Q, K) masks (``accepts_pair_mask``): a revokable decoder's check.
     leave_one_out: ClassVar[bool] = False
     # `unmask serve`: the string parameters a request may set, and as what (docs/serve.md); none by default.
     request_strings: ClassVar[Mapping[str, str]] = {}

@@ -179,7 +179,7 @@ class LogitsSource:
 
     def _forward_leaving_one_out(self, x: torch.Tensor, state: CanvasState, plan: ForwardPlan, rows: torch.Tensor,
                                  block: tuple[int, int], global_step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward of the whole canvas with a masked copy of the block appended (WINO's shadow block): copy
+        """One forward of the whole canvas with a masked copy of the block appended (a "shadow" block): copy
         position j has block position j's position id and attends to every real column but its twin, and to
         the whole copy; no canvas column attends to the copy, so the canvas's logits are the plain forward's.
         Returns (B, L, V) canvas logits and (B, W, V) copy logits, zeros for rows not in ``rows``."""

@@ -99,7 +99,7 @@ class StepView:
     gen_start: int = 0  # the first column where any row's answer starts
     # (B, L) float64: the confidence each committed position had at the step that wrote it (-inf for an edit:
     # visible positions are not scored), +inf where no decision wrote one (prompt, masks, EoTP's cut): what a
-    # re-masking policy ranks (ReMDM). None: not kept.
+    # re-masking policy ranks. None: not kept.
     commit_confidence: torch.Tensor | None = tensor_field(default=None)
     # (B, L) long: the global step that wrote each position (-1 where none did: prompt, masks). None: not kept.
     commit_step: torch.Tensor | None = tensor_field(default=None)
@@ -166,7 +166,7 @@ class StepView:
 class Commit:
     """A policy's decision: what ``select`` returns. ``mask`` positions (masked, within the policy's reach) take
     ``tokens``; optionally ``remask`` returns committed positions to the mask and ``edit`` replaces committed
-    tokens with ``tokens`` there (revising decoders: WINO, ReMDM, token editing). ``evaluated`` names the
+    tokens with ``tokens`` there (revising decoders: re-masking, token editing). ``evaluated`` names the
     candidate (an index into what ``view.evaluate`` returned, -1 for none) that each row's canvas equals after
     this commit: the next step reuses its logits instead of a forward. A policy whose ``select`` returns a
     bool mask is adapted when it is created (``unmask.create``): its decision is ``Commit.of(mask, view)``.
