@@ -7,8 +7,9 @@
    ``topk:k=1``, ``topk:k=4`` and ``threshold:tau=0.9``, gen 64, block 32: the share that lark parses, with
    and without the constraint, and the constraint's time per step (its decode's wall time less the free
    decode's, over the steps).
-2. ``bundled``: the bundled model at gen 64 on held-out (eval) items of its default tasks, free and under the JSON and the
-   arithmetic grammar: wall time of each (the first decode, which builds the automaton, timed apart).
+2. ``bundled``: the bundled model at gen 64 on held-out (eval) items of its default tasks, free and under
+   the JSON and the arithmetic grammar: wall time of each (the first decode, which builds the automaton,
+   timed apart).
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def measure_parse(decodes: int, gen_length: int) -> list[dict[str, Any]]:
             (free_s, _, free_ok, _), (bound_s, steps, bound_ok, example) = timed[False], timed[True]
             rows.append({"part": "parse", "grammar": name, "policy": policy, "decodes": count,
                          "parsed": bound_ok, "parsed_free": free_ok, "seconds": round(bound_s, 2),
-                         "seconds_free": round(free_s, 2), "check_ms_per_step": round(1000 * (bound_s - free_s) / steps, 2),
+                         "seconds_free": round(free_s, 2),
+                         "check_ms_per_step": round(1000 * (bound_s - free_s) / steps, 2),
                          "example": example})
             print(rows[-1], flush=True)
     return rows

@@ -181,7 +181,8 @@ def test_a_grammar_past_the_state_budget_is_refused_up_front():
 def test_the_command_line_decodes_under_a_grammar_file(tmp_path, capsys):
     from unmask.contrib.cli import main
 
-    grammar = 'start: NUMBER (("+" | "-") NUMBER)*\nNUMBER: /[0-9]+/\n%ignore " "'  # the bundled model's tokens are words
+    # The bundled model's tokens are words, joined by spaces.
+    grammar = 'start: NUMBER (("+" | "-") NUMBER)*\nNUMBER: /[0-9]+/\n%ignore " "'
     (tmp_path / "sum.lark").write_text(grammar)
     assert main(["generate", "Calculate 1 + 2 =", "--constraint", f"grammar:file={tmp_path / 'sum.lark'}",
                  "--gen-length", "16", "--block-length", "8"]) == 0

@@ -5,8 +5,8 @@ arXiv 2508.10111), with two changes. A hole is exactly one token, not any string
 holes can be filled with the tokens that remain (the paper's `.*` gap lets a canvas pass that cannot be
 finished in the positions left). And the grammar's nesting is bounded: a place a rule returns to may be
 open at most ``depth`` times at once (JSON's arrays and objects each nested ``depth`` deep; lists of any
-length, as a call with nothing after it takes no stack). A language whose nesting is bounded is regular, so the grammar compiles into the token
-automaton of ``unmask.constraints.automaton`` and every check of the regex constraint applies unchanged: the
+length, as a call with nothing after it takes no stack). A language whose nesting is bounded is regular,
+so the grammar compiles into the token automaton of ``unmask.constraints.automaton`` and every check of the regex constraint applies unchanged: the
 tokens allowed at each hole before the policy chooses, refusals after, the answer closed at EOS. The
 constraint is exact for answers nested at most ``depth`` deep, and never lets through a canvas that cannot be
 finished.

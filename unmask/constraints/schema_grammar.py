@@ -22,7 +22,8 @@ STRING: /"([^"\\\x00-\x1f]|\\["\\\/bfnrt])*"/
 INTEGER: /-?(0|[1-9][0-9]*)/
 NUMBER: /-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/
 empty:
-any: "{" [STRING ":" any ("," STRING ":" any)*] "}" | "[" [any ("," any)*] "]" | STRING | NUMBER | "true" | "false" | "null"
+any: "{" [STRING ":" any ("," STRING ":" any)*] "}" | "[" [any ("," any)*] "]"
+   | STRING | NUMBER | "true" | "false" | "null"
 %ignore /[ \t\n]+/
 """
 TYPES = {"string": "STRING", "integer": "INTEGER", "number": "NUMBER", "boolean": '"true" | "false"',

@@ -191,7 +191,8 @@ class LogitsSource:
         rows_fed, width, length = len(index), block[1] - block[0], fed.shape[1]
         ids = torch.cat([fed, fed.new_full((rows_fed, width), self.info.mask_token_id)], 1)
         positions = torch.cat([state.position_ids[index, :length], state.position_ids[index, block[0]:block[1]]], 1)
-        twin = torch.arange(length, device=x.device)[None, :] == torch.arange(block[0], block[1], device=x.device)[:, None]
+        columns = torch.arange(length, device=x.device)
+        twin = columns[None, :] == torch.arange(block[0], block[1], device=x.device)[:, None]  # (W, L)
         seen = torch.zeros((rows_fed, length + width, length + width), dtype=torch.bool, device=x.device)
         seen[:, :length, :length] = real[:, None, :]
         seen[:, length:, :length] = real[:, None, :] & ~twin[None]

@@ -152,12 +152,15 @@ def distill(out: str | Path, config: DistillConfig = DistillConfig(), *, progres
     saved_state = _read_checkpoint(checkpoint, config) if resume and (checkpoint / "progress.json").is_file() else None
     torch.set_num_threads(config.threads)
     adapter, tokenizer = unmask.load(config.base)
+    trajectory_s = None  # (not known when a resumed run reads them back)
     if resume and recorded.is_file():
         rows = [json.loads(line) for line in recorded.read_text().splitlines() if line.strip()]
     else:
+        began = time.time()
         with torch.no_grad():
             rows = trajectories(adapter, tokenizer, config, progress=progress)
         write_text_atomically(recorded, "".join(json.dumps(row) + "\n" for row in rows))
+        trajectory_s = round(time.time() - began, 1)
     model = adapter.model
     model.set_attn_implementation("eager")  # faster than SDPA at this size on the CPU (not saved)
     model.train()
@@ -166,7 +169,7 @@ def distill(out: str | Path, config: DistillConfig = DistillConfig(), *, progres
     generator = torch.Generator().manual_seed(config.seed)
     rng = random.Random(config.seed)
     state: dict[str, Any] = {"config": json.loads(json.dumps(asdict(config))), "step": 0, "log": [],
-                             "running": None, "elapsed_s": 0.0}
+                             "running": None, "elapsed_s": 0.0, "trajectory_s": trajectory_s}
     if saved_state is not None:
         state, tensors = saved_state
         _apply_checkpoint(checkpoint, tensors, model, optimizer, generator)
@@ -204,6 +207,7 @@ def distill(out: str | Path, config: DistillConfig = DistillConfig(), *, progres
         record = {"config": asdict(config), "objective": "certainty forcing (dParallel, arXiv 2509.26488)",
                   "trajectories": len(rows), "final_loss": state["log"][-1]["loss"],
                   "train_minutes": round((time.time() - started) / 60, 1),
+                  "trajectory_minutes": round(state["trajectory_s"] / 60, 1) if state.get("trajectory_s") else None,
                   "machine": {"cpu": platform.processor() or platform.machine(), "threads": config.threads},
                   "torch": torch.__version__}
         (staging / "training.json").write_text(json.dumps(record, indent=2))
