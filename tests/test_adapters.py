@@ -34,6 +34,10 @@ def test_every_registered_policy_decodes(saved, stop):
     for name in unmask.registry().names("policies"):
         policy = build_component("policies", name, rows=[0, 1], gen_length=16, vocab_size=model.vocab_size,
                                  mask_token_id=model.mask_token_id)
+        if policy.leave_one_out and (model.shift_logits or not model.accepts_pair_mask):
+            with pytest.raises(ValueError, match="leave-one-out predictions"):  # refused by its declared need
+                decode_text(model, tokenizer, ["abc"], gen_length=16, block_length=8, policy=policy, stop=stop)
+            continue
         answers, result = decode_text(model, tokenizer, ["abc", "12+3="], gen_length=16, block_length=8,
                                       policy=policy, stop=stop)
         assert len(answers) == 2 and all(isinstance(a, str) for a in answers)

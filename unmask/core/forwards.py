@@ -63,9 +63,11 @@ class LogitsSource:
 
     def check(self) -> None:
         """Refuse what the decode's forwards cannot give, before the first one."""
-        if self.leave_one_out and (self.info.block_size is not None or not self.info.accepts_pair_mask):
+        info = self.info
+        if self.leave_one_out and (info.block_size is not None or info.shift_logits or not info.accepts_pair_mask):
             raise ValueError("policy: it reads leave-one-out predictions (leave_one_out), which need a model that "
-                             "attends bidirectionally and takes (B, 1, Q, K) attention masks (accepts_pair_mask)")
+                             "attends bidirectionally, predicts each position at its own column (not shifted) "
+                             "and takes (B, 1, Q, K) attention masks (accepts_pair_mask)")
 
     @property
     def largest_id(self) -> int:
