@@ -20,7 +20,8 @@ FIRST_LAST_ACCEPT = 30  # the reference's previous-step count at a block's start
 
 @frozen(kw_only=True)
 class WinoPolicy(Component):
-    """Each step, per row:
+    """Drafts the block's masked positions surer than ``threshold`` and returns to the mask its earlier drafts
+    whose leave-one-out probability fell below ``threshold_back``, in one forward per step. Per row:
 
     1. **Draft** the masked block positions whose confidence is above ``threshold`` (strictly), at most
        min(max(floor(0.7 M), 5), 20) of them for M masks (the most confident), at least the most confident one.
@@ -34,6 +35,9 @@ class WinoPolicy(Component):
     forward. A step takes back fewer than the previous one drafted, so a block of W positions takes at most W
     forwards. ``threshold >= 1`` is one token per step (``topk:k=1``); ``threshold_back <= 0`` takes nothing
     back (capped threshold decoding). Needs ``cache="none"`` and a model that takes 4-D masks.
+
+    Hong et al. 2025, "Wide-In, Narrow-Out: Revokable Decoding for Efficient and Effective DLLMs" (arXiv
+    2507.18578), ``decoding_wino`` of Feng-Hong/WINO-DLLM.
     """
 
     leave_one_out = True  # (Component's declaration: the engine appends the copy)

@@ -95,13 +95,13 @@ def trajectories(model: Any, tokenizer: Any, config: DistillConfig, *, progress:
     included: the padding is a target too)."""
     from tqdm import tqdm
 
-    import unmask
+    from unmask.core.engine import decode
 
     prompts = [tokenizer(text)["input_ids"] for text in _prompts(config)]
     out = []
     for first in tqdm(range(0, len(prompts), rows_per_decode), desc="trajectories", disable=not progress):
         batch = prompts[first:first + rows_per_decode]
-        result = unmask.decode(model, batch, gen_length=config.gen_length, block_length=config.block_length,
+        result = decode(model, batch, gen_length=config.gen_length, block_length=config.block_length,
                                policy=config.policy, seed=config.seed)
         answers = result.tokens.tolist()
         out.extend({"prompt": prompt, "answer": answer} for prompt, answer in zip(batch, answers))
@@ -139,10 +139,11 @@ def distill(out: str | Path, config: DistillConfig = DistillConfig(), *, progres
     """Generate trajectories with the base model, fine-tune it with certainty forcing, write it to ``out``."""
     from tqdm import tqdm
 
-    import unmask
+    from unmask.contrib.models.transformers import load
+    from unmask.core.plugins import create
 
     check_output_directory(out, command="distill", overwrite=overwrite)
-    unmask.create("policies", config.policy)  # a bad spec is an error now, not after the model loads
+    create("policies", config.policy)  # a bad spec is an error now, not after the model loads
     checkpoint, recorded = checkpoint_directory(out), Path(str(out) + ".trajectories.jsonl")
     if resume and not (checkpoint / "progress.json").is_file() and not recorded.is_file():
         raise ValueError(f"--resume: no checkpoint at {checkpoint} and no trajectories at {recorded}")
@@ -151,7 +152,7 @@ def distill(out: str | Path, config: DistillConfig = DistillConfig(), *, progres
                          "remove them")
     saved_state = _read_checkpoint(checkpoint, config) if resume and (checkpoint / "progress.json").is_file() else None
     torch.set_num_threads(config.threads)
-    adapter, tokenizer = unmask.load(config.base)
+    adapter, tokenizer = load(config.base)
     trajectory_s = None  # (not known when a resumed run reads them back)
     if resume and recorded.is_file():
         rows = [json.loads(line) for line in recorded.read_text().splitlines() if line.strip()]
