@@ -111,3 +111,16 @@ def test_a_cache_or_a_block_causal_model_is_refused_with_the_reason():
         unmask.decode(_llama(), PROMPTS, gen_length=8, block_length=8, policy="wino", cache="dual")
     with pytest.raises(ValueError, match="accepts_pair_mask"):
         unmask.decode(tiny_denoiser("llama", block_size=8), PROMPTS, gen_length=8, block_length=8, policy="wino")
+
+
+@pytest.mark.parametrize("settings", [dict(stop="eotp"), dict(constraint="regex:pattern='[a-z ]+'")])
+def test_a_canvas_cut_inside_the_block_keeps_the_copy_to_what_the_forward_sees(settings):
+    """EoTP or a closed constrained answer hides the block's last columns: the copy covers the rest only."""
+    from unmask.contrib.models.reference import load_reference_model
+    from unmask.contrib.tasks import samples
+
+    model, tokenizer = load_reference_model()
+    prompts = [tokenizer.encode(s.prompt) for task in ("sort", "copy") for s in samples(task, 3, 0)]
+    result = unmask.decode(model, prompts, gen_length=32, block_length=16, policy="wino", tokenizer=tokenizer,
+                           **settings)
+    assert not (result.tokens == model.mask_token_id).any() and (result.nfe <= 32).all()

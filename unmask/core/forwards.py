@@ -184,17 +184,21 @@ class LogitsSource:
         """One forward of the whole canvas with a masked copy of the block appended (a "shadow" block): copy
         position j has block position j's position id and attends to every real column but its twin, and to
         the whole copy; no canvas column attends to the copy, so the canvas's logits are the plain forward's.
-        Returns (B, L, V) canvas logits and (B, W, V) copy logits, zeros for rows not in ``rows``."""
+        Returns (B, L, V) canvas logits and (B, W, V) copy logits, zeros for rows not in ``rows`` and for block
+        columns past the canvas the forward sees."""
         if plan.start != 0 or plan.past_key_values is not None:
             raise ValueError("policy: leave-one-out predictions need every column in each forward: cache='none'")
         self.nfe += rows.long()
         index = rows.nonzero().flatten()
         fed, real = x[index, :plan.end], plan.attention_mask[index].bool()
-        rows_fed, width, length = len(index), block[1] - block[0], fed.shape[1]
+        # The copy covers the block's columns the forward sees (a stop or a constraint may have cut the rest).
+        rows_fed, length = len(index), fed.shape[1]
+        width = max(0, min(block[1], length) - block[0])
         ids = torch.cat([fed, fed.new_full((rows_fed, width), self.info.mask_token_id)], 1)
-        positions = torch.cat([state.position_ids[index, :length], state.position_ids[index, block[0]:block[1]]], 1)
+        twins = state.position_ids[index, block[0]:block[0] + width]
+        positions = torch.cat([state.position_ids[index, :length], twins], 1)
         columns = torch.arange(length, device=x.device)
-        twin = columns[None, :] == torch.arange(block[0], block[1], device=x.device)[:, None]  # (W, L)
+        twin = columns[None, :] == torch.arange(block[0], block[0] + width, device=x.device)[:, None]  # (W, L)
         seen = torch.zeros((rows_fed, length + width, length + width), dtype=torch.bool, device=x.device)
         seen[:, :length, :length] = real[:, None, :]
         seen[:, length:, :length] = real[:, None, :] & ~twin[None]
@@ -205,6 +209,6 @@ class LogitsSource:
         logits: torch.Tensor = self.model(ids, position_ids=positions, attention_mask=bias[:, None])
         check_logits(logits, (rows_fed, length + width), self.largest_id, global_step)
         full = logits.new_zeros((x.shape[0], length, logits.shape[-1]))
-        shadow = logits.new_zeros((x.shape[0], width, logits.shape[-1]))
-        full[index], shadow[index] = logits[:, :length], logits[:, length:]
+        shadow = logits.new_zeros((x.shape[0], block[1] - block[0], logits.shape[-1]))
+        full[index], shadow[index, :width] = logits[:, :length], logits[:, length:]
         return full, shadow
