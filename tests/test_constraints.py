@@ -14,29 +14,12 @@ from hypothesis import strategies as st
 import unmask
 from unmask.core.constraints import choose, vocabulary_of
 from unmask.core.plugins import hookimpl, register_plugin, unregister_plugin
-from unmask.testing.fake_model import FakeDenoiser
+from unmask.testing.fake_model import FakeDenoiser, FakeTokenizer
 
 WORDS = ["a", "b", " ", "ab", "1", "2", "{", "}", '"', ":", ",", "x", "true", "false"]
 
 
-class WordTokenizer:
-    """Token i is WORDS[i]; the fake model's EOS and mask ids are the last two."""
-
-    def __init__(self):
-        self.eos, self.mask = len(WORDS), len(WORDS) + 1
-        self.all_special_ids = [self.eos, self.mask]
-
-    def __len__(self):
-        return len(WORDS) + 2
-
-    def decode(self, ids):
-        return "".join(WORDS[i] for i in ids if i < len(WORDS))
-
-    def batch_decode(self, batch):
-        return [self.decode(ids) for ids in batch]
-
-
-TOKENIZER = WordTokenizer()
+TOKENIZER = FakeTokenizer(words=WORDS)  # token i is WORDS[i]; EOS and the mask last
 MODEL = FakeDenoiser(vocab_size=len(WORDS) + 2, seed=3)
 PROMPTS = [[0, 1, 2], [3, 4], [5, 6, 7, 8]]
 
@@ -237,9 +220,9 @@ def _groups(row):
     groups, closed = [[]], []
     for token in row:
         word = WORDS[token].strip() if token < len(WORDS) else ""
-        if word == "," or token == TOKENIZER.eos:
+        if word == "," or token == TOKENIZER.eos_token_id:
             closed.append(True)
-            if token == TOKENIZER.eos:
+            if token == TOKENIZER.eos_token_id:
                 return groups, closed
             groups.append([])
         elif word:
@@ -269,8 +252,8 @@ def test_permutation_of_prompt_is_exact_on_small_canvases(names):
     from unmask.constraints.distinct_items import DistinctItemsConstraint
 
     constraint = DistinctItemsConstraint(separator=",", permutation_of_prompt=True)
-    constraint.prepare(vocabulary_of(TOKENIZER, len(WORDS) + 2, TOKENIZER.eos, TOKENIZER.mask), 0)
-    mask, eos, comma, a, b, x = TOKENIZER.mask, TOKENIZER.eos, 10, 0, 1, 11
+    constraint.prepare(vocabulary_of(TOKENIZER, len(WORDS) + 2, TOKENIZER.eos_token_id, TOKENIZER.mask_token_id), 0)
+    mask, eos, comma, a, b, x = TOKENIZER.mask_token_id, TOKENIZER.eos_token_id, 10, 0, 1, 11
     items, choices = frozenset(names), (a, b, x, comma, eos, 2, 3)  # 2: a blank, 3: an item not in the prompt
 
     def valid(answer):

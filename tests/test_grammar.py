@@ -15,7 +15,7 @@ import unmask
 from unmask.constraints import Grammar, RegexConstraint
 from unmask.constraints.grammar import lark_parser
 from unmask.core.constraints import vocabulary_of
-from unmask.testing.fake_model import FakeDenoiser
+from unmask.testing.fake_model import FakeDenoiser, FakeTokenizer
 
 GRAMMARS = Path(__file__).parents[1] / "examples" / "grammars"
 WORDS = ["1", "2", "+", "(", ")", "((", "1)", " ", "a", "b"]
@@ -23,24 +23,7 @@ ARITHMETIC = (GRAMMARS / "arithmetic.lark").read_text()
 NESTED = 'start: "a" | "(" start ")" | start "+" start'
 
 
-class WordTokenizer:
-    """Token i is WORDS[i]; EOS and mask are the last two ids (multi-character tokens cross terminals)."""
-
-    def __init__(self):
-        self.eos, self.mask = len(WORDS), len(WORDS) + 1
-        self.all_special_ids = [self.eos, self.mask]
-
-    def __len__(self):
-        return len(WORDS) + 2
-
-    def decode(self, ids):
-        return "".join(WORDS[i] for i in ids if i < len(WORDS))
-
-    def batch_decode(self, batch):
-        return [self.decode(ids) for ids in batch]
-
-
-TOKENIZER = WordTokenizer()
+TOKENIZER = FakeTokenizer(words=WORDS)  # token i is WORDS[i]; EOS and the mask last
 MODEL = FakeDenoiser(vocab_size=len(WORDS) + 2, seed=4)
 PROMPTS = [[0, 1], [2, 3, 4], [5]]
 
@@ -110,7 +93,7 @@ def test_a_grammar_that_accepts_everything_changes_nothing(policy):
     settings = dict(gen_length=8, block_length=4, policy=policy)
     free = unmask.decode(model, PROMPTS, **settings)
     bound = unmask.decode(model, PROMPTS, constraint=Grammar(anything), tokenizer=TOKENIZER, **settings)
-    assert not (free.tokens == TOKENIZER.eos).any()
+    assert not (free.tokens == TOKENIZER.eos_token_id).any()
     assert torch.equal(free.tokens, bound.tokens) and torch.equal(free.nfe, bound.nfe)
 
 
@@ -119,8 +102,8 @@ def test_a_grammar_that_accepts_everything_changes_nothing(policy):
 def test_a_canvas_the_checker_accepts_can_be_finished_greedily(holes):
     """Fill the first hole with the first allowed token, again and again: the answer always parses."""
     constraint = Grammar(ARITHMETIC, depth=2)
-    constraint.prepare(vocabulary_of(TOKENIZER, len(TOKENIZER), TOKENIZER.eos, TOKENIZER.mask), 0)
-    automaton, mask, eos = constraint._prepared(), TOKENIZER.mask, TOKENIZER.eos
+    constraint.prepare(vocabulary_of(TOKENIZER, len(TOKENIZER), TOKENIZER.eos_token_id, TOKENIZER.mask_token_id), 0)
+    automaton, mask, eos = constraint._prepared(), TOKENIZER.mask_token_id, TOKENIZER.eos_token_id
     answer = [mask if token is None else token for token in holes]
     if not automaton.completable(answer, mask):
         return
@@ -137,8 +120,8 @@ def test_a_canvas_the_checker_accepts_can_be_finished_greedily(holes):
 
 def test_holes_count_exactly():
     constraint = Grammar(ARITHMETIC)
-    constraint.prepare(vocabulary_of(TOKENIZER, len(TOKENIZER), TOKENIZER.eos, TOKENIZER.mask), 0)
-    automaton, mask = constraint._prepared(), TOKENIZER.mask
+    constraint.prepare(vocabulary_of(TOKENIZER, len(TOKENIZER), TOKENIZER.eos_token_id, TOKENIZER.mask_token_id), 0)
+    automaton, mask = constraint._prepared(), TOKENIZER.mask_token_id
     opened = [3, 3, 0, 2]  # "((1+": two holes close it with "1)" and ")", one cannot
     assert automaton.completable(opened + [mask, mask], mask)
     assert not automaton.completable(opened + [mask], mask)
@@ -206,8 +189,8 @@ def test_a_token_is_allowed_exactly_when_the_canvas_stays_completable(canvas, gr
     else:
         constraint = RegexConstraint("1(\\+1)?|2")
         parser, parentheses = lark_parser('start: "1" ("+" "1")? | "2"'), 9
-    constraint.prepare(vocabulary_of(TOKENIZER, len(TOKENIZER), TOKENIZER.eos, TOKENIZER.mask), 0)
-    automaton, mask, eos = constraint._prepared(), TOKENIZER.mask, TOKENIZER.eos
+    constraint.prepare(vocabulary_of(TOKENIZER, len(TOKENIZER), TOKENIZER.eos_token_id, TOKENIZER.mask_token_id), 0)
+    automaton, mask, eos = constraint._prepared(), TOKENIZER.mask_token_id, TOKENIZER.eos_token_id
     answer = [mask if token is None else token for token in canvas]
     before, after = automaton.forward(answer, mask), automaton.backward(answer, mask)
     for at in [i for i, token in enumerate(answer) if token == mask]:

@@ -119,9 +119,10 @@ def run_train_model(args: argparse.Namespace) -> int:
 def run_distill(args: argparse.Namespace) -> int:
     import attrs
 
-    from unmask.contrib.train.distillation import DistillConfig, distill, read_distill_recipe
+    from unmask.contrib.train.distillation import DistillConfig, distill
+    from unmask.contrib.train.model import read_recipe
 
-    config = read_distill_recipe(args.recipe) if args.recipe else DistillConfig()
+    config = read_recipe(args.recipe, DistillConfig) if args.recipe else DistillConfig()
     given = {"base": args.base, "prompts": args.prompts, "items": args.items, "policy": args.policy,
              "steps": args.steps, "seed": args.seed, "threads": args.threads}
     config = attrs.evolve(config, **{name: value for name, value in given.items() if value is not None})

@@ -79,14 +79,20 @@ class FakeDenoiser(nn.Module):
 
 class FakeTokenizer:
     """The text of a :class:`FakeDenoiser`'s tokens (vocabulary 24), for constraints: words, digits and
-    JSON punctuation, then EOS and the mask as special tokens."""
+    JSON punctuation, then EOS and the mask as special tokens. ``words`` gives other words (token i is
+    ``words[i]``; the model's vocabulary is then ``len(words) + 2``)."""
 
     WORDS = ("{", "}", "[", "]", ":", ",", '"', " ", "a", "b", "x", "y", "ab", "0", "1", "2", "-", ".", "true",
              "false", "null", " a")
 
-    def __init__(self, vocab_size: int = 24) -> None:
+    def __init__(self, vocab_size: int | None = None, words: Any = None) -> None:
+        if words is not None:
+            self.WORDS = tuple(words)
+        if vocab_size is None:
+            vocab_size = len(self.WORDS) + 2
         if vocab_size != len(self.WORDS) + 2:
             raise ValueError(f"FakeTokenizer covers a FakeDenoiser of vocab_size {len(self.WORDS) + 2}")
+        self.eos_token_id, self.mask_token_id = vocab_size - 2, vocab_size - 1
         self.all_special_ids = [vocab_size - 2, vocab_size - 1]
 
     def __len__(self) -> int:

@@ -24,12 +24,12 @@ from typing import Any, Sequence
 import torch
 from attrs import asdict, field, frozen, validators
 
-from unmask._files import check_output_directory, read_json, staged_directory, write_text_atomically
+from unmask._files import check_output_directory, staged_directory, write_text_atomically
 from unmask.contrib.train.distill import certainty_forcing_loss, certainty_masks
 from unmask.contrib.train.model import (_apply_checkpoint, _as_tuples, _batch, _read_checkpoint, _save_checkpoint,
                                         checkpoint_directory)
 
-__all__ = ["DistillConfig", "read_distill_recipe", "trajectories", "distill"]
+__all__ = ["DistillConfig", "trajectories", "distill"]
 
 
 def _suite() -> tuple[str, ...]:
@@ -58,21 +58,6 @@ class DistillConfig:
     seed: int = 0
     threads: int = field(validator=validators.gt(0), default=2)
     checkpoint_minutes: float = 4.0
-
-
-def read_distill_recipe(path: str | Path) -> DistillConfig:
-    """The DistillConfig a JSON file names (an object of its fields, or a distilled model's training.json)."""
-    data = read_json(path, what="--recipe")
-    if isinstance(data, dict) and isinstance(data.get("config"), dict):
-        data = data["config"]
-    if not isinstance(data, dict):
-        raise ValueError(f"--recipe {path}: expected a JSON object of DistillConfig fields")
-    known = {a.name for a in DistillConfig.__attrs_attrs__}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"--recipe {path}: unknown field(s) {', '.join(unknown)}; DistillConfig has "
-                         f"{', '.join(sorted(known))}")
-    return DistillConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 def _prompts(config: DistillConfig) -> list[str]:

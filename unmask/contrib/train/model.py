@@ -86,21 +86,22 @@ class TrainingConfig:
     block_size: int | None = None
 
 
-def read_recipe(path: str | Path) -> TrainingConfig:
-    """The TrainingConfig a JSON file names: an object of its fields (the others keep their defaults), or a
-    model's training.json, whose "config" is the recipe the model was trained with."""
+def read_recipe(path: str | Path, kind: Any = None) -> Any:
+    """The config (``kind``, default TrainingConfig) a JSON file names: an object of its fields (the others keep
+    their defaults), or a model's training.json, whose "config" is the recipe the model was trained with."""
+    kind = TrainingConfig if kind is None else kind
     data = read_json(path, what="--recipe")
     if isinstance(data, dict) and isinstance(data.get("config"), dict):
         data = data["config"]
     if not isinstance(data, dict):
-        raise ValueError(f"--recipe {path}: expected a JSON object of TrainingConfig fields")
-    known = {a.name for a in TrainingConfig.__attrs_attrs__}
+        raise ValueError(f"--recipe {path}: expected a JSON object of {kind.__name__} fields")
+    known = {a.name for a in kind.__attrs_attrs__}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"--recipe {path}: unknown field(s) {', '.join(unknown)}; TrainingConfig has "
+        raise ValueError(f"--recipe {path}: unknown field(s) {', '.join(unknown)}; {kind.__name__} has "
                          f"{', '.join(sorted(known))}")
     try:
-        return TrainingConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
     except (TypeError, ValueError) as error:
         raise ValueError(f"--recipe {path}: {error}") from None
 
