@@ -17,6 +17,7 @@ import json
 import math
 import platform
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,7 +28,7 @@ from attrs import asdict, field, frozen, validators
 from unmask._files import check_output_directory, staged_directory, write_text_atomically
 from unmask.contrib.train.distill import certainty_forcing_loss, certainty_masks
 from unmask.contrib.train.model import (_apply_checkpoint, _as_tuples, _batch, _read_checkpoint, _save_checkpoint,
-                                        checkpoint_directory)
+                                        checkpoint_directory, optimizer_step, warmup_cosine)
 
 __all__ = ["DistillConfig", "trajectories", "distill"]
 
@@ -93,15 +94,6 @@ def trajectories(model: Any, tokenizer: Any, config: DistillConfig, *, progress:
     return out
 
 
-def _schedule(config: DistillConfig) -> Any:
-    def factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        done = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
-    return factor
-
-
 def pair_loss(model: Any, rows: Sequence[dict[str, list[int]]], config: DistillConfig, mask_id: int, eos: int,
               generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
     """The certainty-forcing loss of a batch, each row as its complementary pair in one forward."""
@@ -162,18 +154,14 @@ def distill(out: str | Path, config: DistillConfig = DistillConfig(), *, progres
         rng.setstate(_as_tuples(state["rng"]))
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config), last_epoch=state["step"] - 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config, floor=0.1), last_epoch=state["step"] - 1)
     started, saved = time.time() - state["elapsed_s"], time.time()
     bar = tqdm(range(state["step"], config.steps), desc="distilling", disable=not progress, mininterval=5,
                initial=state["step"], total=config.steps)
     for step in bar:
         loss, parts = pair_loss(model, rng.sample(rows, min(config.batch_size, len(rows))), config,
                                 adapter.mask_token_id, adapter.eos_token_id, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
+        optimizer_step(loss, model, optimizer, scheduler)
         running = state["running"]
         state["running"] = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
         if step % 20 == 0 or step == config.steps - 1:
@@ -197,8 +185,6 @@ def distill(out: str | Path, config: DistillConfig = DistillConfig(), *, progres
                   "machine": {"cpu": platform.processor() or platform.machine(), "threads": config.threads},
                   "torch": torch.__version__}
         (staging / "training.json").write_text(json.dumps(record, indent=2))
-    import shutil
-
     shutil.rmtree(checkpoint, ignore_errors=True)  # this run's own checkpoints
     recorded.unlink()  # (copied into the model directory)
     return Path(out)

@@ -284,13 +284,24 @@ def _block_loss(model: Any, pairs: Sequence[tuple[list[int], list[int]]], config
     return (losses * masked / ratio).sum() / (2 * answer.sum())
 
 
-def _schedule(config: TrainingConfig) -> Any:
+def warmup_cosine(config: Any, floor: float = 0.05) -> Any:
+    """The learning-rate factor per step: linear warm-up over ``config.warmup_steps``, then a cosine decay to
+    ``floor`` at ``config.steps``."""
     def factor(step: int) -> float:
         if step < config.warmup_steps:
             return (step + 1) / config.warmup_steps
         done = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
     return factor
+
+
+def optimizer_step(loss: torch.Tensor, model: Any, optimizer: Any, scheduler: Any) -> None:
+    """Back-propagate ``loss``, clip the gradients' norm at 1, step the optimizer and the schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
 
 
 def checkpoint_directory(out: str | Path) -> Path:
@@ -408,7 +419,7 @@ def train_reference_model(out: str | Path, config: TrainingConfig = TrainingConf
         rng.setstate(_as_tuples(state["rng"]))
     for group in optimizer.param_groups:  # what LambdaLR needs to start at a later step
         group.setdefault("initial_lr", group["lr"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config), last_epoch=state["step"] - 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config), last_epoch=state["step"] - 1)
     started, saved = time.time() - state["elapsed_s"], time.time()
     bar = tqdm(range(state["step"], config.steps), desc="training", disable=not progress, mininterval=5,
                initial=state["step"], total=config.steps)
@@ -428,11 +439,7 @@ def train_reference_model(out: str | Path, config: TrainingConfig = TrainingConf
             gen_lengths = [max(drawn, longest + 1)] * len(pairs)
         objective = _loss if config.block_size is None else _block_loss
         loss = objective(model, pairs, config, tokenizer.mask_token_id, tokenizer.eos_token_id, gen_lengths, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
+        optimizer_step(loss, model, optimizer, scheduler)
         running = state["running"]
         state["running"] = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 50 == 0 or step == config.steps - 1:
