@@ -230,3 +230,14 @@ def test_a_recursive_schema_the_grammar_route_cannot_express_is_refused_by_keywo
     path.write_text(json.dumps(schema))
     with pytest.raises(ValueError, match=message):
         unmask.create("constraints", f"json_schema:schema={path}")
+
+
+def test_a_grid_takes_a_grammar_as_a_constraint():
+    from unmask.contrib.eval.ablate import load_grid
+
+    spec = f"grammar:file={GRAMMARS / 'arithmetic.lark'}"
+    grid = load_grid({"tasks": ["chain_sum"], "n": 2, "policies": ["topk"], "constraints": ["none", spec],
+                      "gen_lengths": [32]})
+    assert [cell.constraint for cell in grid.cells] == ["none", spec]
+    with pytest.raises(ValueError, match="constraint"):
+        load_grid({"tasks": ["chain_sum"], "constraints": ["grammar:grammar='start: (('"]})
