@@ -32,8 +32,7 @@ class Canvas:
     x: torch.Tensor  # (B, L): prompts, then the answer canvas
     row_end: torch.Tensor  # (B,) exclusive; EoTP moves it left, and later columns are hidden from the row
     answer: torch.Tensor  # (B, L) bool: each row's answer columns
-    commit_step: torch.Tensor  # (B, L - gen_start): the global step that committed each column, -1 before
-    gen_start: int
+    commit_step: torch.Tensor  # (B, L): the global step that wrote each column, -1 where none did
     mask_id: int
     eos_id: int
     # (B, L) long: how often each position returned to the mask
@@ -46,33 +45,27 @@ class Canvas:
     @classmethod
     def of(cls, layout: Layout, mask_id: int, eos_id: int) -> Canvas:
         """The canvas before the first step."""
-        (batch, width), gen_start = layout.x.shape, layout.gen_start
+        batch, width = layout.x.shape
         columns = torch.arange(width, device=layout.x.device)
         return cls(x=layout.x, row_end=layout.row_end, answer=columns[None, :] >= layout.answer_start[:, None],
-                   commit_step=torch.full((batch, width - gen_start), -1, dtype=torch.long, device=layout.x.device),
-                   gen_start=gen_start, mask_id=mask_id, eos_id=eos_id)
+                   commit_step=torch.full((batch, width), -1, dtype=torch.long, device=layout.x.device),
+                   mask_id=mask_id, eos_id=eos_id)
 
     def window(self, block: tuple[int, int]) -> torch.Tensor:
         """(B, L) bool: the block's columns."""
         columns = torch.arange(self.x.shape[1], device=self.x.device)
         return ((columns >= block[0]) & (columns < block[1]))[None, :].expand(self.x.shape[0], -1)
 
-    @property
-    def steps(self) -> torch.Tensor:
-        """(B, L) long: the global step that wrote each column, -1 where none did (``StepView.commit_step``)."""
-        before = self.commit_step.new_full((self.x.shape[0], self.gen_start), -1)
-        return torch.cat([before, self.commit_step], 1)
-
     def apply(self, decision: Commit, step: int, confidence: torch.Tensor) -> None:
         """Write a checked decision: fills and edits take their tokens (and the step's ``confidence`` there),
         re-masked positions the mask again."""
         written = decision.mask if decision.edit is None else decision.mask | decision.edit
         self.x = torch.where(written, decision.tokens, self.x)
-        self.commit_step[written[:, self.gen_start:]] = step
+        self.commit_step = self.commit_step.masked_fill(written, step)
         self.confidence = torch.where(written, confidence, self.confidence)
         if decision.remask is not None:
             self.x = self.x.masked_fill(decision.remask, self.mask_id)
-            self.commit_step[decision.remask[:, self.gen_start:]] = -1
+            self.commit_step = self.commit_step.masked_fill(decision.remask, -1)
             self.remasks += decision.remask.long()
             self.confidence = self.confidence.masked_fill(decision.remask, float("inf"))
 
@@ -85,15 +78,14 @@ class Canvas:
         # The end position itself holds EOS too (EoTP predicted it there).
         at_end = self.answer & (columns == end[:, None]) & (self.x == self.mask_id)
         self.x = self.x.masked_fill(cut | at_end, self.eos_id)
-        self.commit_step[cut[:, self.gen_start:]] = -1
-        self.commit_step[at_end[:, self.gen_start:]] = step
+        self.commit_step = self.commit_step.masked_fill(cut, -1).masked_fill(at_end, step)
         self.row_end = torch.where(end >= 0, torch.minimum(self.row_end, end + 1), self.row_end)
 
     def finalise(self, x0: torch.Tensor, rows: torch.Tensor, step: int) -> None:
         """Rows a stop criterion finished keep their latest predictions where masks remain (EOS if none)."""
         remaining = (self.x == self.mask_id) & rows[:, None] & self.answer
         fill = torch.where(x0 == self.mask_id, torch.full_like(x0, self.eos_id), x0)
-        self.commit_step[remaining[:, self.gen_start:]] = step
+        self.commit_step = self.commit_step.masked_fill(remaining, step)
         self.x = torch.where(remaining, fill, self.x)
 
 

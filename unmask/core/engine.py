@@ -199,7 +199,8 @@ def _steps(
                     block_end=block[1], block_index=block_index, step=step, mask_token_id=mask_id,
                     eos_token_id=eos_id, global_step=global_step, total_steps=total_steps,
                     span_logits=forward.logits, span_start=forward.plan.start, evaluate=forward.scorer,
-                    commit_confidence=canvas.confidence, commit_step=canvas.steps, leave_one_out=forward.leave_one_out)
+                    commit_confidence=canvas.confidence, commit_step=canvas.commit_step,
+                    leave_one_out=forward.leave_one_out)
 
             forward = source.logits(block, step, row_active, global_step)
             forward = select.restrict(forward, lambda f: view_of(f, x, torch.zeros(x.shape, dtype=torch.float64)))
@@ -272,7 +273,7 @@ def _result(canvas: Canvas, layout: Layout, source: LogitsSource, config: Decode
                                  torch.full_like(source.nfe, config.gen_length))
     return DecodeResult(
         tokens=tokens, answer_lengths=answer_lengths, nfe=source.nfe,
-        commit_step=canvas.commit_step.gather(1, answer - layout.gen_start), wall_s=wall_s, config=config,
+        commit_step=canvas.commit_step.gather(1, answer), wall_s=wall_s, config=config,
         components={role: describe(ROLES[role], part) for role, part in parts.items()},
         candidate_rows=source.candidate_rows,
     )
