@@ -6,10 +6,10 @@ holes can be filled with the tokens that remain (the paper's `.*` gap lets a can
 finished in the positions left). And the grammar's nesting is bounded: a place a rule returns to may be
 open at most ``depth`` times at once (JSON's arrays and objects each nested ``depth`` deep; lists of any
 length, as a call with nothing after it takes no stack). A language whose nesting is bounded is regular,
-so the grammar compiles into the token automaton of ``unmask.constraints.automaton`` and every check of the regex constraint applies unchanged: the
-tokens allowed at each hole before the policy chooses, refusals after, the answer closed at EOS. The
-constraint is exact for answers nested at most ``depth`` deep, and never lets through a canvas that cannot be
-finished.
+so the grammar compiles into the token automaton of ``unmask.constraints.automaton`` and every check of the
+regex constraint applies unchanged: the tokens allowed at each hole before the policy chooses, refusals
+after, the answer closed at EOS. The constraint is exact for answers nested at most ``depth`` deep, and never
+lets through a canvas that cannot be finished.
 
 The work is split where a library fits: lark parses the grammar (EBNF, templates, imports, terminals as
 regular expressions) into plain rules; outlines-core compiles each terminal's regular expression into an
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from unmask.constraints.automaton import AutomatonConstraint, TokenAutomaton
-from unmask.constraints.regex import END_MARK, _literal, indexed
+from unmask.constraints.regex import END_MARK, STAND_INS, _literal, indexed
 from unmask.constraints.rules import Rules
 from unmask.core.types import Vocabulary
 
@@ -76,7 +76,8 @@ class _Terminal:
 class _CharAutomaton:
     """The grammar's language, nesting bounded by ``depth``, as a deterministic automaton over characters.
 
-    A state is a set of configurations (a stack of items, and the terminal being read with its state);
+    A state is a set of configurations (a stack of places in the rules' automata, and the terminal being
+    read with its state);
     states are numbered as they are first reached, and each state's move on a character is computed once."""
 
     def __init__(self, rules: Rules, terminals: dict[str, _Terminal], ignore: list[str], depth: int,
@@ -239,10 +240,10 @@ def _token_automaton(chars: _CharAutomaton, vocabulary: Vocabulary) -> TokenAuto
                           vocabulary.eos_token_id)
 
 
-def compile_characters(text: str, start: str, depth: int, max_states: int, alphabet: list[str],
+def compile_characters(parser: Any, start: str, depth: int, max_states: int, alphabet: list[str],
                        prefix: str = "") -> _CharAutomaton:
-    """The grammar's character automaton over ``alphabet`` (lark's rules; outlines-core's terminals)."""
-    parser = lark_parser(text, start)
+    """The character automaton over ``alphabet`` of the grammar ``parser`` (``lark_parser``) read: lark's rules,
+    outlines-core's terminals."""
     rules = [(rule.origin.name, tuple(symbol.name for symbol in rule.expansion)) for rule in parser.rules]
     terminals = {}
     for definition in parser.terminals:
@@ -281,16 +282,16 @@ class GrammarConstraint(AutomatonConstraint):
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if not isinstance(start, str) or not re.fullmatch(r"[_a-z][_a-z0-9]*", start):
             raise ValueError(f"start must name a rule of the grammar (lower case), got {start!r}")
-        lark_parser(grammar, start)  # a grammar lark cannot read is an error now, not at the first decode
+        self._parser = lark_parser(grammar, start)  # (a grammar lark cannot read is an error now)
         self.grammar, self.file, self.start, self.depth, self.max_states = grammar, file, start, depth, max_states
 
     def _key(self) -> Any:
         return ("grammar", self.grammar, self.start, self.depth, self.max_states)
 
     def _build(self, vocabulary: Vocabulary) -> TokenAutomaton:
-        alphabet = sorted(({char for text in vocabulary.strings for char in text} - {END_MARK}) | set(vocabulary.prefix)
-                          | set(map(chr, range(32, 127))) | set("\n\t"))
-        chars = compile_characters(self.grammar, self.start, self.depth, self.max_states, alphabet,
+        texts = {char for text in vocabulary.strings for char in text} - {END_MARK}
+        alphabet = sorted(texts | set(vocabulary.prefix) | STAND_INS)
+        chars = compile_characters(self._parser, self.start, self.depth, self.max_states, alphabet,
                                    vocabulary.prefix)
         return _token_automaton(chars, vocabulary)
 

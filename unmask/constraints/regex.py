@@ -33,6 +33,16 @@ def _literal(text: str) -> str:
     return "".join(f"\\x{ord(char):02x}" if ord(char) < 128 else char for char in text)
 
 
+# Characters outlines-core is given as stand-in tokens (beside the vocabulary's): it refuses a language with a
+# state no token leaves.
+STAND_INS = frozenset(map(chr, range(32, 127))) | {"\n", "\t"}
+
+
+def refuses_recursion(message: str) -> bool:
+    """Whether outlines-core refused a JSON Schema for its recursion (it spells it "recusion")."""
+    return "recusion" in message or "recursion" in message
+
+
 # outlines-core 0.2.14's index drops a transition from an accepting state into a state that does not accept
 # ("1(a1)?" loses the "a" after "1"). So the pattern is compiled followed by an end mark that no text holds,
 # the mark alone accepts, and the states the mark leaves from are the accepting ones.
@@ -71,7 +81,7 @@ def pattern_automaton(pattern: str, vocabulary: Vocabulary) -> TokenAutomaton:
     # outlines-core refuses a language with a state no token leaves; one-character stand-ins with ids past
     # the vocabulary satisfy it, and their transitions are dropped below (no token of the model is one).
     size = len(vocabulary.strings)
-    for stand_in, char in enumerate(sorted(set(map(chr, range(32, 127))) | set("\n\t") | set(pattern))):
+    for stand_in, char in enumerate(sorted(STAND_INS | set(pattern))):
         by_text.setdefault(char, []).append(size + 1 + stand_in)
     # The tokens' strings joined begin with what the tokenizer drops from a decoded answer.
     start, moves, final = indexed(_literal(vocabulary.prefix) + f"(?:{pattern})", by_text, size,
@@ -140,7 +150,7 @@ def schema_route(schema: Any, name: str) -> AutomatonConstraint:
     try:
         return RegexConstraint(_outlines_core().json_schema.build_regex_from_schema(json.dumps(schema)))
     except (ValueError, RuntimeError, TypeError) as error:
-        if "recusion" not in str(error) and "recursion" not in str(error):  # (outlines-core's spelling)
+        if not refuses_recursion(str(error)):
             raise ValueError(f"{name}: {' '.join(str(error).split())}") from None
     from unmask.constraints.grammar import GrammarConstraint
     from unmask.constraints.schema_grammar import schema_grammar

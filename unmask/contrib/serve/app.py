@@ -25,6 +25,8 @@ from typing import Any
 import anyio
 import attrs
 
+from unmask.constraints.regex import refuses_recursion
+from unmask.constraints.schema_grammar import schema_grammar
 from unmask.contrib.serve.batching import Batcher, DeadlineExceeded, Job, QueueFull, Settings, StepUpdate
 from unmask.contrib.serve.limits import ApiError, Limits, check_spec, compile_pattern, json_depth
 from unmask.contrib.serve.metrics import Metrics
@@ -220,10 +222,8 @@ class Service:
         try:
             return compile_pattern({"schema": json.dumps(schema)}, "response_format", self.limits)
         except ApiError as error:
-            if "recusion" not in error.message:  # outlines-core refuses recursive schemas (its spelling)
+            if not refuses_recursion(error.message):  # such a schema takes the grammar route
                 raise
-        from unmask.constraints.schema_grammar import schema_grammar
-
         try:
             grammar = schema_grammar(schema)
         except (ValueError, RecursionError) as error:
