@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import platform
-import random
 import shutil
 import time
 from pathlib import Path
@@ -27,8 +26,7 @@ from attrs import asdict, field, frozen, validators
 
 from unmask._files import check_output_directory, staged_directory, write_text_atomically
 from unmask.contrib.train.distill import certainty_forcing_loss, certainty_masks
-from unmask.contrib.train.model import (_apply_checkpoint, _as_tuples, _batch, _read_checkpoint, _save_checkpoint,
-                                        checkpoint_directory, optimizer_step, warmup_cosine)
+from unmask.contrib.train.model import _batch, _read_checkpoint, begin_run, checkpoint_directory, optimizer_step
 
 __all__ = ["DistillConfig", "trajectories", "distill"]
 
@@ -141,21 +139,8 @@ def distill(out: str | Path, config: DistillConfig = DistillConfig(), *, progres
         trajectory_s = round(time.time() - began, 1)
     model = adapter.model
     model.set_attn_implementation("eager")  # faster than SDPA at this size on the CPU (not saved)
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
-                                  betas=(0.9, 0.98))
-    generator = torch.Generator().manual_seed(config.seed)
-    rng = random.Random(config.seed)
-    state: dict[str, Any] = {"config": json.loads(json.dumps(asdict(config))), "step": 0, "log": [],
-                             "running": None, "elapsed_s": 0.0, "trajectory_s": trajectory_s}
-    if saved_state is not None:
-        state, tensors = saved_state
-        _apply_checkpoint(checkpoint, tensors, model, optimizer, generator)
-        rng.setstate(_as_tuples(state["rng"]))
-    for group in optimizer.param_groups:
-        group.setdefault("initial_lr", group["lr"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config, floor=0.1), last_epoch=state["step"] - 1)
-    started, saved = time.time() - state["elapsed_s"], time.time()
+    run = begin_run(model, config, checkpoint, saved_state, floor=0.1, trajectory_s=trajectory_s)
+    optimizer, generator, rng, state, scheduler = run.optimizer, run.generator, run.rng, run.state, run.scheduler
     bar = tqdm(range(state["step"], config.steps), desc="distilling", disable=not progress, mininterval=5,
                initial=state["step"], total=config.steps)
     for step in bar:
@@ -166,12 +151,9 @@ def distill(out: str | Path, config: DistillConfig = DistillConfig(), *, progres
         state["running"] = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
         if step % 20 == 0 or step == config.steps - 1:
             state["log"].append({"step": step, "loss": round(state["running"], 5), **parts,
-                                 "lr": scheduler.get_last_lr()[0], "elapsed_s": round(time.time() - started, 1)})
+                                 "lr": scheduler.get_last_lr()[0], "elapsed_s": round(run.elapsed(), 1)})
             bar.set_postfix(loss=f"{state['running']:.4f}", entropy=f"{parts['entropy']:.3f}")
-        if time.time() - saved > 60 * config.checkpoint_minutes and step < config.steps - 1:
-            state.update(step=step + 1, rng=rng.getstate(), elapsed_s=time.time() - started)
-            _save_checkpoint(checkpoint, model, optimizer, generator, state)
-            saved = time.time()
+        run.save_if_due(step, config, checkpoint, model)
     model.eval()
     with staged_directory(out, command="distill", overwrite=overwrite) as staging:
         model.save_pretrained(staging)
@@ -180,7 +162,7 @@ def distill(out: str | Path, config: DistillConfig = DistillConfig(), *, progres
         (staging / "trajectories.jsonl").write_text(recorded.read_text())
         record = {"config": asdict(config), "objective": "certainty forcing (dParallel, arXiv 2509.26488)",
                   "trajectories": len(rows), "final_loss": state["log"][-1]["loss"],
-                  "train_minutes": round((time.time() - started) / 60, 1),
+                  "train_minutes": round(run.elapsed() / 60, 1),
                   "trajectory_minutes": round(state["trajectory_s"] / 60, 1) if state.get("trajectory_s") else None,
                   "machine": {"cpu": platform.processor() or platform.machine(), "threads": config.threads},
                   "torch": torch.__version__}

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
-from attrs import asdict, field, frozen
+from attrs import asdict, define, field, frozen
 
 from unmask._files import check_output_directory, read_json, read_safetensors, staged_directory
 
@@ -304,6 +304,52 @@ def optimizer_step(loss: torch.Tensor, model: Any, optimizer: Any, scheduler: An
     scheduler.step()
 
 
+@define
+class Run:
+    """What a training run carries from step to step, and what a checkpoint restores of it."""
+
+    optimizer: Any
+    generator: torch.Generator  # the masks' noise
+    rng: random.Random  # the batches
+    state: dict[str, Any]  # step, log, running loss, elapsed time (PROGRESS_KEYS) and what a command adds
+    scheduler: Any
+    started: float  # time.time() at the run's start, less what earlier sessions of it took
+    saved: float = field(factory=time.time)  # the last checkpoint (or the start)
+
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
+    def save_if_due(self, step: int, config: Any, checkpoint: Path, model: Any) -> None:
+        """A checkpoint after ``step`` when ``config.checkpoint_minutes`` have passed since the last (never after
+        the last step: the finished model is written instead)."""
+        if time.time() - self.saved > 60 * config.checkpoint_minutes and step < config.steps - 1:
+            self.state.update(step=step + 1, rng=self.rng.getstate(), elapsed_s=self.elapsed())
+            _save_checkpoint(checkpoint, model, self.optimizer, self.generator, self.state)
+            self.saved = time.time()
+
+
+def begin_run(model: Any, config: Any, checkpoint: Path, saved_state: Any = None, floor: float = 0.05,
+              **recorded: Any) -> Run:
+    """``model`` in training mode with AdamW (``config.learning_rate``, ``weight_decay``), generators seeded from
+    ``config.seed``, a warm-up/cosine schedule to ``floor``, and a fresh state holding ``recorded``; or all of
+    it as ``saved_state`` (``_read_checkpoint``) left it."""
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
+                                  betas=(0.9, 0.98))
+    generator = torch.Generator().manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    state: dict[str, Any] = {"config": json.loads(json.dumps(asdict(config))), "step": 0, "log": [],
+                             "running": None, "elapsed_s": 0.0, **recorded}
+    if saved_state is not None:
+        state, tensors = saved_state
+        _apply_checkpoint(checkpoint, tensors, model, optimizer, generator)
+        rng.setstate(_as_tuples(state["rng"]))
+    for group in optimizer.param_groups:  # what LambdaLR needs to start at a later step
+        group.setdefault("initial_lr", group["lr"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config, floor), last_epoch=state["step"] - 1)
+    return Run(optimizer, generator, rng, state, scheduler, started=time.time() - state["elapsed_s"])
+
+
 def checkpoint_directory(out: str | Path) -> Path:
     out = Path(out)
     return out.with_name(out.name + ".checkpoint")
@@ -406,21 +452,8 @@ def train_reference_model(out: str | Path, config: TrainingConfig = TrainingConf
     # Eager attention trains ~1.3x faster than SDPA at these sizes on the CPU; it is not saved with the
     # weights, so the loaded model uses transformers' default again.
     model.set_attn_implementation("eager")
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
-                                  betas=(0.9, 0.98))
-    generator = torch.Generator().manual_seed(config.seed)
-    rng = random.Random(config.seed)
-    state: dict[str, Any] = {"config": json.loads(json.dumps(asdict(config))), "step": 0, "log": [],
-                             "running": None, "elapsed_s": 0.0}
-    if saved_state is not None:
-        state, tensors = saved_state
-        _apply_checkpoint(checkpoint, tensors, model, optimizer, generator)
-        rng.setstate(_as_tuples(state["rng"]))
-    for group in optimizer.param_groups:  # what LambdaLR needs to start at a later step
-        group.setdefault("initial_lr", group["lr"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config), last_epoch=state["step"] - 1)
-    started, saved = time.time() - state["elapsed_s"], time.time()
+    run = begin_run(model, config, checkpoint, saved_state)
+    optimizer, generator, rng, state, scheduler = run.optimizer, run.generator, run.rng, run.state, run.scheduler
     bar = tqdm(range(state["step"], config.steps), desc="training", disable=not progress, mininterval=5,
                initial=state["step"], total=config.steps)
     for step in bar:
@@ -444,12 +477,9 @@ def train_reference_model(out: str | Path, config: TrainingConfig = TrainingConf
         state["running"] = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 50 == 0 or step == config.steps - 1:
             state["log"].append({"step": step, "loss": round(state["running"], 5), "lr": scheduler.get_last_lr()[0],
-                                 "elapsed_s": round(time.time() - started, 1)})
+                                 "elapsed_s": round(run.elapsed(), 1)})
             bar.set_postfix(loss=f"{state['running']:.4f}")
-        if time.time() - saved > 60 * config.checkpoint_minutes and step < config.steps - 1:
-            state.update(step=step + 1, rng=rng.getstate(), elapsed_s=time.time() - started)
-            _save_checkpoint(checkpoint, model, optimizer, generator, state)
-            saved = time.time()
+        run.save_if_due(step, config, checkpoint, model)
     model.eval()
 
     with staged_directory(out, command="train-model", overwrite=overwrite) as staging:
@@ -460,7 +490,7 @@ def train_reference_model(out: str | Path, config: TrainingConfig = TrainingConf
         (staging / "training_log.jsonl").write_text("".join(json.dumps(row) + "\n" for row in state["log"]))
         record = {
             "config": asdict(config), "parameters": sum(p.numel() for p in model.parameters()),
-            "final_loss": state["log"][-1]["loss"], "train_minutes": round((time.time() - started) / 60, 1),
+            "final_loss": state["log"][-1]["loss"], "train_minutes": round(run.elapsed() / 60, 1),
             "machine": {"cpu": platform.processor() or platform.machine(), "threads": config.threads},
             "torch": torch.__version__,
         }
