@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from unmask.caches.block import DualCache, PrefixCache
+from unmask.caches.elastic import ElasticCache
 from unmask.caches.exact import ExactBlockCache
 from unmask.caches.none import NoCache
 from unmask.core.plugins import Registrar, hookimpl
 
-__all__ = ["NoCache", "PrefixCache", "DualCache", "ExactBlockCache"]
+__all__ = ["NoCache", "PrefixCache", "DualCache", "ExactBlockCache", "ElasticCache"]
 
 
 @hookimpl
@@ -16,3 +17,4 @@ def unmask_register_caches(registry: Registrar) -> None:
     registry.add("prefix", PrefixCache)
     registry.add("dual", DualCache)
     registry.add("exact", ExactBlockCache)
+    registry.add("elastic", ElasticCache)

@@ -67,6 +67,9 @@ class CandidateScorer:
         count, batch, width = canvases.shape
         state = self.next_state(canvases[0])
         plan = self.cache_manager.plan(state)
+        if plan.run is not None:
+            raise TypeError(f"{type(self.cache_manager).__name__} cannot score candidates: it runs its forwards a "
+                            "layer at a time (ForwardPlan.run); use cache none, prefix or dual")
         cache = plan.past_key_values
         if cache is not None:
             cache = self.cache_manager.repeated(cache, count)

@@ -172,7 +172,8 @@ def _steps(
     canvas = Canvas.of(layout, mask_id, eos_id)
     counts = torch.zeros(len(canvas.x), dtype=torch.long, device=canvas.x.device)
     source = LogitsSource(model, parts["cache"], info, layout, canvas, config, generator, nfe=counts,
-                          candidate_rows=counts.clone(), leave_one_out=parts["policy"].leave_one_out)
+                          candidate_rows=counts.clone(), recomputed=counts.clone(),
+                          leave_one_out=parts["policy"].leave_one_out)
     source.check()
     parts["cache"].reset(model)
     done = torch.zeros_like(counts, dtype=torch.bool)
@@ -194,9 +195,9 @@ def _steps(
             def view_of(forward: Forward, x0: torch.Tensor, confidence: torch.Tensor) -> StepView:
                 return StepView(
                     x=x, x0=x0, confidence=confidence, masked=masked, window=window, row_active=row_active,
-                    schedule_k=k, nfe=source.nfe.clone(), logits=forward.block_logits(block), generator=generator,
-                    gen_start=layout.gen_start, answer_start=layout.answer_start, block_start=block[0],
-                    block_end=block[1], block_index=block_index, step=step, mask_token_id=mask_id,
+                    schedule_k=k, nfe=source.nfe.clone(), recomputed=source.recomputed.clone(),
+                    logits=forward.block_logits(block), generator=generator, gen_start=layout.gen_start,
+                    answer_start=layout.answer_start, block_start=block[0], block_end=block[1], block_index=block_index, step=step, mask_token_id=mask_id,
                     eos_token_id=eos_id, global_step=global_step, total_steps=total_steps,
                     span_logits=forward.logits, span_start=forward.plan.start, evaluate=forward.scorer,
                     commit_confidence=canvas.confidence, commit_step=canvas.commit_step,
@@ -212,7 +213,8 @@ def _steps(
             as_decided &= ~select.end_answers(view, decision, canvas, global_step)
             source.keep(forward, decision, as_decided)
             view = attrs.evolve(view, x=canvas.x, committed=decision.mask, remasked=decision.remask,
-                                edited=decision.edit, nfe=source.nfe.clone(), evaluate=None,
+                                edited=decision.edit, nfe=source.nfe.clone(), recomputed=source.recomputed.clone(),
+                                evaluate=None,
                                 commit_confidence=canvas.confidence)
             done |= _stop(parts["stop"], view, canvas, done, retired.mask(done), global_step)
             if parts["policy"].steps_after_fill:  # (no bookkeeping for a policy that declares none)
@@ -275,7 +277,7 @@ def _result(canvas: Canvas, layout: Layout, source: LogitsSource, config: Decode
         tokens=tokens, answer_lengths=answer_lengths, nfe=source.nfe,
         commit_step=canvas.commit_step.gather(1, answer), wall_s=wall_s, config=config,
         components={role: describe(ROLES[role], part) for role, part in parts.items()},
-        candidate_rows=source.candidate_rows,
+        candidate_rows=source.candidate_rows, recomputed=source.recomputed,
     )
 
 

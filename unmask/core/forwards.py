@@ -58,6 +58,7 @@ class LogitsSource:
     generator: torch.Generator
     nfe: torch.Tensor  # (B,) forwards each row took part in
     candidate_rows: torch.Tensor  # (B,) candidate canvases each row sent through a forward
+    recomputed: torch.Tensor  # (B,) positions x layers each row's forwards computed (DecodeResult.recomputed)
     reuse: Reuse | None = None  # logits of a committed candidate, for the next step
     leave_one_out: bool = False  # each forward also predicts every block position without its own token
 
@@ -84,7 +85,8 @@ class LogitsSource:
         attention = self.layout.real[:, :visible] * (columns[None, :] < self.canvas.row_end[:, None])
         return CanvasState(input_ids=x[:, :visible], attention_mask=attention,
                            position_ids=(attention.cumsum(-1) - 1).clamp(min=0), block_start=block[0],
-                           block_end=block[1], step=step, lookbehind=int(self.info.shift_logits))
+                           block_end=block[1], step=step, lookbehind=int(self.info.shift_logits),
+                           gen_start=self.layout.gen_start)
 
     def open_block(self, index: int, done: torch.Tensor, global_step: int) -> None:
         """Before a block's first step: the cache's forward on the block just finished (``finish_block``: an
@@ -162,6 +164,12 @@ class LogitsSource:
         it) or the cache manager cannot cut its rows (``rows_of``); a row's logits never depend on the other
         rows fed beside it. Counts a forward for ``rows``."""
         self.nfe += rows.long()
+        if plan.run is not None:  # the cache runs the model itself, a layer at a time
+            ran, recomputed = plan.run(rows)
+            check_logits(ran, (x.shape[0], plan.end - plan.start), self.largest_id, global_step)
+            self.recomputed += torch.where(rows, recomputed, 0)
+            return ran
+        self.recomputed += rows.long() * (plan.end - plan.start) * (self.info.num_layers or 1)
         span, cache = slice(plan.start, plan.end), plan.past_key_values
         index: Any = slice(None)
         if not bool(rows.all()) and not plan.fills_cache:
@@ -190,6 +198,7 @@ class LogitsSource:
             raise ValueError("policy: leave-one-out predictions need every column in each forward: cache='none'")
         self.nfe += rows.long()
         index = rows.nonzero().flatten()
+        self.recomputed += rows.long() * (plan.end + block[1] - block[0]) * (self.info.num_layers or 1)
         fed, real = x[index, :plan.end], plan.attention_mask[index].bool()
         # The copy covers the block's columns the forward sees (a stop or a constraint may have cut the rest).
         rows_fed, length = len(index), fed.shape[1]

@@ -1,7 +1,7 @@
 """What the engine needs to know of a model, read once per decode: its token ids, vocabulary, positions and
 attention layout. A model states these as attributes (``mask_token_id``, ``eos_token_id``, ``vocab_size``,
 and where they apply ``shift_logits``, ``block_size``, ``max_positions``, ``accepts_cache``,
-``accepts_pair_mask``); this is the
+``accepts_pair_mask``, ``num_layers``, ``runs_layers``); this is the
 one place that reads them, so the loop and its stages ask :class:`ModelInfo` and never the model."""
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ class ModelInfo:
     accepts_cache: bool  # it takes a KV cache (past_key_values)
     # it takes a (B, 1, Q, K) additive attention mask (0: may attend, -inf: may not) in place of (B, K)
     accepts_pair_mask: bool = False
+    num_layers: int | None = None  # its layers, where it says (forward costs are counted in position-layers)
+    # it runs a layer at a time through ``model.layer_stack()`` (unmask.contrib.models.layers.LayerStack), for a
+    # cache that decides per layer what to recompute
+    runs_layers: bool = False
 
     @property
     def own_cache(self) -> str:
@@ -51,11 +55,14 @@ class ModelInfo:
                              f"{size} positions; decode with block_length={size} or a divisor of it (sub-blocks, "
                              "decoded left to right, as Fast-dLLM v2 does)")
         positions = getattr(model, "max_positions", None)
+        layers = getattr(model, "num_layers", None)
         return cls(mask_token_id=mask_id, eos_token_id=eos_id, vocab_size=vocab,
                    shift_logits=bool(getattr(model, "shift_logits", False)), block_size=size,
                    max_positions=positions if isinstance(positions, int) else None,
                    accepts_cache=bool(getattr(model, "accepts_cache", False)),
-                   accepts_pair_mask=bool(getattr(model, "accepts_pair_mask", False)))
+                   accepts_pair_mask=bool(getattr(model, "accepts_pair_mask", False)),
+                   num_layers=layers if isinstance(layers, int) and not isinstance(layers, bool) else None,
+                   runs_layers=bool(getattr(model, "runs_layers", False)))
 
 
 def _token_id(configured: int | None, model: Any, name: str, vocab: int | None) -> int:

@@ -16,7 +16,7 @@ from unmask.core.validators import integer, number, optional
 
 __all__ = [
     "Candidates", "Commit", "DecodeConfig", "DecodeResult", "StepView", "StopDecision", "CanvasState", "ForwardPlan",
-    "UnmaskPolicy", "StopCriterion", "CacheManager", "DenoiserModel", "Constraint", "Vocabulary",
+    "UnmaskPolicy", "StopCriterion", "CacheManager", "DenoiserModel", "LayerStack", "Constraint", "Vocabulary",
 ]
 
 
@@ -90,6 +90,8 @@ class StepView:
     row_active: torch.Tensor = tensor_field()  # (B,) bool, rows still decoding this block
     schedule_k: torch.Tensor = tensor_field()  # (B,) long, LLaDA's linear schedule count for this step
     nfe: torch.Tensor = tensor_field()  # (B,) long, forwards so far, this one included
+    # (B,) long, position-layers computed so far, this forward included (DecodeResult.recomputed); None: not kept
+    recomputed: torch.Tensor | None = tensor_field(default=None)
     logits: torch.Tensor | None = tensor_field(default=None)  # (B, W, V) over the block, or None
     committed: torch.Tensor | None = tensor_field(default=None)  # (B, L) bool, set for stop criteria
     # After the commit, for stops and observers: positions the step returned to the mask or edited (None: none).
@@ -219,6 +221,7 @@ class CanvasState:
     block_end: int
     step: int  # within the block
     lookbehind: int = 0  # 1 for shift_logits models: column c is predicted from c - 1
+    gen_start: int = 0  # the first column of any row's answer: every column before it is prompt or padding
 
 
 @frozen(kw_only=True)
@@ -232,6 +235,10 @@ class ForwardPlan:
     # The forward writes the cache that later steps read (a refresh): its logits cannot be taken from a
     # forward on another canvas, and candidate canvases are scored on a copy of the cache.
     fills_cache: bool = False
+    # A cache that runs the model itself, a layer at a time (Elastic-Cache): ``run(rows)`` gives the plan's
+    # (B, end - start, V) logits for the (B,) bool ``rows`` (zeros elsewhere) and (B,) position-layers it
+    # computed for each row; the engine then calls it instead of the model.
+    run: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, eq=False, repr=False)
 
 
 @frozen(kw_only=True)
@@ -246,6 +253,9 @@ class DecodeResult:
     config: DecodeConfig
     components: dict[str, Any]  # kind -> {"name", "params", "provider", "version"}
     candidate_rows: torch.Tensor | None = tensor_field(default=None)  # (B,) candidate canvases forwarded
+    # (B,) positions x layers each row's forwards computed (a forward of S columns through n layers: S x n;
+    # a cache that recomputes per layer counts what it recomputed); candidate canvases are not counted.
+    recomputed: torch.Tensor | None = tensor_field(default=None)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -253,6 +263,7 @@ class DecodeResult:
             "answer_lengths": self.answer_lengths.tolist(),
             "nfe": self.nfe.tolist(),
             "candidate_rows": None if self.candidate_rows is None else self.candidate_rows.tolist(),
+            "recomputed": None if self.recomputed is None else self.recomputed.tolist(),
             "wall_s": self.wall_s,
             "config": attrs.asdict(self.config),
             "components": self.components,
@@ -285,6 +296,44 @@ class CacheManager(Protocol):
 
     # Optional: ``finish_block(state) -> ForwardPlan | None``, a forward the engine runs once a block is
     # finished, counted in the NFE (the exact cache of a block-causal model stores the block with it).
+
+
+class LayerStack(Protocol):
+    """A model a layer at a time, for a cache that decides per layer what to recompute: what
+    ``model.layer_stack()`` returns where the model declares ``runs_layers`` (``ModelInfo``). Hidden states
+    are (B, Q, H), keys and values (B, kv_heads, K, head_dim), masks (B, 1, Q, K) additive, logits unshifted."""
+
+    count: int  # layers
+
+    def full(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_mask: torch.Tensor
+             ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """The model's own forward: logits and, per layer, its input hidden states, keys and values."""
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor: ...
+
+    def rotary(self, hidden: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def mask(self, keys: torch.Tensor, queries: int) -> torch.Tensor:
+        """Every query sees the real keys (``keys`` (B, K) nonzero)."""
+
+    def project(self, index: int, hidden: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A layer's queries, keys and values of the fed columns, position-embedded."""
+
+    def attend(self, index: int, hidden: torch.Tensor, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+               mask: torch.Tensor, watched: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The rest of the layer for the fed columns, over ``keys``/``values``: its output and the (B, heads,
+        W, K) attention weights of the queries at slots ``watched`` (B, W), if asked."""
+
+    def layer(self, index: int, hidden: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor,
+              watched: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """A layer over every column: output, keys, values, the attention weights of the columns ``watched``."""
+
+    def attention(self, index: int, hidden: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor],
+                  keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, heads, Q, K) attention weights of queries from the layer's input ``hidden`` over ``keys``."""
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
 
 
 @runtime_checkable

@@ -149,6 +149,7 @@ class CellRun:
 
     correct: list[bool] = field(factory=list)
     nfe: list[int] = field(factory=list)
+    recomputed: list[int] = field(factory=list)  # position-layers each sample's forwards computed
     answer_tokens: list[int] = field(factory=list)
     wall_s: float = 0.0
     components: dict[str, Any] = field(factory=dict)
@@ -160,6 +161,7 @@ class CellRun:
         if len(runs) == 1:
             return runs[0]
         return cls(correct=[c for r in runs for c in r.correct], nfe=[n for r in runs for n in r.nfe],
+                   recomputed=[n for r in runs for n in r.recomputed],
                    answer_tokens=[a for r in runs for a in r.answer_tokens], wall_s=max(r.wall_s for r in runs),
                    components=next(r.components for r in runs if r.components),
                    first=next(r.first for r in runs if r.first))
@@ -198,6 +200,7 @@ def run_cell(
         answers = decode_answers(tokenizer, result)
         run.correct += [score(s, a) for s, a in zip(batch, answers)]
         run.nfe += result.nfe.tolist()
+        run.recomputed += [] if result.recomputed is None else result.recomputed.tolist()
         run.answer_tokens += result.answer_lengths.tolist()
         run.wall_s += result.wall_s
         run.components = result.components
@@ -213,6 +216,8 @@ def cell_metrics(run: CellRun, config: DecodeConfig) -> dict[str, Any]:
     count, nfe = len(run.nfe), sum(run.nfe)
     return {
         "n": count, "accuracy": round(100 * sum(run.correct) / count, 2), "nfe_mean": round(nfe / count, 2),
+        # position-layers a sample's forwards computed: what a cache saves, where forwards stay the same
+        "recomputed_mean": round(sum(run.recomputed) / count, 1) if len(run.recomputed) == count else None,
         "tokens_per_forward": round(config.gen_length * count / nfe, 3), "wall_s": round(run.wall_s, 3),
         "tokens_per_s": round(sum(run.answer_tokens) / run.wall_s, 2) if run.wall_s else None,
         "gen_length": config.gen_length, "block_length": config.num_block_tokens, "steps": config.num_steps,
@@ -230,6 +235,8 @@ def mean_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         **{k: rows[0][k] for k in ("policy", "stop", "cache", "constraint") if k in rows[0]}, "task": "mean", "n": count,
         "accuracy": round(sum(r["accuracy"] for r in rows) / len(rows), 2),  # mean over tasks
         "nfe_mean": round(nfe / count, 2), "tokens_per_forward": round(rows[0]["gen_length"] * count / nfe, 3),
+        "recomputed_mean": (round(sum(r["recomputed_mean"] * r["n"] for r in rows) / count, 1)
+                            if all(r.get("recomputed_mean") is not None for r in rows) else None),
         "wall_s": round(wall, 3), "tokens_per_s": round(tokens / wall, 2) if wall else None,
         "baseline": all(r.get("baseline") for r in rows),
         **{k: rows[0].get(k) for k in ("gen_length", "block_length", "steps", "seed", "components")},

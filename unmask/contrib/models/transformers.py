@@ -101,6 +101,26 @@ class TransformersDenoiser:
                 and self.model.config.model_type in PAIR_MASK_MODEL_TYPES)
 
     @property
+    def runs_layers(self) -> bool:
+        """Whether :meth:`layer_stack` can run it a layer at a time: transformers' own decoder families of the
+        Llama kind, attending bidirectionally."""
+        return self.accepts_pair_mask
+
+    @property
+    def num_layers(self) -> int | None:
+        value = getattr(self.model.config, "num_hidden_layers", None)
+        return value if isinstance(value, int) else None
+
+    def layer_stack(self) -> Any:
+        """The model a layer at a time (:class:`unmask.contrib.models.layers.LayerStack`)."""
+        from unmask.contrib.models.layers import LayerStack
+
+        if not self.runs_layers:
+            raise ValueError(f"{type(self.model).__name__} does not run a layer at a time here: that needs a "
+                             f"bidirectional transformers model of the families {', '.join(sorted(PAIR_MASK_MODEL_TYPES))}")
+        return LayerStack(self.model)
+
+    @property
     def vocab_size(self) -> int:
         return int(self.model.get_output_embeddings().weight.shape[0])
 
