@@ -114,3 +114,24 @@ def test_block_causal_training_masks_and_a_model_that_loads_block_causal(tmp_pat
     result = unmask.decode(model, [tokenizer(samples("copy", 1, 0)[0].prompt)["input_ids"]], gen_length=8,
                            block_length=4)
     assert result.components["cache"]["name"] == "exact" and not (result.tokens == model.mask_token_id).any()
+
+
+def test_corruption_replaces_a_share_of_the_visible_answer_tokens_and_puts_a_loss_on_every_visible_one():
+    from unmask.contrib.models.tiny import tiny_model, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    model, mask_id = tiny_model("llama", tokenizer), tokenizer.mask_token_id
+    vocabulary = model.get_output_embeddings().weight.shape[0]
+    noisy = torch.randint(2, vocabulary, (64, 40), generator=torch.Generator().manual_seed(0))
+    visible = torch.rand(noisy.shape, generator=torch.Generator().manual_seed(1)) < 0.5
+    noisy[~visible] = mask_id
+    config = attrs.evolve(TINY, corrupt_fraction=0.3)
+    corrupted, weighted = training._corrupted(noisy, visible, config, model, mask_id, torch.Generator().manual_seed(2))
+    changed = corrupted != noisy
+    assert not (changed & ~visible).any() and torch.equal(weighted, visible)  # masks stay; every visible one counts
+    assert 0.2 < changed.sum() / visible.sum() < 0.3  # (a random token may equal the one it replaces)
+    assert not (corrupted[visible] == mask_id).any()
+    same, none = training._corrupted(noisy, visible, TINY, model, mask_id, torch.Generator().manual_seed(2))
+    assert torch.equal(same, noisy) and not none.any()  # corrupt_fraction 0: the masking objective alone
+    with pytest.raises(ValueError, match="corrupt_fraction"):
+        TrainingConfig(corrupt_fraction=1.5)

@@ -24,6 +24,7 @@ import torch
 from attrs import asdict, define, field, frozen
 
 from unmask._files import check_output_directory, read_json, read_safetensors, staged_directory
+from unmask.core.validators import number
 
 if TYPE_CHECKING:
     from unmask.contrib.tasks import Sample
@@ -84,6 +85,10 @@ class TrainingConfig:
     # from position 0, each row as a noisy and a clean copy side by side (BD3-LM), its blocks masked with a
     # ratio of their own, and a twin row with the complementary mask, so every answer token has a loss.
     block_size: int | None = None
+    # LLaDA 2.1's token-to-token objective beside the masking one: this share of the visible answer tokens is
+    # replaced by random tokens and every visible answer position carries a loss too, so that the model's
+    # predictions at visible positions are corrections (what the `edit` policy reads). 0: masks only.
+    corrupt_fraction: float = field(default=0.0, validator=number(minimum=0.0, maximum=1.0))
 
 
 def read_recipe(path: str | Path, kind: Any = None) -> Any:
@@ -241,11 +246,25 @@ def _loss(model: Any, pairs: Sequence[tuple[list[int], list[int]]], config: Trai
     ratio = config.min_mask_ratio + (1 - config.min_mask_ratio) * torch.rand(len(pairs), 1, generator=generator)
     masked = (torch.rand(answers.shape, generator=generator) < ratio) & inside  # (B, canvas)
     noisy = input_ids.clone()
-    noisy[:, start:] = answers.masked_fill(masked, mask_id)
+    noisy[:, start:], visible = _corrupted(answers.masked_fill(masked, mask_id), inside & ~masked, config, model,
+                                           mask_id, generator)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
         logits = model(input_ids=noisy, attention_mask=attention_mask, position_ids=position_ids).logits[:, start:]
     losses = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), answers, reduction="none")  # (B, G)
-    return (losses * masked / ratio).sum() / inside.sum()
+    return (losses * masked / ratio + losses * visible).sum() / inside.sum()
+
+
+def _corrupted(noisy: torch.Tensor, visible: torch.Tensor, config: TrainingConfig, model: Any, mask_id: int,
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``noisy`` with ``config.corrupt_fraction`` of its ``visible`` answer tokens replaced by random tokens
+    (never the mask), and where the visible positions carry a loss: all of them when corrupting, else none."""
+    if not config.corrupt_fraction:
+        return noisy, torch.zeros_like(visible)
+    vocabulary = model.get_output_embeddings().weight.shape[0]
+    corrupt = visible & (torch.rand(noisy.shape, generator=generator) < config.corrupt_fraction)
+    tokens = torch.randint(0, vocabulary - 1, noisy.shape, generator=generator)
+    tokens += (tokens >= mask_id).long()  # (skips the mask id)
+    return torch.where(corrupt, tokens, noisy), visible
 
 
 def bd3_attention(blocks: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -274,14 +293,15 @@ def _block_loss(model: Any, pairs: Sequence[tuple[list[int], list[int]]], config
     masked = torch.cat([drawn, ~drawn]) & answer.repeat(2, 1)  # the twin row masks the complement
     ratio = torch.cat([ratio, 1 - ratio]).clamp(min=config.min_mask_ratio)
     clean, real, blocks, positions = (t.repeat(2, 1) for t in (input_ids, real, blocks, positions))
-    noisy = clean.masked_fill(masked, mask_id)
+    noisy, visible = _corrupted(clean.masked_fill(masked, mask_id), answer.repeat(2, 1) & ~masked, config, model,
+                                mask_id, generator)
     seen = bd3_attention(blocks, real.bool())
     bias = torch.zeros(seen.shape, dtype=torch.float32).masked_fill(~seen, torch.finfo(torch.float32).min)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
         logits = model(input_ids=torch.cat([noisy, clean], 1), attention_mask=bias[:, None],
                        position_ids=torch.cat([positions, positions], 1)).logits[:, :width]
     losses = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), clean, reduction="none")  # (2B, L)
-    return (losses * masked / ratio).sum() / (2 * answer.sum())
+    return (losses * masked / ratio + losses * visible).sum() / (2 * answer.sum())
 
 
 def warmup_cosine(config: Any, floor: float = 0.05) -> Any:
