@@ -126,12 +126,24 @@ def test_corruption_replaces_a_share_of_the_visible_answer_tokens_and_puts_a_los
     visible = torch.rand(noisy.shape, generator=torch.Generator().manual_seed(1)) < 0.5
     noisy[~visible] = mask_id
     config = attrs.evolve(TINY, corrupt_fraction=0.3)
-    corrupted, weighted = training._corrupted(noisy, visible, config, model, mask_id, torch.Generator().manual_seed(2))
+    clean, answer = noisy.clone(), torch.ones_like(visible)
+    corrupted, weighted = training._corrupted(noisy, visible, config, model, mask_id, torch.Generator().manual_seed(2),
+                                              clean, answer)
     changed = corrupted != noisy
     assert not (changed & ~visible).any() and torch.equal(weighted, visible)  # masks stay; every visible one counts
     assert 0.2 < changed.sum() / visible.sum() < 0.3  # (a random token may equal the one it replaces)
     assert not (corrupted[visible] == mask_id).any()
-    same, none = training._corrupted(noisy, visible, TINY, model, mask_id, torch.Generator().manual_seed(2))
+    same, none = training._corrupted(noisy, visible, TINY, model, mask_id, torch.Generator().manual_seed(2),
+                                     clean, answer)
     assert torch.equal(same, noisy) and not none.any()  # corrupt_fraction 0: the masking objective alone
+    # From the answer: every replacement is a token of the same row's answer positions.
+    clean[:, 20:] = 3  # (answer positions 0-19 only, below)
+    answer[:, 20:] = False
+    copied, _ = training._corrupted(noisy, visible, attrs.evolve(config, corrupt_source="answer"), model, mask_id,
+                                    torch.Generator().manual_seed(2), clean, answer)
+    moved = copied != noisy
+    assert moved.any()
+    rows, columns = moved.nonzero(as_tuple=True)
+    assert all(copied[r, c] in clean[r, :20] for r, c in zip(rows.tolist(), columns.tolist()))
     with pytest.raises(ValueError, match="corrupt_fraction"):
         TrainingConfig(corrupt_fraction=1.5)

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+import attrs
 import torch
 from attrs import asdict, define, field, frozen
 
@@ -89,6 +90,9 @@ class TrainingConfig:
     # replaced by random tokens and every visible answer position carries a loss too, so that the model's
     # predictions at visible positions are corrections (what the `edit` policy reads). 0: masks only.
     corrupt_fraction: float = field(default=0.0, validator=number(minimum=0.0, maximum=1.0))
+    # Where replacements come from: "random" tokens of the vocabulary, or "answer": tokens copied from another
+    # position of the same answer (the duplicates that parallel decoding writes on multi-answer tasks).
+    corrupt_source: str = field(default="random", validator=attrs.validators.in_(("random", "answer")))
 
 
 def read_recipe(path: str | Path, kind: Any = None) -> Any:
@@ -247,7 +251,7 @@ def _loss(model: Any, pairs: Sequence[tuple[list[int], list[int]]], config: Trai
     masked = (torch.rand(answers.shape, generator=generator) < ratio) & inside  # (B, canvas)
     noisy = input_ids.clone()
     noisy[:, start:], visible = _corrupted(answers.masked_fill(masked, mask_id), inside & ~masked, config, model,
-                                           mask_id, generator)
+                                           mask_id, generator, answers, inside)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
         logits = model(input_ids=noisy, attention_mask=attention_mask, position_ids=position_ids).logits[:, start:]
     losses = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), answers, reduction="none")  # (B, G)
@@ -255,15 +259,19 @@ def _loss(model: Any, pairs: Sequence[tuple[list[int], list[int]]], config: Trai
 
 
 def _corrupted(noisy: torch.Tensor, visible: torch.Tensor, config: TrainingConfig, model: Any, mask_id: int,
-               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """``noisy`` with ``config.corrupt_fraction`` of its ``visible`` answer tokens replaced by random tokens
-    (never the mask), and where the visible positions carry a loss: all of them when corrupting, else none."""
+               generator: torch.Generator, clean: torch.Tensor, answer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``noisy`` with ``config.corrupt_fraction`` of its ``visible`` answer tokens replaced (by random tokens,
+    never the mask, or by tokens of another position of the ``clean`` row's ``answer``), and where the visible
+    positions carry a loss: all of them when corrupting, else none."""
     if not config.corrupt_fraction:
         return noisy, torch.zeros_like(visible)
-    vocabulary = model.get_output_embeddings().weight.shape[0]
     corrupt = visible & (torch.rand(noisy.shape, generator=generator) < config.corrupt_fraction)
-    tokens = torch.randint(0, vocabulary - 1, noisy.shape, generator=generator)
-    tokens += (tokens >= mask_id).long()  # (skips the mask id)
+    if config.corrupt_source == "answer":
+        weights = answer.float() + (~answer.any(1, keepdim=True)).float()  # (a row with no answer: any column)
+        tokens = clean.gather(1, torch.multinomial(weights, noisy.shape[1], replacement=True, generator=generator))
+    else:
+        tokens = torch.randint(0, model.get_output_embeddings().weight.shape[0] - 1, noisy.shape, generator=generator)
+        tokens += (tokens >= mask_id).long()  # (skips the mask id)
     return torch.where(corrupt, tokens, noisy), visible
 
 
@@ -294,7 +302,7 @@ def _block_loss(model: Any, pairs: Sequence[tuple[list[int], list[int]]], config
     ratio = torch.cat([ratio, 1 - ratio]).clamp(min=config.min_mask_ratio)
     clean, real, blocks, positions = (t.repeat(2, 1) for t in (input_ids, real, blocks, positions))
     noisy, visible = _corrupted(clean.masked_fill(masked, mask_id), answer.repeat(2, 1) & ~masked, config, model,
-                                mask_id, generator)
+                                mask_id, generator, clean, answer.repeat(2, 1))
     seen = bd3_attention(blocks, real.bool())
     bias = torch.zeros(seen.shape, dtype=torch.float32).masked_fill(~seen, torch.finfo(torch.float32).min)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
