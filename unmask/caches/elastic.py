@@ -88,22 +88,25 @@ class ElasticCache(Component):
 
     def _run(self, state: CanvasState, start: int, end: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         kept, ids, positions, keys = self._kept, state.input_ids, state.position_ids, state.attention_mask
-        if self.gamma > 1:  # every layer of every step recomputed: the model's own forward, for the rows asked
-            return self._uncached(ids, positions, keys, start, end, rows)
-        if kept is None or kept.ids.shape[0] != ids.shape[0] or kept.ids.shape[1] < ids.shape[1]:
+        if self.gamma <= 1 and (kept is None or kept.ids.shape[0] != ids.shape[0] or kept.ids.shape[1] < ids.shape[1]):
             return self._refresh_all(ids, positions, keys, start, end)
-        if ids.shape[1] < kept.ids.shape[1]:  # columns cut since (EoTP): kept, hidden from every query
-            width = ids.shape[1]
-            ids, positions = torch.cat([ids, kept.ids[:, width:]], 1), torch.cat([positions, kept.positions[:, width:]], 1)
-            keys = torch.nn.functional.pad(keys, (0, kept.ids.shape[1] - width))
         selected = rows.nonzero().flatten()
-        logits, recomputed = self._step(selected, ids[selected], positions[selected], keys[selected], start, end,
-                                        state.gen_start if self.fresh_prompt else 0)
-        full = logits.new_zeros((len(rows), end - start, logits.shape[-1]))
-        full[selected] = logits
-        counts = torch.zeros(len(rows), dtype=torch.long, device=rows.device)
-        counts[selected] = recomputed
-        return full, counts
+        if self.gamma > 1:  # every layer of every step recomputed: the model's own forward, for the rows asked
+            full = self._stack.full(ids[selected], positions[selected], keys[selected])[0]
+            logits = self._shifted(full)[:, start:end]
+            recomputed = torch.full_like(selected, ids.shape[1] * self._stack.count)
+        else:
+            assert kept is not None
+            if ids.shape[1] < kept.ids.shape[1]:  # columns cut since (EoTP): kept, hidden from every query
+                width = ids.shape[1]
+                ids = torch.cat([ids, kept.ids[:, width:]], 1)
+                positions = torch.cat([positions, kept.positions[:, width:]], 1)
+                keys = torch.nn.functional.pad(keys, (0, kept.ids.shape[1] - width))
+            logits, recomputed = self._step(selected, ids[selected], positions[selected], keys[selected], start, end,
+                                            state.gen_start if self.fresh_prompt else 0)
+        # Rows not asked for get zeros and count nothing.
+        return (logits.new_zeros((len(rows), *logits.shape[1:])).index_copy(0, selected, logits),
+                torch.zeros(len(rows), dtype=torch.long, device=rows.device).index_copy(0, selected, recomputed))
 
     def _refresh_all(self, ids: torch.Tensor, positions: torch.Tensor, keys: torch.Tensor, start: int, end: int
                      ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,13 +124,6 @@ class ElasticCache(Component):
                            values=layer_values, tracked=self._most_attended(attended, ids, keys))
         return logits[:, start:end], counts
 
-    def _uncached(self, ids: torch.Tensor, positions: torch.Tensor, keys: torch.Tensor, start: int, end: int,
-                  rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        selected = rows.nonzero().flatten()
-        logits = self._shifted(self._stack.full(ids[selected], positions[selected], keys[selected])[0])[:, start:end]
-        full = logits.new_zeros((len(rows), *logits.shape[1:])).index_copy(0, selected, logits)
-        return full, rows.long() * ids.shape[1] * self._stack.count
-
     def _step(self, selected: torch.Tensor, ids: torch.Tensor, positions: torch.Tensor, keys: torch.Tensor,
               start: int, end: int, prompt_end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward of rows ``selected`` (their canvases given; columns before ``prompt_end`` run too): the
@@ -142,9 +138,9 @@ class ElasticCache(Component):
         slots = (query[:, None, :] == tracked[:, :, None]).long().argmax(-1)  # where each tracked token runs
         watched, valid = self._watched_masks(ids, start, end)  # (the window's slots are its columns - start)
         hidden = stack.embed(ids.gather(1, query))  # (b, Q, H): the query columns' hidden states
-        rotary_query, rotary_all = stack.rotary(hidden, positions.gather(1, query)), stack.rotary(hidden, positions)
+        rotary_query = stack.rotary(hidden, positions.gather(1, query))
         rotary_tracked = stack.rotary(hidden, positions.gather(1, tracked))
-        mask_query, mask_all = stack.mask(keys, query.shape[1]), stack.mask(keys, ids.shape[1])
+        mask_query = stack.mask(keys, query.shape[1])
         mask_tracked = stack.mask(keys, tracked.shape[1])
         recomputed, distinct = torch.zeros_like(selected), _distinct(query)
         whole = None  # (b, L, H): every column's hidden states, for the rows refreshing
@@ -193,8 +189,10 @@ class ElasticCache(Component):
             if len(updating):
                 assert whole is not None
                 rows, inputs = selected[updating], whole[updating]
-                output, layer_keys, layer_values, weights = stack.layer(layer, inputs, _rows(rotary_all, updating),
-                                                                        mask_all[updating], start + watched[updating])
+                # (every column's rotary embedding and mask only for a step that refreshes)
+                output, layer_keys, layer_values, weights = stack.layer(
+                    layer, inputs, stack.rotary(inputs, positions[updating]), stack.mask(keys[updating], ids.shape[1]),
+                    start + watched[updating])
                 kept.hidden[layer][rows], kept.keys[layer][rows], kept.values[layer][rows] = inputs, layer_keys, layer_values
                 attention[updating] = _attended(weights, valid[updating])
                 whole[updating] = output
@@ -267,10 +265,6 @@ def _take(kept: torch.Tensor, rows: torch.Tensor, every: bool) -> torch.Tensor:
 def _at(hidden: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     """(b, C, H) hidden states at ``columns`` (b, C)."""
     return hidden.gather(1, _expand(columns, hidden))
-
-
-def _at_rotary(rotary: tuple[torch.Tensor, torch.Tensor], columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return _at(rotary[0], columns), _at(rotary[1], columns)
 
 
 def _rows(rotary: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -197,8 +197,9 @@ def _steps(
                     x=x, x0=x0, confidence=confidence, masked=masked, window=window, row_active=row_active,
                     schedule_k=k, nfe=source.nfe.clone(), recomputed=source.recomputed.clone(),
                     logits=forward.block_logits(block), generator=generator, gen_start=layout.gen_start,
-                    answer_start=layout.answer_start, block_start=block[0], block_end=block[1], block_index=block_index, step=step, mask_token_id=mask_id,
-                    eos_token_id=eos_id, global_step=global_step, total_steps=total_steps,
+                    answer_start=layout.answer_start, block_start=block[0], block_end=block[1],
+                    block_index=block_index, step=step, mask_token_id=mask_id, eos_token_id=eos_id,
+                    global_step=global_step, total_steps=total_steps,
                     span_logits=forward.logits, span_start=forward.plan.start, evaluate=forward.scorer,
                     commit_confidence=canvas.confidence, commit_step=canvas.commit_step,
                     leave_one_out=forward.leave_one_out)
@@ -214,8 +215,7 @@ def _steps(
             source.keep(forward, decision, as_decided)
             view = attrs.evolve(view, x=canvas.x, committed=decision.mask, remasked=decision.remask,
                                 edited=decision.edit, nfe=source.nfe.clone(), recomputed=source.recomputed.clone(),
-                                evaluate=None,
-                                commit_confidence=canvas.confidence)
+                                evaluate=None, commit_confidence=canvas.confidence)
             done |= _stop(parts["stop"], view, canvas, done, retired.mask(done), global_step)
             if parts["policy"].steps_after_fill:  # (no bookkeeping for a policy that declares none)
                 edited = torch.zeros_like(done) if decision.edit is None else decision.edit.any(1)

@@ -70,8 +70,7 @@ def bench_grid(*, tasks: Sequence[str], n: int, seed: int, policies: Sequence[An
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     """A Markdown table of the main metrics."""
     columns = ["policy", "stop", "cache", "task", "n", "accuracy", "nfe_mean", "tokens_per_forward", "recomputed_mean",
-               "wall_s",
-               "tokens_per_s", "nfe_speedup", "wall_speedup"]
+               "wall_s", "tokens_per_s", "nfe_speedup", "wall_speedup"]
     if any("constraint" in row for row in rows):
         columns.insert(3, "constraint")
         rows = [{"constraint": "none", **row} for row in rows]
