@@ -116,3 +116,29 @@ def test_bad_distill_settings_are_clear_errors(tmp_path):
         _small(items=0)
     with pytest.raises(Exception, match="no_such"):
         distill(tmp_path / "x", _small(policy="no_such"), progress=False)
+
+
+def test_only_correct_keeps_the_trajectories_the_task_scores_correct(tmp_path):
+    import attrs
+
+    import unmask
+    from unmask.contrib.tasks import score
+    from unmask.contrib.train.distillation import _prompts, trajectories
+
+    model, tokenizer = unmask.load("reference")
+    config = _small(tasks=("copy", "sort", "shuffle"), items=9, gen_length=32, block_length=32, policy="topk:k=8")
+    every, kept = (trajectories(model, tokenizer, c, progress=False)
+                   for c in (config, attrs.evolve(config, only_correct=True)))
+    samples = {tuple(tokenizer(text)["input_ids"]): sample for text, sample in _prompts(config)}
+
+    def right(row):
+        answer = row["answer"][:row["answer"].index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in \
+            row["answer"] else row["answer"]
+        return score(samples[tuple(row["prompt"])], tokenizer.decode(answer, skip_special_tokens=True).strip())
+
+    assert kept == [row for row in every if right(row)] and 0 < len(kept) < len(every)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "copy: a b"}\n')
+    with pytest.raises(ValueError, match="only_correct needs the tasks' prompts"):
+        _prompts(_small(prompts=str(prompts), only_correct=True))
+

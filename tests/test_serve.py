@@ -113,6 +113,31 @@ def test_concurrent_requests_are_batched_and_each_equals_its_decode_alone(server
 
 
 
+def test_a_request_joins_a_running_batch_with_its_settings_and_each_equals_its_decode_alone(server):
+    """Continuous batching: a request that arrives while a batch with its settings decodes joins it at the
+    batch's next block boundary; both answers, forwards and commit steps equal their decodes alone."""
+    from unmask.contrib.serve.batching import Job
+
+    batcher, tokenizer = server["app"].state.service.batcher, server["tokenizer"]
+    settings = Settings(policy="topk", gen_length=32, block_length=8)
+    first_ids, second_ids = (tokenizer(prompt)["input_ids"] for prompt in PROMPTS[:2])
+    second = []
+
+    def arrive_meanwhile(update):
+        if update.step == 3 and not second:
+            second.append(batcher.submit(Job(second_ids, settings)))
+
+    before = len(batcher.log)
+    replies = [batcher.submit(Job(first_ids, settings, on_step=arrive_meanwhile)).result(timeout=120)]
+    replies.append(second[0].result(timeout=120))
+    (batch,) = batcher.log[before:]
+    assert batch["joined"] == 1 and len(batch["forwards"]) == 2
+    for ids, reply in zip((first_ids, second_ids), replies):
+        result = unmask.decode(server["model"], [ids], gen_length=32, block_length=8, policy="topk")
+        assert reply["tokens"] == result.tokens[0].tolist() and reply["nfe"] == int(result.nfe[0])
+        assert reply["commit_step"] == result.commit_step[0].tolist()
+
+
 def test_lm_eval_local_completions_against_the_server_scores_like_bench(server, tmp_path, capsys, monkeypatch):
     from unmask.contrib.cli import main
 

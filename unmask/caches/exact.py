@@ -45,11 +45,16 @@ class ExactBlockCache(BlockKVRows):
             self._block_size = size
         self._cache, self._stored = None, 0
 
-    def plan(self, state: CanvasState) -> ForwardPlan:
+    def _kv(self) -> Any:
+        """The cache, made at the first forward after a reset (a decode's start, or rows joining it)."""
         from unmask.caches.kv import BlockKVCache  # transformers loads only when a cache is used
 
         if self._cache is None:
             self._cache = BlockKVCache()
+        return self._cache
+
+    def plan(self, state: CanvasState) -> ForwardPlan:
+        self._kv()
         # The columns of the block's own model block onward run (columns agree with positions modulo the
         # block size); with shifted logits the column before it too, for the block's first prediction.
         first = max(0, (state.block_start // self._block_size) * self._block_size - state.lookbehind)
@@ -73,7 +78,7 @@ class ExactBlockCache(BlockKVRows):
             return None
         if start < self._stored:
             self._cache.keep_first(start)
-        self._cache.set_mode("extend", keep=end - start)
+        self._kv().set_mode("extend", keep=end - start)
         self._stored = end
         return ForwardPlan(start=start, end=width, attention_mask=state.attention_mask, past_key_values=self._cache,
                            fills_cache=True)

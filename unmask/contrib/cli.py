@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "instead of the tasks' training items")
     distill.add_argument("--items", type=positive_int, default=None, help="trajectory prompts (default: 1024)")
     distill.add_argument("--policy", default=None, help="the policy that writes the trajectories (default: topk)")
+    distill.add_argument("--only-correct", action="store_true", default=None, help="keep only the trajectories whose "
+                         "answers the task scores correct")
     distill.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default: 1000)")
     distill.add_argument("--seed", type=seed_value, default=None, help="seed of masks and batches (default: 0)")
     distill.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: 2)")

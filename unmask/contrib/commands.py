@@ -124,7 +124,7 @@ def run_distill(args: argparse.Namespace) -> int:
 
     config = read_recipe(args.recipe, DistillConfig) if args.recipe else DistillConfig()
     given = {"base": args.base, "prompts": args.prompts, "items": args.items, "policy": args.policy,
-             "steps": args.steps, "seed": args.seed, "threads": args.threads}
+             "steps": args.steps, "seed": args.seed, "threads": args.threads, "only_correct": args.only_correct}
     config = attrs.evolve(config, **{name: value for name, value in given.items() if value is not None})
     print(distill(args.out, config, overwrite=args.overwrite, resume=args.resume))
     return 0

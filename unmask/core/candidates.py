@@ -37,6 +37,17 @@ class Reuse:
             return torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         return (x == self.x).all(1) & self.valid
 
+    def joined(self, shift: int, x: torch.Tensor, end: int) -> Reuse | None:
+        """These logits for the canvas ``x`` that rows joined (``unmask.core.layout.joined``: the rows here moved
+        ``shift`` columns right), for a plan of every column up to ``end``, the one a forward without a cache
+        runs; None where they were for another plan (a cache's plan starts afresh after a join anyway)."""
+        if self.start != 0:
+            return None
+        logits = self.logits.new_zeros((x.shape[0], end, self.logits.shape[-1]))
+        logits[:len(self.logits), shift:shift + self.end] = self.logits
+        valid = torch.cat([self.valid, self.valid.new_zeros(x.shape[0] - len(self.valid))])
+        return Reuse(logits=logits, start=0, end=end, x=x, valid=valid)
+
 
 @define
 class CandidateScorer:

@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 import torch
 
-from unmask.core.layout import Layout
+from unmask.core.layout import Layout, widened
 from unmask.core.types import Commit, StepView
 
 __all__ = ["Canvas", "checked_commit", "reach", "REMASKS_PER_POSITION"]
@@ -50,6 +50,21 @@ class Canvas:
         return cls(x=layout.x, row_end=layout.row_end, answer=columns[None, :] >= layout.answer_start[:, None],
                    commit_step=torch.full((batch, width), -1, dtype=torch.long, device=layout.x.device),
                    mask_id=mask_id, eos_id=eos_id)
+
+    def joined(self, layout: Layout, shift: int) -> Canvas:
+        """The canvas of ``layout`` (``unmask.core.layout.joined``): these rows moved ``shift`` columns right
+        and widened, as they stand, then the rows that joined."""
+        width, added = layout.x.shape[1], len(layout.x) - len(self.x)
+
+        def grown(tensor: torch.Tensor, fill: float) -> torch.Tensor:
+            old = widened(tensor, shift, width - shift - tensor.shape[1], fill)
+            return torch.cat([old, old.new_full((added, width), fill)])
+
+        columns = torch.arange(width, device=self.x.device)
+        return Canvas(x=layout.x, row_end=torch.cat([self.row_end + shift, layout.row_end[len(self.x):]]),
+                      answer=columns[None, :] >= layout.answer_start[:, None], commit_step=grown(self.commit_step, -1),
+                      mask_id=self.mask_id, eos_id=self.eos_id, remasks=grown(self.remasks, 0),
+                      confidence=grown(self.confidence, float("inf")))
 
     def window(self, block: tuple[int, int]) -> torch.Tensor:
         """(B, L) bool: the block's columns."""

@@ -36,6 +36,9 @@ class Component:
     # copy position attending to everything but its twin, at the twin's position id). Needs the full forward
     # (cache "none") and a model that takes (B, 1, Q, K) masks (``accepts_pair_mask``): a revokable decoder's check.
     leave_one_out: ClassVar[bool] = False
+    # Any component: whether decisions read the decode's clock (``view.global_step``, ``view.total_steps``). A
+    # row added to a running decode (``Decoding.add``) joins that clock midway, so such decodes take no new rows.
+    reads_clock: ClassVar[bool] = False
     # `unmask serve`: the string parameters a request may set, and as what (docs/serve.md); none by default.
     request_strings: ClassVar[Mapping[str, str]] = {}
     # The digest of a trained artefact the component decodes with (recorded in result rows), or None.
@@ -72,5 +75,5 @@ class Component:
 
 
 # The abilities above by name: an adapted component takes each one it has (unmask.core.plugins.declared).
-ABILITIES = ("reach", "stochastic", "steps_after_fill", "leave_one_out", "request_strings", "artefact_sha256",
+ABILITIES = ("reach", "stochastic", "reads_clock", "steps_after_fill", "leave_one_out", "request_strings", "artefact_sha256",
              "check_config", "requirements", "provide", "finish_block", "rows_of", "repeated")

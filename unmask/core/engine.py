@@ -17,7 +17,7 @@ import torch
 from unmask.core.canvas import REMASKS_PER_POSITION, Canvas
 from unmask.core.component import Component
 from unmask.core.forwards import Forward, LogitsSource
-from unmask.core.layout import Layout, block_columns, check_prompts, lay_out, pad_prompts, prompt_tensors
+from unmask.core.layout import Layout, block_columns, check_prompts, joined, lay_out, pad_prompts, prompt_tensors
 from unmask.core.model_info import ModelInfo
 from unmask.core.plugins import ROLES, create, describe, plugin_manager
 from unmask.core.selection import selection
@@ -77,8 +77,9 @@ def decode(
 
 def steps(model: DenoiserModel, input_ids: torch.Tensor | Sequence[Sequence[int]], **arguments: Any) -> Decoding:
     """The decode of :func:`decode` (same arguments), a step at a time: iterate the returned
-    :class:`Decoding` for each step's view after its commits; between steps, ``retire(rows)`` finishes rows;
-    ``result`` holds the :class:`DecodeResult` once the iteration ends (``run()`` finishes it)."""
+    :class:`Decoding` for each step's view after its commits; between steps, ``retire(rows)`` finishes rows
+    and ``add(prompts)`` adds rows; ``result`` holds the :class:`DecodeResult` once the iteration ends
+    (``run()`` finishes it). Arguments are checked here, before the first step."""
     return Decoding(model, input_ids, arguments)
 
 
@@ -87,8 +88,8 @@ class Decoding:
     caller's code between steps runs outside it. Views are the engine's own: read them, do not change them."""
 
     def __init__(self, model: DenoiserModel, input_ids: Any, arguments: dict[str, Any]) -> None:
-        self._retired = _Retired()
-        self._steps = _steps(model, input_ids, retired=self._retired, **arguments)
+        self._run = _Run.start(model, input_ids, **arguments)
+        self._steps = _steps(self._run)
         self.result: DecodeResult | None = None
 
     def __iter__(self) -> Decoding:
@@ -105,7 +106,33 @@ class Decoding:
     def retire(self, rows: torch.Tensor | Sequence[int]) -> None:
         """Finish these rows (indices into the decode's batch, or a (B,) bool mask) at the next step, as a stop
         criterion would: their remaining masks take the latest predictions; the other rows go on unchanged."""
-        self._retired.add(rows)
+        rows = torch.as_tensor(rows)
+        self._run.retired |= set((rows.nonzero().flatten() if rows.dtype == torch.bool else rows.flatten()).tolist())
+
+    def add(self, prompts: Sequence[Sequence[int]]) -> list[int]:
+        """Add a row for each prompt (a token list): the rows join at the decode's next block boundary (a step
+        boundary), laid out as they would be alone, and decode with the decode's components and config, their
+        ``commit_step`` counted from the step they join at. Returns their indices in the batch, after every row
+        already in it. Refused where a row would not decode as it does alone: components that read the decode's
+        clock (``reads_clock``) or its shared random stream (``stochastic``, temperature > 0), or a decode
+        that has ended."""
+        if self.result is not None:
+            raise RuntimeError("add: the decode has ended; start a new one")
+        return self._run.add(prompts)
+
+    @property
+    def joinable(self) -> bool:
+        """Whether :meth:`add` takes rows."""
+        return self.result is None and self._run.join_refusal() is None
+
+    def finished(self) -> list[int]:
+        """The rows whose answers no later step changes: stopped or retired, or filled with their last block
+        closed (rows waiting to join are not among them)."""
+        return self._run.finished().nonzero().flatten().tolist()
+
+    def rows(self, rows: Sequence[int]) -> DecodeResult:
+        """The result of these rows as they stand now (final for the rows :meth:`finished` lists)."""
+        return self._run.result(torch.as_tensor(list(rows), dtype=torch.long))
 
     def run(self) -> DecodeResult:
         """Decode the remaining steps; the result."""
@@ -115,89 +142,173 @@ class Decoding:
         return self.result
 
 
-class _Retired:
-    """Rows a caller finished between steps, by index into the batch."""
+@attrs.define(eq=False)
+class _Run:
+    """A decode's state between steps: its stages and the rows' canvas, counts and progress."""
 
-    def __init__(self) -> None:
-        self.indices: set[int] = set()
+    model: Any
+    config: DecodeConfig
+    info: ModelInfo
+    parts: dict[str, Any]
+    layout: Layout
+    canvas: Canvas
+    source: LogitsSource
+    select: Any  # a Selection
+    generator: torch.Generator
+    done: torch.Tensor  # (B,) bool: stopped or retired
+    first_step: torch.Tensor  # (B,) long: the global step each row joined at
+    after_fill: torch.Tensor  # (B,) long: steps the current block stays open for each row after its last mask
+    started: float
+    on_step: StepObserver | None
+    retired: set[int] = attrs.Factory(set)  # rows a caller finished between steps
+    joining: list[list[int]] = attrs.Factory(list)  # prompts waiting for the next block boundary
 
-    def add(self, rows: torch.Tensor | Sequence[int]) -> None:
-        rows = torch.as_tensor(rows)
-        self.indices |= set((rows.nonzero().flatten() if rows.dtype == torch.bool else rows.flatten()).tolist())
+    @classmethod
+    def start(cls, model: DenoiserModel, input_ids: torch.Tensor | Sequence[Sequence[int]], *,
+              attention_mask: torch.Tensor | None = None, config: DecodeConfig | None = None,
+              policy: UnmaskPolicy | Spec = "topk", stop: StopCriterion | Spec | Sequence[StopCriterion | Spec] | None = "none",
+              cache: CacheManager | Spec | None = None, constraint: Constraint | Spec | None = None,
+              tokenizer: Any = None, on_step: StepObserver | None = None, **settings: Any) -> _Run:
+        """The decode's set-up: arguments checked, components created, the canvas laid out."""
+        if config is None:
+            config = DecodeConfig(**settings)
+        elif settings:
+            raise TypeError(f"pass either config or settings, not both (got settings {sorted(settings)})")
+        info = ModelInfo.of(model, config)
+        input_ids, prompt_mask = prompt_tensors(input_ids, attention_mask, info.eos_token_id)
+        check_prompts(input_ids, prompt_mask, info, config.gen_length)
+        layout = lay_out(input_ids, prompt_mask, info, config.gen_length, config.num_block_tokens)
+        parts = _components(policy, stop, info.own_cache if cache is None else cache, constraint)
+        check_config(list(parts.values()), config)
+        generator = torch.Generator(device=input_ids.device).manual_seed(config.seed)
+        select = selection(parts["policy"], parts.get("constraint"), config=config, generator=generator,
+                           tokenizer=tokenizer, vocab_size=model.vocab_size, mask_id=info.mask_token_id,
+                           eos_id=info.eos_token_id, gen_start=layout.gen_start,
+                           name=_name("constraints", parts.get("constraint")))
+        started = time.perf_counter()
+        canvas = Canvas.of(layout, info.mask_token_id, info.eos_token_id)
+        counts = torch.zeros(len(canvas.x), dtype=torch.long, device=canvas.x.device)
+        source = LogitsSource(model, parts["cache"], info, layout, canvas, config, generator, nfe=counts,
+                              candidate_rows=counts.clone(), recomputed=counts.clone(),
+                              leave_one_out=parts["policy"].leave_one_out)
+        source.check()
+        parts["cache"].reset(model)
+        return cls(model=model, config=config, info=info, parts=parts, layout=layout, canvas=canvas, source=source,
+                   select=select, generator=generator, done=torch.zeros_like(counts, dtype=torch.bool),
+                   first_step=counts.clone(), after_fill=counts.clone(), started=started, on_step=on_step)
 
-    def mask(self, like: torch.Tensor) -> torch.Tensor:
-        """(B,) bool like ``like``: the retired rows."""
-        retired = torch.zeros_like(like, dtype=torch.bool)
-        retired[sorted(i for i in self.indices if i < len(retired))] = True
-        return retired
+    def join_refusal(self) -> str | None:
+        """Why rows cannot join this decode, or None."""
+        clocked = [role for role, part in self.parts.items()
+                   if part.reads_clock or (role == "policy" and part.stochastic)]
+        if clocked or self.config.temperature > 0:
+            what = f"its {clocked[0]} reads the decode's clock or random stream" if clocked else "temperature > 0"
+            return f"rows cannot join this decode ({what}): they would not decode as they do alone"
+        return None
+
+    def add(self, prompts: Sequence[Sequence[int]]) -> list[int]:
+        refusal = self.join_refusal()
+        if refusal is not None:
+            raise ValueError(f"add: {refusal}")
+        input_ids, prompt_mask = prompt_tensors([list(prompt) for prompt in prompts], None,
+                                               self.info.eos_token_id)
+        check_prompts(input_ids, prompt_mask, self.info, self.config.gen_length)
+        first = len(self.canvas.x) + len(self.joining)
+        self.joining += [list(prompt) for prompt in prompts]
+        return list(range(first, first + len(prompts)))
+
+    def join(self, block_index: int, global_step: int) -> None:
+        """The rows waiting to join, laid out from the block ``block_index`` starts (its start, or the canvas's
+        end once every block is done); the cache starts afresh for the grown batch (a block cache rebuilds at a
+        block's first step anyway; the exact cache stores every finished block again, a joining row's prompt
+        in that forward), and a candidate's logits kept for reuse move with their rows."""
+        blocks = self.layout.blocks
+        at = blocks[block_index][0] if block_index < len(blocks) else blocks[-1][1]
+        input_ids, prompt_mask = pad_prompts(self.joining, self.info.eos_token_id)
+        self.joining = []
+        layout, shift = joined(attrs.evolve(self.layout, x=self.canvas.x), input_ids.to(self.canvas.x.device),
+                               prompt_mask.to(self.canvas.x.device), self.info, self.config.gen_length,
+                               self.config.num_block_tokens, at)
+        self.layout, self.canvas = layout, self.canvas.joined(layout, shift)
+        reuse = self.source.reuse
+        reuse = None if reuse is None else reuse.joined(shift, self.canvas.x, int(self.canvas.row_end.max()))
+
+        def more(tensor: torch.Tensor, value: int) -> torch.Tensor:
+            return torch.cat([tensor, tensor.new_full((len(input_ids),), value)])
+
+        self.done, self.first_step = more(self.done, False), more(self.first_step, global_step)
+        self.source = attrs.evolve(self.source, layout=layout, canvas=self.canvas, nfe=more(self.source.nfe, 0),
+                                   candidate_rows=more(self.source.candidate_rows, 0),
+                                   recomputed=more(self.source.recomputed, 0), reuse=reuse)
+        self.parts["cache"].reset(self.model)
+
+    def open_block(self, block_index: int, global_step: int) -> tuple[tuple[int, int], torch.Tensor, torch.Tensor]:
+        """The block's columns, window and schedule, after the forwards between blocks."""
+        block = self.layout.blocks[block_index]
+        self.source.open_block(block_index, self.done, global_step)
+        window = self.canvas.window(block)
+        masks = (self.canvas.x[:, block[0]:block[1]] == self.info.mask_token_id).sum(1)
+        self.after_fill = _steps_after_fill(self.parts["policy"], self.canvas, window, self.done)
+        return block, window, linear_schedule(masks, self.config.steps_per_block)
+
+    def finished(self) -> torch.Tensor:
+        """(B,) bool: rows no later step changes."""
+        canvas = self.canvas
+        columns = torch.arange(canvas.x.shape[1], device=canvas.x.device)[None, :]
+        open_ = ((canvas.x == canvas.mask_id) & canvas.answer & (columns < canvas.row_end[:, None])).any(1)
+        return self.done | ~(open_ | (self.after_fill > 0))
+
+    def result(self, rows: torch.Tensor | None = None) -> DecodeResult:
+        """The result of ``rows`` (all: None) as they stand: each row's ``gen_length`` answer columns (a
+        block-causal canvas runs on to its block's end), commit steps counted from the step it joined at."""
+        canvas, source, config = self.canvas, self.source, self.config
+        index = slice(None) if rows is None else rows
+        answer = self.layout.answer_start[index, None] + torch.arange(config.gen_length, device=canvas.x.device)
+        tokens = canvas.x[index].gather(1, answer)
+        is_eos = tokens == canvas.eos_id
+        answer_lengths = torch.where(is_eos.any(1), is_eos.long().argmax(1),
+                                     torch.full_like(source.nfe[index], config.gen_length))
+        commit_step = canvas.commit_step[index].gather(1, answer)
+        commit_step = torch.where(commit_step >= 0, commit_step - self.first_step[index, None], commit_step)
+        return DecodeResult(
+            tokens=tokens, answer_lengths=answer_lengths, nfe=source.nfe[index], commit_step=commit_step,
+            wall_s=time.perf_counter() - self.started, config=config,
+            components={role: describe(ROLES[role], part) for role, part in self.parts.items()},
+            candidate_rows=source.candidate_rows[index], recomputed=source.recomputed[index],
+        )
 
 
-def _steps(
-    model: DenoiserModel,
-    input_ids: torch.Tensor | Sequence[Sequence[int]],
-    *,
-    attention_mask: torch.Tensor | None = None,
-    config: DecodeConfig | None = None,
-    policy: UnmaskPolicy | Spec = "topk",
-    stop: StopCriterion | Spec | Sequence[StopCriterion | Spec] | None = "none",
-    cache: CacheManager | Spec | None = None,
-    constraint: Constraint | Spec | None = None,
-    tokenizer: Any = None,
-    on_step: StepObserver | None = None,
-    retired: _Retired,
-    **settings: Any,
-) -> Generator[StepView, None, DecodeResult]:
+def _steps(run: _Run) -> Generator[StepView, None, DecodeResult]:
     """The loop over the stages: layout (``unmask.core.layout``), logits (``forwards``), selection
     (``selection``, a constraint wrapping the policy), commit (``canvas``), stop. Yields each step's view after
-    its commits; returns the result."""
-    if config is None:
-        config = DecodeConfig(**settings)
-    elif settings:
-        raise TypeError(f"pass either config or settings, not both (got settings {sorted(settings)})")
-    info = ModelInfo.of(model, config)
-    mask_id, eos_id = info.mask_token_id, info.eos_token_id
-    input_ids, prompt_mask = prompt_tensors(input_ids, attention_mask, eos_id)
-    check_prompts(input_ids, prompt_mask, info, config.gen_length)
-    layout = lay_out(input_ids, prompt_mask, info, config.gen_length, config.num_block_tokens)
-    parts = _components(policy, stop, info.own_cache if cache is None else cache, constraint)
-    check_config(list(parts.values()), config)
-    generator = torch.Generator(device=input_ids.device).manual_seed(config.seed)
-    select = selection(parts["policy"], parts.get("constraint"), config=config, generator=generator,
-                       tokenizer=tokenizer, vocab_size=model.vocab_size, mask_id=mask_id, eos_id=eos_id,
-                       gen_start=layout.gen_start, name=_name("constraints", parts.get("constraint")))
+    its commits; returns the result. Rows a caller adds join at the top of a block."""
+    config, parts, select, generator = run.config, run.parts, run.select, run.generator
+    mask_id, eos_id = run.info.mask_token_id, run.info.eos_token_id
     observers = plugin_manager().hook.unmask_on_step
     notify = bool(observers.get_hookimpls())
-
-    started = time.perf_counter()
-    canvas = Canvas.of(layout, mask_id, eos_id)
-    counts = torch.zeros(len(canvas.x), dtype=torch.long, device=canvas.x.device)
-    source = LogitsSource(model, parts["cache"], info, layout, canvas, config, generator, nfe=counts,
-                          candidate_rows=counts.clone(), recomputed=counts.clone(),
-                          leave_one_out=parts["policy"].leave_one_out)
-    source.check()
-    parts["cache"].reset(model)
-    done = torch.zeros_like(counts, dtype=torch.bool)
-    total_steps, global_step = len(layout.blocks) * config.steps_per_block, 0
-    for block_index, block in enumerate(layout.blocks):
-        source.open_block(block_index, done, global_step)
-        window = canvas.window(block)
-        schedule = linear_schedule((canvas.x[:, block[0]:block[1]] == mask_id).sum(1), config.steps_per_block)
-        after_fill = _steps_after_fill(parts["policy"], canvas, window, done)
+    block_index = global_step = 0
+    while True:
+        if run.joining:
+            run.join(block_index, global_step)
+        if block_index == len(run.layout.blocks):
+            break
+        (block, window, schedule), canvas, source = run.open_block(block_index, global_step), run.canvas, run.source
+        total_steps = len(run.layout.blocks) * config.steps_per_block
         for step in itertools.count():
             x, masked = canvas.x, canvas.x == mask_id
             filling = (masked & window).any(1)
-            row_active = ~done & (filling | (after_fill > 0))
+            row_active = ~run.done & (filling | (run.after_fill > 0))
             if not row_active.any():
                 break
             # Past the schedule's last step (a policy that committed less), one token per step.
-            k = schedule[:, step] if step < config.steps_per_block else torch.ones_like(counts)
+            k = schedule[:, step] if step < config.steps_per_block else torch.ones_like(source.nfe)
 
             def view_of(forward: Forward, x0: torch.Tensor, confidence: torch.Tensor) -> StepView:
                 return StepView(
                     x=x, x0=x0, confidence=confidence, masked=masked, window=window, row_active=row_active,
                     schedule_k=k, nfe=source.nfe.clone(), recomputed=source.recomputed.clone(),
-                    logits=forward.block_logits(block), generator=generator, gen_start=layout.gen_start,
-                    answer_start=layout.answer_start, block_start=block[0], block_end=block[1],
+                    logits=forward.block_logits(block), generator=generator, gen_start=run.layout.gen_start,
+                    answer_start=run.layout.answer_start, block_start=block[0], block_end=block[1],
                     block_index=block_index, step=step, mask_token_id=mask_id, eos_token_id=eos_id,
                     global_step=global_step, total_steps=total_steps,
                     span_logits=forward.logits, span_start=forward.plan.start, evaluate=forward.scorer,
@@ -216,17 +327,25 @@ def _steps(
             view = attrs.evolve(view, x=canvas.x, committed=decision.mask, remasked=decision.remask,
                                 edited=decision.edit, nfe=source.nfe.clone(), recomputed=source.recomputed.clone(),
                                 evaluate=None, commit_confidence=canvas.confidence)
-            done |= _stop(parts["stop"], view, canvas, done, retired.mask(done), global_step)
+            run.done |= _stop(parts["stop"], view, canvas, run.done, _rows(run.retired, run.done), global_step)
             if parts["policy"].steps_after_fill:  # (no bookkeeping for a policy that declares none)
-                edited = torch.zeros_like(done) if decision.edit is None else decision.edit.any(1)
-                after_fill = torch.where(row_active & ~filling, (after_fill - 1) * edited, after_fill)
-            if on_step is not None:
-                on_step(view)
+                edited = torch.zeros_like(run.done) if decision.edit is None else decision.edit.any(1)
+                run.after_fill = torch.where(row_active & ~filling, (run.after_fill - 1) * edited, run.after_fill)
+            if run.on_step is not None:
+                run.on_step(view)
             if notify:
                 observers(view=view)
             yield view
             global_step += 1
-    return _result(canvas, layout, source, config, parts, time.perf_counter() - started)
+        block_index += 1
+    return run.result()
+
+
+def _rows(indices: set[int], like: torch.Tensor) -> torch.Tensor:
+    """(B,) bool like ``like``: the rows at these indices."""
+    rows = torch.zeros_like(like, dtype=torch.bool)
+    rows[sorted(i for i in indices if i < len(rows))] = True
+    return rows
 
 
 def _steps_after_fill(policy: Any, canvas: Canvas, window: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
@@ -263,22 +382,6 @@ def _stop(criterion: Any, view: StepView, canvas: Canvas, done: torch.Tensor, re
     if newly_done.any():
         canvas.finalise(view.x0, newly_done, step)
     return newly_done
-
-
-def _result(canvas: Canvas, layout: Layout, source: LogitsSource, config: DecodeConfig, parts: dict[str, Any],
-            wall_s: float) -> DecodeResult:
-    """Each row's ``gen_length`` answer columns (a block-causal canvas runs on to its block's end)."""
-    answer = layout.answer_start[:, None] + torch.arange(config.gen_length, device=canvas.x.device)[None, :]
-    tokens = canvas.x.gather(1, answer)
-    is_eos = tokens == canvas.eos_id
-    answer_lengths = torch.where(is_eos.any(1), is_eos.long().argmax(1),
-                                 torch.full_like(source.nfe, config.gen_length))
-    return DecodeResult(
-        tokens=tokens, answer_lengths=answer_lengths, nfe=source.nfe,
-        commit_step=canvas.commit_step.gather(1, answer), wall_s=wall_s, config=config,
-        components={role: describe(ROLES[role], part) for role, part in parts.items()},
-        candidate_rows=source.candidate_rows, recomputed=source.recomputed,
-    )
 
 
 def own_cache(model: Any) -> str:

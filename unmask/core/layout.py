@@ -17,7 +17,8 @@ import torch
 
 from unmask.core.model_info import ModelInfo
 
-__all__ = ["Layout", "lay_out", "pad_prompts", "block_columns", "prompt_tensors", "check_prompts", "whole_blocks"]
+__all__ = ["Layout", "lay_out", "joined", "widened", "pad_prompts", "block_columns", "prompt_tensors", "check_prompts",
+           "whole_blocks"]
 
 
 def pad_prompts(prompts: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,6 +90,47 @@ def lay_out(input_ids: torch.Tensor, prompt_mask: torch.Tensor, info: ModelInfo,
     gen_start = int(starts.min())
     return Layout(x=x, real=(columns >= pads).long(), answer_start=starts, row_end=ends,
                   blocks=block_columns(gen_start, end - gen_start, block_length, aligned=True))
+
+
+def joined(layout: Layout, input_ids: torch.Tensor, prompt_mask: torch.Tensor, info: ModelInfo, gen_length: int,
+           block_length: int, at: int) -> tuple[Layout, int]:
+    """``layout`` with rows for more prompts (left-padded ``input_ids``, their ``prompt_mask``), each laid out
+    so that its answer starts at a block boundary ``at`` or later (a block-causal model's rows at the first
+    column there that agrees with their positions), and the columns prepended to every row where a prompt
+    does not fit left of it (whole model blocks for a block-causal model, so that columns keep agreeing with
+    positions). The rows already there keep their columns past the shift; the canvas grows to the right for
+    the new answers, by whole blocks of the decode, with EOS hidden from the rows it does not belong to.
+    Returns the layout and the shift."""
+    size = info.block_size or 1
+    lengths = prompt_mask.sum(1)
+    starts = at + (lengths - at) % size
+    shift = int(whole_blocks(int((lengths - starts).clamp(min=0).max()), size))
+    starts = starts + shift
+    ends = whole_blocks(starts + gen_length, size)
+    old = widened(layout.x, shift, 0, info.eos_token_id)
+    width = max(old.shape[1], int(ends.max()))
+    columns = torch.arange(width, device=old.device)[None, :]
+    pads = (starts - lengths)[:, None]
+    x = torch.full((len(lengths), width), info.mask_token_id, dtype=torch.long, device=old.device)
+    x[(columns >= pads) & (columns < starts[:, None])] = input_ids[prompt_mask.bool()]
+    x = x.masked_fill((columns < pads) | (columns >= ends[:, None]), info.eos_token_id)
+    # (the blocks' grid goes on: block-causal answers end at model block ends, which the decode's blocks divide)
+    blocks = [(start + shift, end + shift) for start, end in layout.blocks]
+    blocks += [(start, min(start + block_length, width)) for start in range(blocks[-1][1], width, block_length)]
+    return Layout(x=torch.cat([widened(old, 0, width - old.shape[1], info.eos_token_id), x]),
+                  real=torch.cat([widened(layout.real, shift, width - old.shape[1], 1, left_fill=0),
+                                  (columns >= pads).long()]),
+                  answer_start=torch.cat([layout.answer_start + shift, starts]),
+                  row_end=torch.cat([layout.row_end + shift, ends]), blocks=blocks), shift
+
+
+def widened(tensor: torch.Tensor, left: int, right: int, fill: float, *, left_fill: float | None = None) -> torch.Tensor:
+    """A (B, L) tensor with ``left`` columns before it and ``right`` after, holding ``fill`` (``left_fill``
+    on the left where given)."""
+    if not left and not right:
+        return tensor
+    before = tensor.new_full((tensor.shape[0], left), fill if left_fill is None else left_fill)
+    return torch.cat([before, tensor, tensor.new_full((tensor.shape[0], right), fill)], dim=1)
 
 
 def canvas_width(lengths: torch.Tensor, info: ModelInfo, gen_length: int) -> int:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from attrs import field, frozen
@@ -35,6 +35,7 @@ class ProphetStop(Component):
     row waits for one. Infinite thresholds never fire (then it is ``none``).
     """
 
+    reads_clock: ClassVar[bool] = True  # its thresholds follow the decode's progress
     early: float = field(default=7.5, validator=_gap_threshold)
     mid: float = field(default=5.0, validator=_gap_threshold)
     late: float = field(default=2.5, validator=_gap_threshold)

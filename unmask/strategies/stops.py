@@ -89,6 +89,11 @@ class AnyStop(Component):
 
     stops: tuple[Any, ...] = field(converter=_stops)
 
+    @property
+    def reads_clock(self) -> bool:  # type: ignore[override]
+        """Whether any member reads the decode's clock."""
+        return any(stop.reads_clock for stop in self.stops)
+
     def check_config(self, config: DecodeConfig) -> None:
         from unmask.core.engine import check_config
 

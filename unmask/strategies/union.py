@@ -40,6 +40,11 @@ class UnionPolicy(Component):
         """Whether any member draws from the decode's random stream."""
         return any(p.stochastic for p in self.policies)
 
+    @property
+    def reads_clock(self) -> bool:  # type: ignore[override]
+        """Whether any member reads the decode's clock."""
+        return any(p.reads_clock for p in self.policies)
+
     def requirements(self) -> set[str]:
         """What any member needs of the application (``unmask.core.needs``)."""
         return set().union(*(requirements(policy) for policy in self.policies))

@@ -5,8 +5,11 @@ A dispatcher thread takes the oldest waiting request, waits up to ``wait_s`` for
 :class:`Settings` (up to ``max_batch``; prompts of any length), and starts the batch in a thread of its own,
 up to ``max_running`` batches at once. The batches hold the model in turn, one step each (a first-come,
 first-served turn passed at every step boundary), so a 16-token request sent behind long ones waits a few of
-their steps, not their whole decodes. Decoding is batch-invariant, so each answer equals the request decoded
-alone; sampled requests (temperature > 0) draw noise for the whole batch, so they are decoded alone. At most
+their steps, not their whole decodes. A running batch takes the requests with its settings that arrive while it
+decodes: they join it at its next block boundary (``Decoding.add``) while it has fewer than ``max_batch`` rows
+still open, and each row's request is answered as soon as its row is finished. Decoding is batch-invariant, so
+each answer equals the request decoded alone; sampled requests (temperature > 0) draw noise for the whole
+batch, so they are decoded alone, and no row joins a decode whose components read its clock. At most
 ``max_queue`` requests wait: beyond that :meth:`Batcher.submit` raises :class:`QueueFull` at once. The batch
 decodes a step at a time (``unmask.steps``): a cancelled request (a client that went away) or one past its
 deadline has its row retired between steps; it stops counting forwards after the next one, the others go on as
@@ -127,8 +130,8 @@ class Batcher:
         self._condition = threading.Condition()
         self._turns = _Turns()
         self._closing = False
-        # Every batch decoded: each row's forwards and whether its request was cancelled (for tests and logs).
-        self.log: list[dict[str, list[Any]]] = []
+        # Every batch decoded (see _decode).
+        self.log: list[dict[str, Any]] = []
         self._dispatcher = threading.Thread(target=self._dispatch, name="unmask-batcher", daemon=True)
         self._dispatcher.start()
 
@@ -211,59 +214,135 @@ class Batcher:
         if not live:
             return
         try:
-            self._decode(live)
-        except Exception as error:
-            if len(live) == 1:
-                live[0].future.set_exception(error)
+            self._decode(live, joins=True)
+        except _BatchFailed as failed:
+            if failed.rows == 1:
+                failed.jobs[0].future.set_exception(failed.error)
                 return
-            for job in live:  # alone, each request succeeds or fails on its own
+            for job in failed.jobs:  # alone, each request succeeds or fails on its own
                 try:
-                    self._decode([job])
-                except Exception as alone:
-                    job.future.set_exception(alone)
+                    self._decode([job], joins=False)
+                except _BatchFailed as alone:
+                    job.future.set_exception(alone.error)
 
-    def _decode(self, jobs: list[Job]) -> None:
-        """Decode the batch a step at a time (``unmask.steps``), passing the model's turn after each step and
-        retiring the rows whose client went away or whose deadline passed."""
+    def _decode(self, jobs: list[Job], *, joins: bool) -> None:
+        """Decode the batch a step at a time (``unmask.steps``), passing the model's turn after each step:
+        requests with the same settings that arrive meanwhile join it at its next block boundary (with
+        ``joins``, while it has fewer than ``max_batch`` rows still decoding), a finished row's request is
+        answered at once, and the rows whose client went away or whose deadline passed are retired. Raises
+        :class:`_BatchFailed` with the requests not answered yet."""
+        settings = jobs[0].settings
+        rows = [_Row.of(job, settings.gen_length) for job in jobs]  # by row of the batch
+        open_ = set(range(len(rows)))  # rows whose request is not answered yet
+        # Each row's forwards and whether its request was cancelled, as each is answered (for tests and logs).
+        self.log.append(log := {"forwards": [0] * len(rows), "cancelled": [False] * len(rows), "joined": 0})
+        self._turns.acquire()
+        self.rows_in_flight += len(jobs)
+        try:
+            decoding = self._start(jobs)
+            for view in decoding:
+                self._follow(view, rows, open_, decoding)
+                for row in open_ & set(decoding.finished()):
+                    self._answer(rows[row], decoding, row, open_, log)
+                if joins and decoding.joinable:
+                    self._join(decoding, settings, rows, open_, log)
+                self._turns.pass_turn()  # the next batch waiting runs its step before this one's next
+            for row in sorted(open_):
+                self._answer(rows[row], decoding, row, open_, log)
+        except Exception as error:
+            self.log.remove(log)  # (the log holds the batches decoded; its requests are retried alone)
+            raise _BatchFailed(error, [rows[row].job for row in sorted(open_)], len(rows)) from error
+        finally:
+            self.rows_in_flight -= len(open_)
+            self._turns.release()
+
+    def _answer(self, row: _Row, decoding: Any, index: int, open_: set[int], log: dict[str, Any]) -> None:
+        """A finished row's request answered (logged and no longer in flight first: a client that asks at once
+        sees it so)."""
+        result = decoding.rows([index])
+        log["forwards"][index], log["cancelled"][index] = int(result.nfe[0]), row.job.cancelled.is_set()
+        open_.discard(index)
+        self.rows_in_flight -= 1
+        row.answer(result)
+
+    def _start(self, jobs: list[Job]) -> Any:
+        """The batch's decode, a step at a time."""
         settings = jobs[0].settings
         input_ids, attention_mask = pad_prompts([job.prompt_ids for job in jobs], self.model.eos_token_id)
         device = getattr(self.model, "device", "cpu")
         config = DecodeConfig(gen_length=settings.gen_length, block_length=settings.block_length,
                               temperature=settings.temperature, seed=settings.seed)
-        commit_step = torch.full((len(jobs), settings.gen_length), -1, dtype=torch.long)
-        retired: set[int] = set()
-        self._turns.acquire()
-        self.rows_in_flight += len(jobs)
-        try:
-            decoding = steps(self.model, input_ids.to(device), attention_mask=attention_mask.to(device),
-                             config=config, policy=settings.policy, stop=settings.stop, cache=settings.cache,
-                             constraint=None if settings.constraint == "none" else settings.constraint,
-                             tokenizer=self.tokenizer)
-            for step, view in enumerate(decoding, start=1):
-                # (a block model's canvas runs on past gen_length)
-                columns = view.answer_starts[:, None] + torch.arange(settings.gen_length, device=view.x.device)
-                answer = view.x.gather(1, columns).cpu()
-                commit_step[(answer != view.mask_token_id) & (commit_step < 0)] = step - 1
-                for row, job in enumerate(jobs):
-                    if job.done and row not in retired:
-                        retired.add(row)
-                        decoding.retire([row])
-                    elif job.on_step is not None and not job.done:
-                        job.on_step(StepUpdate(tokens=answer[row].tolist(), commit_step=commit_step[row].tolist(),
-                                               step=step, nfe=int(view.nfe[row])))
-                self._turns.pass_turn()  # the next batch waiting runs its step before this one's next
-        finally:
-            self.rows_in_flight -= len(jobs)
-            self._turns.release()
-        result = decoding.result
-        self.log.append({"forwards": result.nfe.tolist(), "cancelled": [job.cancelled.is_set() for job in jobs]})
-        for row, job in enumerate(jobs):
-            if job.future.cancelled():
+        return steps(self.model, input_ids.to(device), attention_mask=attention_mask.to(device), config=config,
+                     policy=settings.policy, stop=settings.stop, cache=settings.cache,
+                     constraint=None if settings.constraint == "none" else settings.constraint,
+                     tokenizer=self.tokenizer)
+
+    @staticmethod
+    def _follow(view: Any, rows: list[_Row], open_: set[int], decoding: Any) -> None:
+        """After a step: each open row's answer so far to its request's stream; rows to retire retired."""
+        gen_length = len(rows[0].commit_step)
+        columns = view.answer_starts[:, None] + torch.arange(gen_length, device=view.x.device)
+        answer = view.x.gather(1, columns).cpu()  # (a block model's canvas runs on past gen_length)
+        for index in sorted(open_):
+            if index >= len(answer):  # (waiting to join)
                 continue
-            if row in retired and not job.cancelled.is_set():  # cut at its deadline
-                job.future.set_exception(DeadlineExceeded(f"the request ran past its deadline of {job.timeout_s:g} s"))
-            else:
-                job.future.set_result(_row(result, row, commit_step[row]))
+            row = rows[index]
+            row.first_step = view.global_step if row.first_step is None else row.first_step
+            step = view.global_step - row.first_step
+            row.commit_step[(answer[index] != view.mask_token_id) & (row.commit_step < 0)] = step
+            if row.job.done and not row.retired:
+                row.retired = True
+                decoding.retire([index])
+            elif row.job.on_step is not None and not row.job.done:
+                row.job.on_step(StepUpdate(tokens=answer[index].tolist(), commit_step=row.commit_step.tolist(),
+                                           step=step + 1, nfe=int(view.nfe[index])))
+
+    def _join(self, decoding: Any, settings: Settings, rows: list[_Row], open_: set[int], log: dict[str, Any]) -> None:
+        """Waiting requests with these settings join the running decode, up to ``max_batch`` open rows."""
+        with self._condition:
+            joining = [job for job in self._waiting if job.settings == settings][:max(self.max_batch - len(open_), 0)]
+            for job in joining:
+                self._waiting.remove(job)
+        live = [job for job in joining if job.future.set_running_or_notify_cancel()]
+        if live:
+            open_.update(decoding.add([job.prompt_ids for job in live]))
+            rows += [_Row.of(job, settings.gen_length) for job in live]
+            self.rows_in_flight += len(live)
+            log["forwards"] += [0] * len(live)
+            log["cancelled"] += [False] * len(live)
+            log["joined"] += len(live)
+
+
+class _BatchFailed(Exception):
+    """A batch's decode raised: the error, the requests it had not answered, how many rows it had."""
+
+    def __init__(self, error: Exception, jobs: list[Job], rows: int) -> None:
+        super().__init__(str(error))
+        self.error, self.jobs, self.rows = error, jobs, rows
+
+
+@attrs.define(eq=False)
+class _Row:
+    """A request's row in a running batch."""
+
+    job: Job
+    commit_step: torch.Tensor  # (gen_length,): the step (from the row's first) that wrote each answer token
+    first_step: int | None = None  # the batch's step the row joined at
+    retired: bool = False
+
+    @classmethod
+    def of(cls, job: Job, gen_length: int) -> _Row:
+        return cls(job, torch.full((gen_length,), -1, dtype=torch.long))
+
+    def answer(self, result: DecodeResult) -> None:
+        """Answer the request with its row's result (a one-row ``DecodeResult``)."""
+        if self.job.future.cancelled():
+            return
+        if self.retired and not self.job.cancelled.is_set():  # cut at its deadline
+            self.job.future.set_exception(DeadlineExceeded(
+                f"the request ran past its deadline of {self.job.timeout_s:g} s"))
+        else:
+            self.job.future.set_result(_row(result, 0, self.commit_step))
 
 
 def _row(result: DecodeResult, row: int, commit_step: torch.Tensor) -> dict[str, Any]:

@@ -44,6 +44,9 @@ class DistillConfig:
     prompts: str | None = None  # a JSONL file of {"prompt": ...} rows instead of the tasks' training items
     items: int = field(validator=validators.gt(0), default=1024)  # trajectory prompts (spread over the tasks)
     policy: str = "topk"  # how the base model writes its trajectories
+    # Keep only the trajectories whose answers the task scores correct (prompts from the tasks only), so the
+    # model is not taught its own mistakes.
+    only_correct: bool = field(default=False, validator=validators.instance_of(bool))
     gen_length: int = field(validator=validators.gt(0), default=128)
     block_length: int = field(validator=validators.gt(0), default=32)
     beta: float = 2.0  # the entropy term's weight (the authors' LLaDA value)
@@ -59,36 +62,46 @@ class DistillConfig:
     checkpoint_minutes: float = 4.0
 
 
-def _prompts(config: DistillConfig) -> list[str]:
+def _prompts(config: DistillConfig) -> list[tuple[str, Any]]:
+    """The trajectory prompts, each with its task item (None for prompts from a file)."""
     if config.prompts is not None:
+        if config.only_correct:
+            raise ValueError("only_correct needs the tasks' prompts, whose answers can be scored; not --prompts")
         rows = [json.loads(line) for line in Path(config.prompts).read_text(encoding="utf-8").splitlines()
                 if line.strip()]
         if not rows or not all(isinstance(row, dict) and isinstance(row.get("prompt"), str) for row in rows):
             raise ValueError(f"prompts={config.prompts!r}: expected JSON lines of {{\"prompt\": \"...\"}}")
-        return [row["prompt"] for row in rows[:config.items]]
+        return [(row["prompt"], None) for row in rows[:config.items]]
     from unmask.contrib.tasks import TRAIN_SEED, samples
 
     each = math.ceil(config.items / len(config.tasks))
-    texts = [sample.prompt for task in config.tasks for sample in samples(task, each, TRAIN_SEED, part="train")]
-    return texts[:config.items]
+    items = [(sample.prompt, sample) for task in config.tasks for sample in samples(task, each, TRAIN_SEED, part="train")]
+    return items[:config.items]
 
 
 def trajectories(model: Any, tokenizer: Any, config: DistillConfig, *, progress: bool = True,
                  rows_per_decode: int = 64) -> list[dict[str, list[int]]]:
     """The base model's own answers: ``{"prompt": ids, "answer": gen_length ids}`` per prompt (EOS padding
-    included: the padding is a target too)."""
+    included: the padding is a target too); with ``only_correct`` those the task scores correct."""
     from tqdm import tqdm
 
+    from unmask.contrib.tasks import score
     from unmask.core.engine import decode
 
-    prompts = [tokenizer(text)["input_ids"] for text in _prompts(config)]
+    items = _prompts(config)
+    prompts = [tokenizer(text)["input_ids"] for text, _ in items]
     out = []
     for first in tqdm(range(0, len(prompts), rows_per_decode), desc="trajectories", disable=not progress):
         batch = prompts[first:first + rows_per_decode]
         result = decode(model, batch, gen_length=config.gen_length, block_length=config.block_length,
-                               policy=config.policy, seed=config.seed)
-        answers = result.tokens.tolist()
-        out.extend({"prompt": prompt, "answer": answer} for prompt, answer in zip(batch, answers))
+                        policy=config.policy, seed=config.seed)
+        for row, (prompt, answer) in enumerate(zip(batch, result.tokens.tolist())):
+            sample = items[first + row][1]
+            text = tokenizer.decode(answer[:int(result.answer_lengths[row])], skip_special_tokens=True).strip()
+            if not config.only_correct or score(sample, text):
+                out.append({"prompt": prompt, "answer": answer})
+    if not out:
+        raise ValueError("only_correct: the base model answered none of the trajectory prompts correctly")
     return out
 
 
