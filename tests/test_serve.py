@@ -138,6 +138,26 @@ def test_a_request_joins_a_running_batch_with_its_settings_and_each_equals_its_d
         assert reply["commit_step"] == result.commit_step[0].tolist()
 
 
+def test_a_full_batch_takes_no_request_midway(server):
+    from unmask.contrib.serve.batching import Batcher, Job
+
+    batcher = Batcher(server["model"], server["tokenizer"], max_batch=1)
+    settings = Settings(policy="topk", gen_length=32, block_length=8)
+    first_ids, second_ids = (server["tokenizer"](prompt)["input_ids"] for prompt in PROMPTS[:2])
+    second = []
+
+    def arrive_meanwhile(update):
+        if update.step == 3 and not second:
+            second.append(batcher.submit(Job(second_ids, settings)))
+
+    try:
+        batcher.submit(Job(first_ids, settings, on_step=arrive_meanwhile)).result(timeout=120)
+        second[0].result(timeout=120)
+    finally:
+        batcher.close()
+    assert [(len(batch["forwards"]), batch["joined"]) for batch in batcher.log] == [(1, 0), (1, 0)]
+
+
 def test_lm_eval_local_completions_against_the_server_scores_like_bench(server, tmp_path, capsys, monkeypatch):
     from unmask.contrib.cli import main
 

@@ -7,7 +7,8 @@ up to ``max_running`` batches at once. The batches hold the model in turn, one s
 first-served turn passed at every step boundary), so a 16-token request sent behind long ones waits a few of
 their steps, not their whole decodes. A running batch takes the requests with its settings that arrive while it
 decodes: they join it at its next block boundary (``Decoding.add``) while it has fewer than ``max_batch`` rows
-still open, and each row's request is answered as soon as its row is finished. Decoding is batch-invariant, so
+still open (and has held fewer than twice that, its canvas at most twice as wide as at its start: bounded
+cost), and each row's request is answered as soon as its row is finished. Decoding is batch-invariant, so
 each answer equals the request decoded alone; sampled requests (temperature > 0) draw noise for the whole
 batch, so they are decoded alone, and no row joins a decode whose components read its clock. At most
 ``max_queue`` requests wait: beyond that :meth:`Batcher.submit` raises :class:`QueueFull` at once. The batch
@@ -240,11 +241,16 @@ class Batcher:
         self.rows_in_flight += len(jobs)
         try:
             decoding = self._start(jobs)
+            width = None
             for view in decoding:
                 self._follow(view, rows, open_, decoding)
                 for row in open_ & set(decoding.finished()):
                     self._answer(rows[row], decoding, row, open_, log)
-                if joins and decoding.joinable:
+                # Rows joined stay in the batch (not fed once finished) and the canvas grows for them: a batch
+                # takes them while it has held fewer than 2 x max_batch rows and its canvas is at most twice
+                # as wide as at its start, so a step costs at most a few times a full batch's.
+                width = width or view.x.shape[1]
+                if joins and decoding.joinable and len(rows) < 2 * self.max_batch and view.x.shape[1] <= 2 * width:
                     self._join(decoding, settings, rows, open_, log)
                 self._turns.pass_turn()  # the next batch waiting runs its step before this one's next
             for row in sorted(open_):
@@ -300,7 +306,8 @@ class Batcher:
     def _join(self, decoding: Any, settings: Settings, rows: list[_Row], open_: set[int], log: dict[str, Any]) -> None:
         """Waiting requests with these settings join the running decode, up to ``max_batch`` open rows."""
         with self._condition:
-            joining = [job for job in self._waiting if job.settings == settings][:max(self.max_batch - len(open_), 0)]
+            room = min(self.max_batch - len(open_), 2 * self.max_batch - len(rows))
+            joining = [job for job in self._waiting if job.settings == settings][:max(room, 0)]
             for job in joining:
                 self._waiting.remove(job)
         live = [job for job in joining if job.future.set_running_or_notify_cancel()]
