@@ -49,3 +49,21 @@ def test_every_edit_changes_a_visible_answer_token_to_a_sure_prediction(name):
     assert edit_only and max(edit_only.values()) <= post
     assert (result.nfe <= 16 + 8 + (16 // 8 + 1) * post).all()
     assert not (result.tokens == model.mask_token_id).any()
+
+
+def test_edits_never_reach_the_columns_hidden_from_a_row():
+    """EoTP cut a row after a committed token: the EOS after it is hidden from the row (``view.row_end``), and
+    even the speed mode (any differing prediction) does not edit it."""
+    from unmask.core.types import StepView
+    from unmask.strategies.edit import EditPolicy
+
+    mask, eos, width = 9, 8, 6
+    x = torch.tensor([[1, 2, 3, 4, eos, eos]])  # answer from column 1; cut after the token at column 3
+    logits = torch.full((1, width, 10), -10.0)
+    logits[..., 5] = 10.0  # every column sure of token 5
+    view = StepView(x=x, x0=x.clone(), confidence=torch.full(x.shape, float("-inf"), dtype=torch.float64),
+                    masked=x == mask, window=torch.ones_like(x, dtype=torch.bool), row_active=torch.tensor([True]),
+                    schedule_k=torch.tensor([1]), nfe=torch.tensor([1]), logits=logits, answer_start=torch.tensor([1]),
+                    row_end=torch.tensor([4]), block_start=0, block_end=width, mask_token_id=mask, eos_token_id=eos)
+    edit = EditPolicy(tau=0.3, tau_edit=0.0, max_post_steps=3).select(view).edit
+    assert edit is not None and edit[0].tolist() == [False, True, True, True, False, False]

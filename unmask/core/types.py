@@ -108,6 +108,9 @@ class StepView:
     # (B,) long: each row's first answer column (None: gen_start for every row). Rows of a block-causal
     # model's batch start their answers at different columns of the first block (unmask.core.layout).
     answer_start: torch.Tensor | None = tensor_field(default=None)
+    # (B,) long: where each row's canvas ends (exclusive): later columns are hidden from the row (EoTP's cut, a
+    # block-causal row's last block) and hold EOS. None: every row runs to the canvas's end.
+    row_end: torch.Tensor | None = tensor_field(default=None)
     block_start: int = 0  # the block is columns [block_start, block_end)
     block_end: int = 0
     block_index: int = 0
@@ -142,6 +145,12 @@ class StepView:
     def in_answer(self) -> torch.Tensor:
         """(B, L) bool: each row's answer columns (from its answer start to the canvas end)."""
         return torch.arange(self.x.shape[1], device=self.x.device)[None, :] >= self.answer_starts[:, None]
+
+    @property
+    def in_canvas(self) -> torch.Tensor:
+        """(B, L) bool: the columns each row sees (before its ``row_end``)."""
+        columns = torch.arange(self.x.shape[1], device=self.x.device)[None, :]
+        return columns < (self.x.shape[1] if self.row_end is None else self.row_end[:, None])
 
     @property
     def candidates(self) -> torch.Tensor:

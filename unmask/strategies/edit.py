@@ -41,10 +41,10 @@ class EditPolicy(Component):
         probability, predicted = view.logits.double().softmax(-1).max(-1)  # (B, W)
         block = torch.zeros_like(view.masked)
         block[:, start:start + width] = True
-        # Not the padding after an answer's first EOS (what EoTP's cut hides from the row).
+        # Not the padding after an answer's first EOS, nor columns hidden from the row (past EoTP's cut).
         eos = ((view.x == view.eos_token_id) & view.in_answer).long()
         ended = eos.cumsum(1) - eos > 0
-        editable = block & view.in_answer & ~view.masked & view.row_active[:, None] & ~ended
+        editable = block & view.in_answer & view.in_canvas & ~view.masked & view.row_active[:, None] & ~ended
         new, sure = view.x.clone(), torch.zeros_like(view.masked)
         new[:, start:start + width], sure[:, start:start + width] = predicted, probability > self.tau_edit
         edit = editable & sure & (new != view.x) & (new != view.mask_token_id)
