@@ -111,6 +111,8 @@ def main() -> None:
     parser.add_argument("--stop", default="eotp", help="stop criterion (default: eotp)")
     parser.add_argument("--cache", default="none", help="KV cache (default: none)")
     parser.add_argument("--max-tokens", type=int, default=64, help="max_tokens of each request (default: 64)")
+    parser.add_argument("--join-running", action="store_true", help="the server's --join-running (continuous "
+                        "batching)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     parser.add_argument("--device", default="cpu", help="the server's torch device, e.g. cuda (default: cpu)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
@@ -129,6 +131,7 @@ def main() -> None:
 
     flags = ["--policy", args.policy, "--stop", args.stop, "--cache", args.cache, "--gen-length", str(args.max_tokens),
              "--max-batch", str(args.max_batch), "--batch-wait-ms", str(args.batch_wait_ms), "--device", args.device]
+    flags += ["--join-running"] if args.join_running else []
     # In a process of its own: the clients' event loop does not share its interpreter.
     with server_process(flags) as (_, base):
         url = base + "/v1"
@@ -143,7 +146,8 @@ def main() -> None:
     early = sum(r["first_chunk_s"] < r["latency_s"] for r, _ in answered)
     figures = {
         "requests": args.requests, "clients": args.clients, "max_batch": args.max_batch,
-        "batch_wait_ms": args.batch_wait_ms, "policy": args.policy, "stop": args.stop, "cache": args.cache, "max_tokens": args.max_tokens,
+        "batch_wait_ms": args.batch_wait_ms, "join_running": args.join_running, "policy": args.policy, "stop": args.stop,
+        "cache": args.cache, "max_tokens": args.max_tokens,
         "lost": len(lost), "mismatched": mismatched,
         "one_at_a_time_s": round(solo_s, 2), "concurrent_s": round(together_s, 2),
         "one_at_a_time_rps": round(args.requests / solo_s, 2), "concurrent_rps": round(args.requests / together_s, 2),

@@ -113,49 +113,44 @@ def test_concurrent_requests_are_batched_and_each_equals_its_decode_alone(server
 
 
 
-def test_a_request_joins_a_running_batch_with_its_settings_and_each_equals_its_decode_alone(server):
-    """Continuous batching: a request that arrives while a batch with its settings decodes joins it at the
-    batch's next block boundary; both answers, forwards and commit steps equal their decodes alone."""
-    from unmask.contrib.serve.batching import Job
+def _two_requests(server, max_batch, join_running):
+    """A request, and a second with its settings sent at the first's third step; the batches' log and replies."""
+    from unmask.contrib.serve.batching import Batcher, Job
 
-    batcher, tokenizer = server["app"].state.service.batcher, server["tokenizer"]
+    batcher = Batcher(server["model"], server["tokenizer"], max_batch=max_batch, join_running=join_running)
     settings = Settings(policy="topk", gen_length=32, block_length=8)
-    first_ids, second_ids = (tokenizer(prompt)["input_ids"] for prompt in PROMPTS[:2])
+    ids = [server["tokenizer"](prompt)["input_ids"] for prompt in PROMPTS[:2]]
     second = []
 
     def arrive_meanwhile(update):
         if update.step == 3 and not second:
-            second.append(batcher.submit(Job(second_ids, settings)))
+            second.append(batcher.submit(Job(ids[1], settings)))
 
-    before = len(batcher.log)
-    replies = [batcher.submit(Job(first_ids, settings, on_step=arrive_meanwhile)).result(timeout=120)]
-    replies.append(second[0].result(timeout=120))
-    (batch,) = batcher.log[before:]
+    try:
+        replies = [batcher.submit(Job(ids[0], settings, on_step=arrive_meanwhile)).result(timeout=120)]
+        replies.append(second[0].result(timeout=120))
+    finally:
+        batcher.close()
+    return batcher.log, ids, replies
+
+
+def test_a_request_joins_a_running_batch_with_its_settings_and_each_equals_its_decode_alone(server):
+    """Continuous batching (--join-running): a request that arrives while a batch with its settings decodes
+    joins it at the batch's next block boundary; both answers, forwards and commit steps equal their decodes
+    alone."""
+    log, ids, replies = _two_requests(server, max_batch=8, join_running=True)
+    (batch,) = log
     assert batch["joined"] == 1 and len(batch["forwards"]) == 2
-    for ids, reply in zip((first_ids, second_ids), replies):
-        result = unmask.decode(server["model"], [ids], gen_length=32, block_length=8, policy="topk")
+    for prompt_ids, reply in zip(ids, replies):
+        result = unmask.decode(server["model"], [prompt_ids], gen_length=32, block_length=8, policy="topk")
         assert reply["tokens"] == result.tokens[0].tolist() and reply["nfe"] == int(result.nfe[0])
         assert reply["commit_step"] == result.commit_step[0].tolist()
 
 
-def test_a_full_batch_takes_no_request_midway(server):
-    from unmask.contrib.serve.batching import Batcher, Job
-
-    batcher = Batcher(server["model"], server["tokenizer"], max_batch=1)
-    settings = Settings(policy="topk", gen_length=32, block_length=8)
-    first_ids, second_ids = (server["tokenizer"](prompt)["input_ids"] for prompt in PROMPTS[:2])
-    second = []
-
-    def arrive_meanwhile(update):
-        if update.step == 3 and not second:
-            second.append(batcher.submit(Job(second_ids, settings)))
-
-    try:
-        batcher.submit(Job(first_ids, settings, on_step=arrive_meanwhile)).result(timeout=120)
-        second[0].result(timeout=120)
-    finally:
-        batcher.close()
-    assert [(len(batch["forwards"]), batch["joined"]) for batch in batcher.log] == [(1, 0), (1, 0)]
+@pytest.mark.parametrize("max_batch, join_running", [(1, True), (8, False)])
+def test_no_request_joins_a_full_batch_or_without_join_running(server, max_batch, join_running):
+    log, _, _ = _two_requests(server, max_batch=max_batch, join_running=join_running)
+    assert [(len(batch["forwards"]), batch["joined"]) for batch in log] == [(1, 0), (1, 0)]
 
 
 def test_lm_eval_local_completions_against_the_server_scores_like_bench(server, tmp_path, capsys, monkeypatch):

@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     batching.add_argument("--max-batch", type=positive_int, default=8, help="requests decoded together (default: 8)")
     batching.add_argument("--batch-wait-ms", type=finite_float, default=10.0,
                           help="how long the first request waits for others to batch with (default: 10)")
+    batching.add_argument("--join-running", action="store_true", help="a request joins a running batch with its "
+                          "settings at the batch's next block boundary (continuous batching; docs/serve.md: when "
+                          "it pays)")
     limits = parser.add_argument_group("limits on one request")
     for field in attrs.fields(Limits):  # each limit is a flag: max_body_bytes is --max-body-bytes
         limits.add_argument("--" + field.name.replace("_", "-"), metavar="N", default=field.default,
@@ -69,7 +72,7 @@ def config_from_args(args: argparse.Namespace, model: Any) -> Any:
     listening = () if args.host in ("0.0.0.0", "::") else (args.host,)  # any address: name it with --allowed-host
     hosts = tuple(dict.fromkeys(LOOPBACK + tuple(args.allowed_host) + listening))
     return ServeConfig(name=args.model or "reference", defaults=defaults, chat=args.chat, max_batch=args.max_batch,
-                       wait_s=args.batch_wait_ms / 1000, api_key=args.api_key or None, allowed_hosts=hosts,
+                       wait_s=args.batch_wait_ms / 1000, join_running=args.join_running, api_key=args.api_key or None, allowed_hosts=hosts,
                        cors_origins=tuple(args.cors_origin),
                        limits=Limits(**{f.name: getattr(args, f.name) for f in attrs.fields(Limits)}))
 

@@ -66,6 +66,7 @@ class ServeConfig:
     chat: bool | None = None
     max_batch: int = 8
     wait_s: float = 0.01
+    join_running: bool = False  # requests join running batches with their settings (continuous batching)
     limits: Limits = Limits()
     api_key: str | None = None  # clients send it as "Authorization: Bearer KEY"
     allowed_hosts: tuple[str, ...] = LOOPBACK  # Host headers served; "*": any
@@ -89,7 +90,8 @@ class Service:
         self.model, self.tokenizer, self.config, self.limits = model, tokenizer, config, config.limits
         self.name, self.defaults, self.chat = config.name, config.defaults, config.chat
         self.batcher = Batcher(model, tokenizer, max_batch=config.max_batch, wait_s=config.wait_s,
-                               max_queue=config.limits.max_queue, max_running=config.limits.max_running)
+                               max_queue=config.limits.max_queue, max_running=config.limits.max_running,
+                               join_running=config.join_running)
 
     def parse(self, body: Any, chat: bool) -> Request:
         if not isinstance(body, dict):

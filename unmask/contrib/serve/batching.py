@@ -5,8 +5,8 @@ A dispatcher thread takes the oldest waiting request, waits up to ``wait_s`` for
 :class:`Settings` (up to ``max_batch``; prompts of any length), and starts the batch in a thread of its own,
 up to ``max_running`` batches at once. The batches hold the model in turn, one step each (a first-come,
 first-served turn passed at every step boundary), so a 16-token request sent behind long ones waits a few of
-their steps, not their whole decodes. A running batch takes the requests with its settings that arrive while it
-decodes: they join it at its next block boundary (``Decoding.add``) while it has fewer than ``max_batch`` rows
+their steps, not their whole decodes. With ``join_running``, a running batch takes the requests with its
+settings that arrive while it decodes: they join it at its next block boundary (``Decoding.add``) while it has fewer than ``max_batch`` rows
 still open (and has held fewer than twice that, its canvas at most twice as wide as at its start: bounded
 cost), and each row's request is answered as soon as its row is finished. Decoding is batch-invariant, so
 each answer equals the request decoded alone; sampled requests (temperature > 0) draw noise for the whole
@@ -116,7 +116,7 @@ class _Turns:
 
 class Batcher:
     def __init__(self, model: Any, tokenizer: Any, *, max_batch: int = 8, wait_s: float = 0.01, max_queue: int = 64,
-                 max_running: int = 4) -> None:
+                 max_running: int = 4, join_running: bool = False) -> None:
         for name, value in (("max_batch", max_batch), ("max_queue", max_queue), ("max_running", max_running)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
@@ -124,7 +124,7 @@ class Batcher:
             raise ValueError(f"batch wait must be at least 0, got {wait_s}")
         self.model, self.tokenizer, self.max_batch, self.wait_s = model, tokenizer, max_batch, wait_s
         self.info = ModelInfo.of(model)
-        self.max_queue, self.max_running = max_queue, max_running
+        self.max_queue, self.max_running, self.join_running = max_queue, max_running, join_running
         self._waiting: list[Job] = []
         self._running: set[threading.Thread] = set()
         self.rows_in_flight = 0
@@ -215,7 +215,7 @@ class Batcher:
         if not live:
             return
         try:
-            self._decode(live, joins=True)
+            self._decode(live, joins=self.join_running)
         except _BatchFailed as failed:
             if failed.rows == 1:
                 failed.jobs[0].future.set_exception(failed.error)
