@@ -105,6 +105,9 @@ def test_added_prompts_are_checked_when_added_and_not_after_the_end():
         decoding.add([[-1]])
     with pytest.raises(ValueError, match="prompts must hold at least one prompt"):
         decoding.add([])
+    assert decoding.add([[1]]) == [2]
+    with pytest.raises(ValueError, match="rows: the batch has rows 0 to 1 now"):
+        decoding.rows([2])
     decoding.run()
     assert not decoding.joinable
     with pytest.raises(RuntimeError, match="add: the decode has ended"):

@@ -132,6 +132,10 @@ class Decoding:
 
     def rows(self, rows: Sequence[int]) -> DecodeResult:
         """The result of these rows as they stand now (final for the rows :meth:`finished` lists)."""
+        batch = len(self._run.canvas.x)
+        if any(not 0 <= row < batch for row in rows):
+            raise ValueError(f"rows: the batch has rows 0 to {batch - 1} now (rows added join at the next block "
+                             f"boundary), got {list(rows)}")
         return self._run.result(torch.as_tensor(list(rows), dtype=torch.long))
 
     def run(self) -> DecodeResult:
