@@ -146,8 +146,8 @@ def main() -> None:
     early = sum(r["first_chunk_s"] < r["latency_s"] for r, _ in answered)
     figures = {
         "requests": args.requests, "clients": args.clients, "max_batch": args.max_batch,
-        "batch_wait_ms": args.batch_wait_ms, "join_running": args.join_running, "policy": args.policy, "stop": args.stop,
-        "cache": args.cache, "max_tokens": args.max_tokens,
+        "batch_wait_ms": args.batch_wait_ms, "join_running": args.join_running, "policy": args.policy,
+        "stop": args.stop, "cache": args.cache, "max_tokens": args.max_tokens,
         "lost": len(lost), "mismatched": mismatched,
         "one_at_a_time_s": round(solo_s, 2), "concurrent_s": round(together_s, 2),
         "one_at_a_time_rps": round(args.requests / solo_s, 2), "concurrent_rps": round(args.requests / together_s, 2),

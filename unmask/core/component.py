@@ -75,5 +75,5 @@ class Component:
 
 
 # The abilities above by name: an adapted component takes each one it has (unmask.core.plugins.declared).
-ABILITIES = ("reach", "stochastic", "reads_clock", "steps_after_fill", "leave_one_out", "request_strings", "artefact_sha256",
-             "check_config", "requirements", "provide", "finish_block", "rows_of", "repeated")
+ABILITIES = ("reach", "stochastic", "reads_clock", "steps_after_fill", "leave_one_out", "request_strings",
+             "artefact_sha256", "check_config", "requirements", "provide", "finish_block", "rows_of", "repeated")

@@ -170,7 +170,8 @@ class _Run:
     @classmethod
     def start(cls, model: DenoiserModel, input_ids: torch.Tensor | Sequence[Sequence[int]], *,
               attention_mask: torch.Tensor | None = None, config: DecodeConfig | None = None,
-              policy: UnmaskPolicy | Spec = "topk", stop: StopCriterion | Spec | Sequence[StopCriterion | Spec] | None = "none",
+              policy: UnmaskPolicy | Spec = "topk",
+              stop: StopCriterion | Spec | Sequence[StopCriterion | Spec] | None = "none",
               cache: CacheManager | Spec | None = None, constraint: Constraint | Spec | None = None,
               tokenizer: Any = None, on_step: StepObserver | None = None, **settings: Any) -> _Run:
         """The decode's set-up: arguments checked, components created, the canvas laid out."""

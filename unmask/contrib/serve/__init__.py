@@ -72,7 +72,8 @@ def config_from_args(args: argparse.Namespace, model: Any) -> Any:
     listening = () if args.host in ("0.0.0.0", "::") else (args.host,)  # any address: name it with --allowed-host
     hosts = tuple(dict.fromkeys(LOOPBACK + tuple(args.allowed_host) + listening))
     return ServeConfig(name=args.model or "reference", defaults=defaults, chat=args.chat, max_batch=args.max_batch,
-                       wait_s=args.batch_wait_ms / 1000, join_running=args.join_running, api_key=args.api_key or None, allowed_hosts=hosts,
+                       wait_s=args.batch_wait_ms / 1000, join_running=args.join_running,
+                       api_key=args.api_key or None, allowed_hosts=hosts,
                        cors_origins=tuple(args.cors_origin),
                        limits=Limits(**{f.name: getattr(args, f.name) for f in attrs.fields(Limits)}))
 

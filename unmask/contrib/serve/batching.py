@@ -5,17 +5,17 @@ A dispatcher thread takes the oldest waiting request, waits up to ``wait_s`` for
 :class:`Settings` (up to ``max_batch``; prompts of any length), and starts the batch in a thread of its own,
 up to ``max_running`` batches at once. The batches hold the model in turn, one step each (a first-come,
 first-served turn passed at every step boundary), so a 16-token request sent behind long ones waits a few of
-their steps, not their whole decodes. With ``join_running``, a running batch takes the requests with its
-settings that arrive while it decodes: they join it at its next block boundary (``Decoding.add``) while it has fewer than ``max_batch`` rows
-still open (and has held fewer than twice that, its canvas at most twice as wide as at its start: bounded
-cost), and each row's request is answered as soon as its row is finished. Decoding is batch-invariant, so
-each answer equals the request decoded alone; sampled requests (temperature > 0) draw noise for the whole
-batch, so they are decoded alone, and no row joins a decode whose components read its clock. At most
-``max_queue`` requests wait: beyond that :meth:`Batcher.submit` raises :class:`QueueFull` at once. The batch
-decodes a step at a time (``unmask.steps``): a cancelled request (a client that went away) or one past its
-deadline has its row retired between steps; it stops counting forwards after the next one, the others go on as
-they were. A batch that raises is retried one request at a time, so a bad constraint fails only its own
-request.
+their steps, not their whole decodes, and each request is answered as soon as its own row is finished. With
+``join_running``, a running batch takes the requests with its settings that arrive while it decodes: they
+join it at its next block boundary (``Decoding.add``) while it has fewer than ``max_batch`` rows still open
+(and has held fewer than twice that, its canvas at most twice as wide as at its start: bounded cost).
+Decoding is batch-invariant, so each answer equals the request decoded alone; sampled requests
+(temperature > 0) draw noise for the whole batch, so they are decoded alone, and no row joins a decode whose
+components read its clock. At most ``max_queue`` requests wait: beyond that :meth:`Batcher.submit` raises
+:class:`QueueFull` at once. The batch decodes a step at a time (``unmask.steps``): a cancelled request (a
+client that went away) or one past its deadline has its row retired between steps; it stops counting forwards
+after the next one, the others go on as they were. A batch that raises is retried one request at a time, so a
+bad constraint fails only its own request.
 """
 
 from __future__ import annotations

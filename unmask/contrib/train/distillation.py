@@ -75,7 +75,8 @@ def _prompts(config: DistillConfig) -> list[tuple[str, Any]]:
     from unmask.contrib.tasks import TRAIN_SEED, samples
 
     each = math.ceil(config.items / len(config.tasks))
-    items = [(sample.prompt, sample) for task in config.tasks for sample in samples(task, each, TRAIN_SEED, part="train")]
+    items = [(sample.prompt, sample) for task in config.tasks
+             for sample in samples(task, each, TRAIN_SEED, part="train")]
     return items[:config.items]
 
 
