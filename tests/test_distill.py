@@ -121,7 +121,10 @@ def test_bad_distill_settings_are_clear_errors(tmp_path):
 def test_only_correct_keeps_the_trajectories_the_task_scores_correct(tmp_path):
     import attrs
 
+    from types import SimpleNamespace
+
     import unmask
+    from unmask.contrib.models.transformers import decode_answers
     from unmask.contrib.tasks import score
     from unmask.contrib.train.distillation import _prompts, trajectories
 
@@ -131,10 +134,11 @@ def test_only_correct_keeps_the_trajectories_the_task_scores_correct(tmp_path):
                    for c in (config, attrs.evolve(config, only_correct=True)))
     samples = {tuple(tokenizer(text)["input_ids"]): sample for text, sample in _prompts(config)}
 
-    def right(row):
-        answer = row["answer"][:row["answer"].index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in \
-            row["answer"] else row["answer"]
-        return score(samples[tuple(row["prompt"])], tokenizer.decode(answer, skip_special_tokens=True).strip())
+    def right(row):  # as the benchmarks score: the answer before its first EOS, special tokens kept
+        answer = row["answer"]
+        length = answer.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in answer else len(answer)
+        result = SimpleNamespace(tokens=torch.tensor([answer]), answer_lengths=torch.tensor([length]))
+        return score(samples[tuple(row["prompt"])], decode_answers(tokenizer, result)[0])
 
     assert kept == [row for row in every if right(row)] and 0 < len(kept) < len(every)
     prompts = tmp_path / "prompts.jsonl"

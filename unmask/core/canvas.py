@@ -66,6 +66,12 @@ class Canvas:
                       mask_id=self.mask_id, eos_id=self.eos_id, remasks=grown(self.remasks, 0),
                       confidence=grown(self.confidence, float("inf")))
 
+    @property
+    def visible_answer(self) -> torch.Tensor:
+        """(B, L) bool: each row's answer columns before its end (the later ones are hidden from it)."""
+        columns = torch.arange(self.x.shape[1], device=self.x.device)[None, :]
+        return self.answer & (columns < self.row_end[:, None])
+
     def window(self, block: tuple[int, int]) -> torch.Tensor:
         """(B, L) bool: the block's columns."""
         columns = torch.arange(self.x.shape[1], device=self.x.device)
@@ -162,13 +168,13 @@ def _checked_revisions(decision: Commit, view: StepView, reach_canvas: bool, can
     step's worth of masks); the re-masks the engine applies, those past a position's budget dropped."""
     shape = tuple(view.x.shape)
     edit = decision.edit if decision.edit is not None else torch.zeros_like(decision.mask)
-    if (edit & ~_committed(view, reach_canvas, canvas.row_end)).any():
+    if (edit & ~_committed(view, reach_canvas, canvas)).any():
         raise ValueError("Commit.edit may name only committed answer positions of active rows within the "
                          f"policy's reach ({'the answer' if reach_canvas else 'the current block'})")
     if decision.remask is None:
         return None
     _check_mask(decision.remask, shape, "Commit.remask must be None or a bool tensor")
-    if (decision.remask & ~_committed(view, False, canvas.row_end)).any():  # a later block would leave it masked
+    if (decision.remask & ~_committed(view, False, canvas)).any():  # a later block would leave it masked
         raise ValueError("Commit.remask may name only committed positions of the current block of active rows")
     if (decision.remask & edit).any():
         raise ValueError("Commit.remask and Commit.edit name the same position: re-mask it or edit it")
@@ -182,9 +188,8 @@ def _check_mask(mask: Any, shape: tuple[int, ...], what: str) -> None:
         raise TypeError(f"{what} of shape {shape}, got {got}")
 
 
-def _committed(view: StepView, reach_canvas: bool, row_end: torch.Tensor) -> torch.Tensor:
+def _committed(view: StepView, reach_canvas: bool, canvas: Canvas) -> torch.Tensor:
     """(B, L) bool: committed answer positions of active rows, before each row's end, within the block (the
     answer for reach "canvas")."""
-    columns = torch.arange(view.x.shape[1], device=view.x.device)[None, :]
-    area = view.in_answer if reach_canvas else view.window & view.in_answer
-    return area & ~view.masked & view.row_active[:, None] & (columns < row_end[:, None])
+    area = canvas.visible_answer if reach_canvas else view.window & canvas.visible_answer
+    return area & ~view.masked & view.row_active[:, None]

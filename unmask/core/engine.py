@@ -258,9 +258,7 @@ class _Run:
 
     def finished(self) -> torch.Tensor:
         """(B,) bool: rows no later step changes."""
-        canvas = self.canvas
-        columns = torch.arange(canvas.x.shape[1], device=canvas.x.device)[None, :]
-        open_ = ((canvas.x == canvas.mask_id) & canvas.answer & (columns < canvas.row_end[:, None])).any(1)
+        open_ = ((self.canvas.x == self.canvas.mask_id) & self.canvas.visible_answer).any(1)
         return self.done | ~(open_ | (self.after_fill > 0))
 
     def result(self, rows: torch.Tensor | None = None) -> DecodeResult:
@@ -357,8 +355,7 @@ def _rows(indices: set[int], like: torch.Tensor) -> torch.Tensor:
 def _steps_after_fill(policy: Any, canvas: Canvas, window: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
     """(B,) steps each row's block may stay open after its last mask (``Component.steps_after_fill``), for the
     rows with answer positions in the block: a step that begins with no mask and edits nothing closes it."""
-    columns = torch.arange(canvas.x.shape[1], device=canvas.x.device)[None, :]
-    has_answer = (window & canvas.answer & (columns < canvas.row_end[:, None])).any(1) & ~done
+    has_answer = (window & canvas.visible_answer).any(1) & ~done
     return has_answer.long() * int(policy.steps_after_fill)
 
 

@@ -107,19 +107,18 @@ def joined(layout: Layout, input_ids: torch.Tensor, prompt_mask: torch.Tensor, i
     shift = int(whole_blocks(int((lengths - starts).clamp(min=0).max()), size))
     starts = starts + shift
     ends = whole_blocks(starts + gen_length, size)
-    old = widened(layout.x, shift, 0, info.eos_token_id)
-    width = max(old.shape[1], int(ends.max()))
-    columns = torch.arange(width, device=old.device)[None, :]
+    width = max(shift + layout.x.shape[1], int(ends.max()))
+    right = width - shift - layout.x.shape[1]  # columns the rows already there gain on the right
+    columns = torch.arange(width, device=layout.x.device)[None, :]
     pads = (starts - lengths)[:, None]
-    x = torch.full((len(lengths), width), info.mask_token_id, dtype=torch.long, device=old.device)
+    x = torch.full((len(lengths), width), info.mask_token_id, dtype=torch.long, device=layout.x.device)
     x[(columns >= pads) & (columns < starts[:, None])] = input_ids[prompt_mask.bool()]
     x = x.masked_fill((columns < pads) | (columns >= ends[:, None]), info.eos_token_id)
     # (the blocks' grid goes on: block-causal answers end at model block ends, which the decode's blocks divide)
     blocks = [(start + shift, end + shift) for start, end in layout.blocks]
     blocks += [(start, min(start + block_length, width)) for start in range(blocks[-1][1], width, block_length)]
-    return Layout(x=torch.cat([widened(old, 0, width - old.shape[1], info.eos_token_id), x]),
-                  real=torch.cat([widened(layout.real, shift, width - old.shape[1], 1, left_fill=0),
-                                  (columns >= pads).long()]),
+    return Layout(x=torch.cat([widened(layout.x, shift, right, info.eos_token_id), x]),
+                  real=torch.cat([widened(layout.real, shift, right, 1, left_fill=0), (columns >= pads).long()]),
                   answer_start=torch.cat([layout.answer_start + shift, starts]),
                   row_end=torch.cat([layout.row_end + shift, ends]), blocks=blocks), shift
 

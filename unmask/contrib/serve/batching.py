@@ -349,10 +349,7 @@ class _Row:
             self.job.future.set_exception(DeadlineExceeded(
                 f"the request ran past its deadline of {self.job.timeout_s:g} s"))
         else:
-            self.job.future.set_result(_row(result, 0, self.commit_step))
-
-
-def _row(result: DecodeResult, row: int, commit_step: torch.Tensor) -> dict[str, Any]:
-    return {"tokens": result.tokens[row].tolist(), "answer_length": int(result.answer_lengths[row]),
-            "nfe": int(result.nfe[row]), "commit_step": commit_step.tolist(), "components": result.components}
+            self.job.future.set_result({
+                "tokens": result.tokens[0].tolist(), "answer_length": int(result.answer_lengths[0]),
+                "nfe": int(result.nfe[0]), "commit_step": self.commit_step.tolist(), "components": result.components})
 

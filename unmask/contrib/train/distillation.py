@@ -86,6 +86,7 @@ def trajectories(model: Any, tokenizer: Any, config: DistillConfig, *, progress:
     included: the padding is a target too); with ``only_correct`` those the task scores correct."""
     from tqdm import tqdm
 
+    from unmask.contrib.models.transformers import decode_answers
     from unmask.contrib.tasks import score
     from unmask.core.engine import decode
 
@@ -96,11 +97,11 @@ def trajectories(model: Any, tokenizer: Any, config: DistillConfig, *, progress:
         batch = prompts[first:first + rows_per_decode]
         result = decode(model, batch, gen_length=config.gen_length, block_length=config.block_length,
                         policy=config.policy, seed=config.seed)
-        for row, (prompt, answer) in enumerate(zip(batch, result.tokens.tolist())):
-            sample = items[first + row][1]
-            text = tokenizer.decode(answer[:int(result.answer_lengths[row])], skip_special_tokens=True).strip()
-            if not config.only_correct or score(sample, text):
-                out.append({"prompt": prompt, "answer": answer})
+        # (scored as the benchmarks score: unmask.contrib.eval.runner)
+        right = ([score(sample, text) for (_, sample), text in zip(items[first:], decode_answers(tokenizer, result))]
+                 if config.only_correct else [True] * len(batch))
+        out.extend({"prompt": prompt, "answer": answer}
+                   for prompt, answer, keep in zip(batch, result.tokens.tolist(), right) if keep)
     if not out:
         raise ValueError("only_correct: the base model answered none of the trajectory prompts correctly")
     return out
